@@ -1,0 +1,50 @@
+# The README's two commands. Both create .venv on first use and reinstall when
+# a requirements file or pyproject.toml changes.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+WORKDIR ?= runs/tiny
+# Silence the machine's pip index notes but keep real errors.
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+.PHONY: run test test-slow lint format params clean
+
+run: $(VENV)/.run-deps
+	$(PY) main.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
+
+test: $(VENV)/.test-deps lint
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.test-deps
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.test-deps
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.test-deps
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+params: $(VENV)/.run-deps
+	$(PY) -m uniter_jax.tools.param_count
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-deps: requirements.txt pyproject.toml | $(VENV)/bin/python
+	$(PIP) -r requirements.txt $(QUIET)
+	$(PIP) --no-deps -e . $(QUIET)
+	$(PY) -c "import jax, flax, optax, orbax.checkpoint, ott, clu, tensorflow_datasets"
+	touch $@
+
+$(VENV)/.test-deps: requirements-test.txt $(VENV)/.run-deps
+	$(PIP) -r requirements-test.txt $(QUIET)
+	$(PY) -c "import torch, transformers, ot; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,216 @@
+"""The encoder and heads against an independent numpy forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from original_layout import forward, itm, mlm, mrc, mrfr, random_state_dict
+
+from uniter_jax.convert import import_state_dict
+from uniter_jax.model import (
+    UniterConfig,
+    UniterForPretraining,
+    abstract_params,
+    get_params,
+    set_params,
+)
+from uniter_jax.param_checkpoint import overlay
+
+SIZES = dict(vocab=120, hidden=32, layers=2, intermediate=64, max_pos=40, img_dim=24, labels=11)
+CONFIG = UniterConfig(
+    vocab_size=120,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    img_dim=24,
+    num_region_labels=11,
+)
+
+
+def model_from_state(state, config=CONFIG):
+    params, _ = import_state_dict(state, config, abstract_params(config))
+    model = UniterForPretraining(config, nnx.Rngs(0))
+    set_params(model, overlay(get_params(model), params))
+    return model
+
+
+def padded_batch(seed=0, text_lens=(7, 4), region_counts=(5, 2), lt=9, nr=6, img_dim=24):
+    """Random inputs with per-example valid lengths; padding filled with junk."""
+    rng = np.random.default_rng(seed)
+    batch = len(text_lens)
+    ids = rng.integers(1, 120, (batch, lt)).astype(np.int32)
+    text_mask = (np.arange(lt)[None] < np.array(text_lens)[:, None]).astype(np.int32)
+    feat = rng.standard_normal((batch, nr, img_dim)).astype(np.float32)
+    pos = rng.uniform(0, 1, (batch, nr, 7)).astype(np.float32)
+    img_mask = (np.arange(nr)[None] < np.array(region_counts)[:, None]).astype(np.int32)
+    return ids, text_mask, feat, pos, img_mask
+
+
+@pytest.fixture(scope="module")
+def state():
+    return random_state_dict(seed=1, **SIZES)
+
+
+@pytest.fixture(scope="module")
+def model(state):
+    return model_from_state(state)
+
+
+def valid_rows(out, b, text_len, region_count, lt):
+    return np.concatenate([out[b, :text_len], out[b, lt : lt + region_count]])
+
+
+def test_encoder_matches_numpy_on_padded_batch(state, model):
+    ids, tm, feat, pos, im = padded_batch()
+    masked = np.zeros(im.shape, bool)
+    masked[0, [1, 3]] = True
+    masked[1, 0] = True
+    out = np.asarray(model(ids, tm, feat, pos, im, img_masked=masked))
+    pooled = np.asarray(model.uniter.pool(jnp.asarray(out)))
+    for b, (lt_b, nr_b) in enumerate([(7, 5), (4, 2)]):
+        want, want_pooled = forward(
+            state, 4, ids[b, :lt_b], feat[b, :nr_b], pos[b, :nr_b], masked[b, :nr_b]
+        )
+        got = valid_rows(out, b, lt_b, nr_b, ids.shape[1])
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(pooled[b], want_pooled, atol=2e-5, rtol=0)
+
+
+def test_text_only_matches_numpy(state, model):
+    ids, tm, *_ = padded_batch()
+    out = np.asarray(model(ids, tm))
+    want, _ = forward(state, 4, ids[1, :4])
+    np.testing.assert_allclose(out[1, :4], want, atol=2e-5, rtol=0)
+
+
+def test_every_head_matches_numpy(state, model):
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((3, 5, 32)).astype(np.float32)
+    np.testing.assert_allclose(model.mlm_logits(hidden), mlm(state, hidden), atol=2e-5)
+    np.testing.assert_allclose(model.mrfr_features(hidden), mrfr(state, hidden), atol=2e-5)
+    np.testing.assert_allclose(model.mrc_logits(hidden), mrc(state, hidden), atol=2e-5)
+    _, pooled = forward(state, 4, np.array([5, 6, 7]))
+    seq = model(jnp.array([[5, 6, 7]]), jnp.ones((1, 3)))
+    np.testing.assert_allclose(model.itm_logits(seq)[0], itm(state, pooled), atol=2e-5)
+
+
+def test_image_embedder_matches_numpy(state, model):
+    """The image embedder alone (encoder bypassed) against the state dict."""
+    from original_layout import _linear, _norm  # the same formulas, per REFERENCE
+
+    rng = np.random.default_rng(4)
+    feat = rng.standard_normal((2, 3, 24)).astype(np.float32)
+    pos = rng.uniform(0, 1, (2, 3, 7)).astype(np.float32)
+    masked = np.array([[True, False, False], [False, False, True]])
+    types = model.uniter.embeddings.token_type(jnp.ones((2, 3), jnp.int32))
+    got = model.uniter.img_embeddings(feat, pos, types, jnp.asarray(masked))
+    sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    f = np.where(masked[..., None], sd["uniter.img_embeddings.mask_embedding.weight"][1], feat)
+    i = "uniter.img_embeddings"
+    want = _norm(sd, f"{i}.img_layer_norm", _linear(sd, f"{i}.img_linear", f))
+    want += _norm(sd, f"{i}.pos_layer_norm", _linear(sd, f"{i}.pos_linear", pos))
+    want = _norm(
+        sd, f"{i}.LayerNorm", want + sd["uniter.embeddings.token_type_embeddings.weight"][1]
+    )
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_padding_never_changes_valid_outputs(model):
+    ids, tm, feat, pos, im = padded_batch(seed=5)
+    rng = np.random.default_rng(6)
+    ids2, feat2, pos2 = ids.copy(), feat.copy(), pos.copy()
+    ids2[tm == 0] = rng.integers(1, 120, (tm == 0).sum())
+    feat2[im == 0] = 100.0 * rng.standard_normal(((im == 0).sum(), 24))
+    pos2[im == 0] = rng.uniform(-5, 5, ((im == 0).sum(), 7))
+    out1 = np.asarray(model(ids, tm, feat, pos, im))
+    out2 = np.asarray(model(ids2, tm, feat2, pos2, im))
+    valid = np.concatenate([tm, im], axis=1).astype(bool)
+    assert not np.allclose(out1[~valid], out2[~valid])  # the change reached the padding
+    np.testing.assert_array_equal(out1[valid], out2[valid])
+
+
+STACK_CONFIG = CONFIG.replace(num_layers=3)
+
+
+def _stack_outputs(config):
+    """Eval output, train output and parameter gradients of a seed-7 model."""
+    model = UniterForPretraining(config, nnx.Rngs(7))
+    ids, tm, feat, pos, im = padded_batch(seed=8)
+    key = jax.random.key(9)
+
+    @nnx.jit
+    def run(model, key):
+        return model(ids, tm, feat, pos, im, dropout_key=key)
+
+    def loss(model):
+        seq = model(ids, tm, feat, pos, im, dropout_key=key)
+        return jnp.sum(seq**2) + jnp.sum(model.itm_logits(seq))
+
+    return run(model, None), run(model, key), nnx.jit(nnx.grad(loss))(model)
+
+
+@pytest.fixture(scope="module")
+def plain_stack():
+    return _stack_outputs(STACK_CONFIG)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(scan_layers=True),
+        dict(remat="full"),
+        dict(scan_layers=True, remat="dots_with_no_batch_dims_saveable"),
+    ],
+)
+def test_scan_and_remat_match_plain_stack(plain_stack, variant):
+    eval_a, train_a, grads_a = plain_stack
+    eval_b, train_b, grads_b = _stack_outputs(STACK_CONFIG.replace(**variant))
+    np.testing.assert_allclose(eval_a, eval_b, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(train_a, train_b, atol=1e-6, rtol=0)
+    # Summation order differs between the stacks: allow fp32 rounding.
+    leaves_a, leaves_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
+    scale = max(float(np.abs(g).max()) for g in leaves_a)
+    for ga, gb in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(ga, gb, atol=1e-5 * scale, rtol=0)
+
+
+def test_dropout_is_active_with_a_key_and_deterministic_without(model):
+    ids, tm, feat, pos, im = padded_batch()
+    a = model(ids, tm, feat, pos, im)
+    b = model(ids, tm, feat, pos, im)
+    c = model(ids, tm, feat, pos, im, dropout_key=jax.random.key(0))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_bf16_compute_keeps_fp32_params_and_tracks_fp32(state):
+    fp32 = model_from_state(state)
+    bf16 = model_from_state(state, CONFIG.replace(dtype="bfloat16"))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(get_params(bf16)))
+    ids, tm, feat, pos, im = padded_batch()
+    a = np.asarray(fp32(ids, tm, feat, pos, im))
+    seq = bf16(ids, tm, feat, pos, im)
+    assert seq.dtype == jnp.bfloat16
+    assert bf16.itm_logits(seq).dtype == jnp.float32
+    valid = np.concatenate([tm, im], axis=1).astype(bool)
+    err = np.abs(np.asarray(seq, np.float32) - a)[valid]
+    assert err.mean() < 0.02 and err.max() < 0.2, (err.mean(), err.max())
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda b: (b[0].astype(np.float32), *b[1:]), "input_ids"),
+        (lambda b: (b[0], b[1][:, :3], *b[2:]), "text_mask"),
+        (lambda b: (*b[:2], b[2][..., :10], *b[3:]), "img_feat"),
+        (lambda b: (*b[:3], b[3][..., :4], b[4]), "img_pos"),
+        (lambda b: (*b[:4], b[4][:, :2]), "img_mask"),
+        (lambda b: (np.ones((2, 41), np.int32), np.ones((2, 41)), *b[2:]), "max_position"),
+    ],
+)
+def test_bad_input_shapes_name_the_field(model, change, field):
+    with pytest.raises(ValueError, match=field):
+        model(*change(padded_batch()))

@@ -1,0 +1,1 @@
+"""UNITER (UNiversal Image-TExt Representation learning) in JAX/Flax."""

@@ -1,0 +1,75 @@
+"""Pretraining heads (REFERENCE.md section 1): MLM, MRFR, MRC and ITM.
+
+MLM and MRFR reuse encoder weights (the word-embedding table, the image
+linear layer's weight); they receive those arrays at call time, so the tie is
+structural and there is one copy of each parameter.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from uniter_jax.model.config import UniterConfig
+from uniter_jax.model.layers import LayerNorm, dense, gelu
+
+
+class Transform(nnx.Module):
+    """`LN(gelu(W h + b))`, the shared front of the MLM, MRFR and MRC heads."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.dense = dense(config.hidden_size, config.hidden_size, config, rngs)
+        self.norm = LayerNorm(config.hidden_size, config)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        return self.norm(gelu(self.dense(hidden)))
+
+
+class MLMHead(nnx.Module):
+    """Masked language modelling: `[..., H]` -> `[..., vocab]` fp32 logits."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.transform = Transform(config, rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+
+    def __call__(self, hidden: jax.Array, word_embeddings: jax.Array) -> jax.Array:
+        """`word_embeddings`: the tied `[vocab, H]` table."""
+        h = self.transform(hidden)
+        logits = jnp.einsum("...h,vh->...v", h, word_embeddings.astype(h.dtype))
+        return logits.astype(jnp.float32) + self.bias[...]
+
+
+class RegionFeatureHead(nnx.Module):
+    """Masked region feature regression: `[..., H]` -> `[..., img_dim]` fp32."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.transform = Transform(config, rngs)
+        self.bias = nnx.Param(jnp.zeros((config.img_dim,), jnp.float32))
+
+    def __call__(self, hidden: jax.Array, img_kernel: jax.Array) -> jax.Array:
+        """`img_kernel`: the image embedder's `[img_dim, H]` kernel, applied transposed."""
+        h = self.transform(hidden)
+        out = jnp.einsum("...h,dh->...d", h, img_kernel.astype(h.dtype))
+        return out.astype(jnp.float32) + self.bias[...]
+
+
+class RegionClassHead(nnx.Module):
+    """Masked region classification: `[..., H]` -> `[..., num_region_labels]` fp32."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.transform = Transform(config, rngs)
+        self.classifier = dense(config.hidden_size, config.num_region_labels, config, rngs)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        return self.classifier(self.transform(hidden)).astype(jnp.float32)
+
+
+class ITMHead(nnx.Module):
+    """Image-text matching: pooled `[B, H]` -> `[B, 2]` fp32 logits (1 = match)."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.dense = dense(config.hidden_size, 2, config, rngs)
+
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        return self.dense(pooled).astype(jnp.float32)

@@ -1,0 +1,133 @@
+"""Building blocks of the BERT-style encoder: dense, LayerNorm, attention, layer.
+
+Parameters are always fp32. Matmuls run in the config's compute dtype;
+LayerNorm statistics, attention logits and softmax run in fp32. Dropout takes
+an explicit PRNG key (`None` means deterministic), so a layer is a pure
+function of its parameters and inputs and can be scanned or rematerialised
+freely.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from uniter_jax.model.config import UniterConfig
+
+# Added to attention logits of padding positions, as the original (not -inf:
+# keeps parity with its fp32 numbers and is safe in bf16).
+MASK_LOGIT = -10000.0
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """The exact (erf) GELU of BERT and UNITER."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; the identity when `key` is None or `rate` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
+    """`num` independent keys, or `num` Nones in deterministic mode."""
+    if key is None:
+        return [None] * num
+    return list(jax.random.split(key, num))
+
+
+def dense(in_features: int, out_features: int, config: UniterConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    """A linear layer with BERT's init: normal(initializer_range) weights, zero bias."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=nnx.initializers.normal(config.initializer_range),
+        bias_init=nnx.initializers.zeros_init(),
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, computed in fp32, returned in `dtype`.
+
+    Biased variance and `eps` inside the square root, as PyTorch's.
+    """
+
+    def __init__(self, features: int, config: UniterConfig):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.eps = config.layer_norm_eps
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+def attention_bias(mask: jax.Array) -> jax.Array:
+    """`[B, L]` validity mask -> `[B, 1, 1, L]` additive fp32 logit bias."""
+    return (1.0 - mask.astype(jnp.float32))[:, None, None, :] * MASK_LOGIT
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with BERT's output projection."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        hidden = config.hidden_size
+        self.query = dense(hidden, hidden, config, rngs)
+        self.key = dense(hidden, hidden, config, rngs)
+        self.value = dense(hidden, hidden, config, rngs)
+        self.out = dense(hidden, hidden, config, rngs)
+        self.num_heads = config.num_heads
+        self.dropout_rate = config.attention_dropout
+
+    def __call__(
+        self, x: jax.Array, bias: jax.Array, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        """`x` `[B, L, H]`, `bias` `[B, 1, 1, L]` -> `[B, L, H]` (before residual)."""
+        batch, length, hidden = x.shape
+        head_dim = hidden // self.num_heads
+
+        def heads(y):
+            return y.reshape(batch, length, self.num_heads, head_dim)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+        logits = logits / math.sqrt(head_dim) + bias
+        probs = jax.nn.softmax(logits, axis=-1)
+        probs = dropout(probs, self.dropout_rate, dropout_key).astype(v.dtype)
+        context = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(batch, length, hidden)
+        return self.out(context)
+
+
+class TransformerLayer(nnx.Module):
+    """One post-LN BERT layer: attention and feed-forward, each `LN(x + drop(f(x)))`."""
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.attention = SelfAttention(config, rngs)
+        self.attention_norm = LayerNorm(config.hidden_size, config)
+        self.intermediate = dense(config.hidden_size, config.intermediate_size, config, rngs)
+        self.output = dense(config.intermediate_size, config.hidden_size, config, rngs)
+        self.output_norm = LayerNorm(config.hidden_size, config)
+        self.dropout_rate = config.hidden_dropout
+
+    def __call__(
+        self, x: jax.Array, bias: jax.Array, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        """`x` `[B, L, H]` -> `[B, L, H]`."""
+        attn_key, attn_out_key, ffn_key = split_key(dropout_key, 3)
+        attended = self.attention(x, bias, attn_key)
+        x = self.attention_norm(x + dropout(attended, self.dropout_rate, attn_out_key))
+        ffn = self.output(gelu(self.intermediate(x)))
+        return self.output_norm(x + dropout(ffn, self.dropout_rate, ffn_key))

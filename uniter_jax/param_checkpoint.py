@@ -1,0 +1,109 @@
+"""A parameters-only checkpoint directory: what `convert` writes and `init_from` reads.
+
+Layout (local path or gs://):
+  DIR/model_config.json   UniterConfig fields
+  DIR/source.json         where the parameters came from (import report)
+  DIR/params/             orbax checkpoint of the (possibly partial) tree
+
+The tree may lack optional groups (a BERT file has no image embedder or
+pretraining heads); `overlay` fills them from a freshly initialised model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from uniter_jax.model.config import UniterConfig
+
+PARAMS_DIR = "params"
+CONFIG_FILE = "model_config.json"
+SOURCE_FILE = "source.json"
+
+
+class ParamCheckpointError(ValueError):
+    """A parameter checkpoint directory that is missing, incomplete or mismatched."""
+
+
+def save(
+    directory: str,
+    params: dict,
+    config: UniterConfig,
+    *,
+    source: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Writes `params` (nested dict of arrays) with its config to `directory`."""
+    path = epath.Path(directory)
+    if path.exists():
+        if not overwrite:
+            raise ParamCheckpointError(f"{directory} already exists (pass overwrite / --force)")
+        path.rmtree()
+    path.mkdir(parents=True)
+    (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    (path / SOURCE_FILE).write_text(json.dumps(source or {}, indent=2))
+    # Written last: orbax commits the directory atomically, so a readable
+    # params/ means the checkpoint is complete.
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((path / PARAMS_DIR).resolve(), jax.tree.map(np.asarray, params))
+        checkpointer.wait_until_finished()
+
+
+def load(directory: str) -> tuple[dict, UniterConfig, dict[str, Any]]:
+    """Reads `(params as numpy, config, source info)` from `directory`."""
+    path = epath.Path(directory)
+    for name in (CONFIG_FILE, PARAMS_DIR):
+        if not (path / name).exists():
+            raise ParamCheckpointError(
+                f"{directory} is not a parameter checkpoint: {name} is missing"
+            )
+    config = UniterConfig.from_mapping(json.loads((path / CONFIG_FILE).read_text()))
+    source_file = path / SOURCE_FILE
+    source = json.loads(source_file.read_text()) if source_file.exists() else {}
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore((path / PARAMS_DIR).resolve())
+    return params, config, source
+
+
+def overlay(fresh: dict, loaded: dict, where: str = "") -> dict:
+    """`fresh` with every leaf that `loaded` holds replaced by the loaded value.
+
+    Raises ParamCheckpointError naming every loaded path the model lacks and
+    every shape that differs.
+    """
+    problems: list[str] = []
+    merged = _overlay(fresh, loaded, (), problems)
+    if problems:
+        raise ParamCheckpointError(
+            f"parameters{' from ' + where if where else ''} do not fit the model:\n  "
+            + "\n  ".join(problems)
+        )
+    return merged
+
+
+def _overlay(fresh: Any, loaded: Any, path: tuple[str, ...], problems: list[str]) -> Any:
+    name = "/".join(path)
+    if isinstance(loaded, dict):
+        if not isinstance(fresh, dict):
+            problems.append(f"{name}: the model has an array here, the checkpoint a subtree")
+            return fresh
+        out = dict(fresh)
+        for key, value in loaded.items():
+            if key not in fresh:
+                problems.append(f"{'/'.join((*path, str(key)))}: not a parameter of the model")
+                continue
+            out[key] = _overlay(fresh[key], value, (*path, str(key)), problems)
+        return out
+    if isinstance(fresh, dict):
+        problems.append(f"{name}: the model has a subtree here, the checkpoint an array")
+        return fresh
+    if tuple(fresh.shape) != tuple(loaded.shape):
+        problems.append(f"{name}: shape {list(loaded.shape)}, model expects {list(fresh.shape)}")
+        return fresh
+    return np.asarray(loaded, dtype=fresh.dtype)
