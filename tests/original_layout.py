@@ -138,8 +138,12 @@ def forward(sd, num_heads, input_ids, feat=None, pos=None, masked=None):
         i = "uniter.img_embeddings"
         f = np.asarray(feat, np.float64).copy()
         if masked is not None:
-            f[masked] = 0.0  # the original zeroes masked features, then adds the table row
-            f = f + sd[f"{i}.mask_embedding.weight"][masked.astype(int)]
+            # The original zeroes masked features, then adds the table row; it
+            # forces row 0 to zero before every use.
+            table = sd[f"{i}.mask_embedding.weight"].copy()
+            table[0] = 0.0
+            f[masked] = 0.0
+            f = f + table[masked.astype(int)]
         img = _norm(sd, f"{i}.img_layer_norm", _linear(sd, f"{i}.img_linear", f))
         img = img + _norm(sd, f"{i}.pos_layer_norm", _linear(sd, f"{i}.pos_linear", pos))
         img = _norm(sd, f"{i}.LayerNorm", img + types[1])

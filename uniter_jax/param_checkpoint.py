@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from uniter_jax.model.config import UniterConfig
+from uniter_jax.model.pretraining import OPTIONAL_GROUPS, param_groups
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "model_config.json"
@@ -44,6 +45,10 @@ def save(
     if path.exists():
         if not overwrite:
             raise ParamCheckpointError(f"{directory} already exists (pass overwrite / --force)")
+        if any(path.iterdir()) and not (path / CONFIG_FILE).exists():
+            raise ParamCheckpointError(
+                f"{directory} is not empty and not a parameter checkpoint: refusing to replace it"
+            )
         path.rmtree()
     path.mkdir(parents=True)
     (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -71,20 +76,24 @@ def load(directory: str) -> tuple[dict, UniterConfig, dict[str, Any]]:
     return params, config, source
 
 
-def overlay(fresh: dict, loaded: dict, where: str = "") -> dict:
+def overlay(fresh: dict, loaded: dict, where: str = "") -> tuple[dict, tuple[str, ...]]:
     """`fresh` with every leaf that `loaded` holds replaced by the loaded value.
 
-    Raises ParamCheckpointError naming every loaded path the model lacks and
-    every shape that differs.
+    Returns the merged tree and the groups kept from `fresh` (absent from
+    `loaded`). Raises ParamCheckpointError naming every required group that
+    is absent, every loaded path the model lacks and every shape that differs.
     """
     problems: list[str] = []
+    missing = set(param_groups(fresh)) - set(param_groups(loaded))
+    problems += [f"{g}: required, but absent" for g in sorted(missing - set(OPTIONAL_GROUPS))]
+    absent = tuple(g for g in OPTIONAL_GROUPS if g in missing)
     merged = _overlay(fresh, loaded, (), problems)
     if problems:
         raise ParamCheckpointError(
             f"parameters{' from ' + where if where else ''} do not fit the model:\n  "
             + "\n  ".join(problems)
         )
-    return merged
+    return merged, absent
 
 
 def _overlay(fresh: Any, loaded: Any, path: tuple[str, ...], problems: list[str]) -> Any:

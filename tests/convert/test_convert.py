@@ -20,7 +20,13 @@ from uniter_jax.convert import (
     load_state_dict,
 )
 from uniter_jax.convert.__main__ import main as convert_main
-from uniter_jax.model import UniterConfig, UniterForPretraining, abstract_params, set_params
+from uniter_jax.model import (
+    UniterConfig,
+    UniterForPretraining,
+    abstract_params,
+    get_params,
+    set_params,
+)
 
 SIZES = dict(vocab=50, hidden=16, layers=3, intermediate=24, max_pos=20, img_dim=12, labels=7)
 CONFIG = UniterConfig(
@@ -187,17 +193,82 @@ def test_cli_import_then_export(tmp_path, state, capsys):
 def test_cli_reports_errors_without_traceback(tmp_path, state, capsys):
     del state["uniter.pooler.dense.bias"]
     pt = save_pt(state, tmp_path / "broken.pt")
+    (tmp_path / "uniter.json").write_text(json.dumps(CONFIG.to_json_dict()))
     code = convert_main(
-        ["--pytorch-checkpoint", str(pt), "--preset", "tiny", "--out", str(tmp_path / "o")]
+        [
+            *("--pytorch-checkpoint", str(pt), "--model-config", str(tmp_path / "uniter.json")),
+            *("--out", str(tmp_path / "o")),
+        ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "broken.pt" in err and "shape mismatch" in err
+    assert code == 2 and "broken.pt: 1 problem(s)" in err
+    assert "missing: uniter.pooler.dense.bias" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_tied_copies_are_written(tmp_path, state):
+def test_force_replaces_only_a_checkpoint_directory(tmp_path, state):
     params, _ = import_(state)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(param_checkpoint.ParamCheckpointError, match="refusing to replace"):
+        param_checkpoint.save(str(precious), params, CONFIG, overwrite=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    ckpt = str(tmp_path / "ckpt")
+    param_checkpoint.save(ckpt, params, CONFIG)
+    with pytest.raises(param_checkpoint.ParamCheckpointError, match="already exists"):
+        param_checkpoint.save(ckpt, params, CONFIG)
+    param_checkpoint.save(ckpt, params, CONFIG, overwrite=True)
+
+
+def test_partial_checkpoint_round_trip_and_overlay(tmp_path, state):
+    """A BERT-like tree (no image embedder, no region heads) saved, loaded, overlaid."""
+    bert_like = {
+        k.replace("uniter.", "bert.", 1): v
+        for k, v in state.items()
+        if not k.startswith(("uniter.img_embeddings", "feat_regress", "region_classifier", "itm"))
+    }
+    params, report = import_(bert_like)
+    assert report.source == "bert"
+    assert report.absent_groups == ("uniter/img_embeddings", "mrfr", "mrc", "itm")
+    param_checkpoint.save(str(tmp_path / "ckpt"), params, CONFIG)
+    loaded, config, _ = param_checkpoint.load(str(tmp_path / "ckpt"))
+    model = UniterForPretraining(config, nnx.Rngs(0))
+    fresh = get_params(model)
+    merged, absent = param_checkpoint.overlay(fresh, loaded)
+    assert absent == report.absent_groups
+    np.testing.assert_array_equal(
+        merged["uniter"]["encoder"]["layers"]["attention"]["query"]["kernel"][1],
+        state["uniter.encoder.layer.1.attention.self.query.weight"].T,
+    )
+    np.testing.assert_array_equal(merged["itm"]["dense"]["kernel"], fresh["itm"]["dense"]["kernel"])
+
+
+def test_overlay_names_every_misfit(state):
+    params, _ = import_(state)
+    fresh = get_params(UniterForPretraining(CONFIG, nnx.Rngs(0)))
+    del params["uniter"]["encoder"]
+    params["mlm"]["extra"] = np.zeros(3)
+    params["itm"]["dense"]["bias"] = np.zeros(5)
+    with pytest.raises(param_checkpoint.ParamCheckpointError) as err:
+        param_checkpoint.overlay(fresh, params)
+    message = str(err.value)
+    assert "uniter/encoder: required, but absent" in message
+    assert "mlm/extra: not a parameter of the model" in message
+    assert "itm/dense/bias: shape [5], model expects [2]" in message
+
+
+def test_mrfr_head_without_its_tied_image_embedder_is_an_error(state):
+    broken = {k: v for k, v in state.items() if not k.startswith("uniter.img_embeddings")}
+    with pytest.raises(CheckpointError, match="image embedder it is tied to"):
+        import_(broken)
+
+
+def test_tied_copies_are_written_from_their_source(tmp_path, state):
+    """Export writes the copies from the tied source, whatever the file's copy held."""
+    without_copies = {k: v for k, v in state.items() if k not in TIED_COPIES}
+    params, _ = import_(without_copies)
     export_checkpoint(params, CONFIG, tmp_path / "x.pt")
     back = load_state_dict(tmp_path / "x.pt")
     for copy, original in TIED_COPIES.items():
-        np.testing.assert_array_equal(back[copy], back[original])
+        np.testing.assert_array_equal(back[copy], state[original])

@@ -36,7 +36,9 @@ def perturbed_bert(cls, std=0.05, **sizes):
 def load_into_ours(state, config):
     params, report = import_state_dict(state, config, abstract_params(config))
     model = UniterForPretraining(config, nnx.Rngs(0))
-    set_params(model, overlay(get_params(model), params))
+    merged, absent = overlay(get_params(model), params)
+    assert absent == report.absent_groups
+    set_params(model, merged)
     return model, report
 
 

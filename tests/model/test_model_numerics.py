@@ -33,7 +33,9 @@ CONFIG = UniterConfig(
 def model_from_state(state, config=CONFIG):
     params, _ = import_state_dict(state, config, abstract_params(config))
     model = UniterForPretraining(config, nnx.Rngs(0))
-    set_params(model, overlay(get_params(model), params))
+    merged, absent = overlay(get_params(model), params)
+    assert absent == ()
+    set_params(model, merged)
     return model
 
 
@@ -51,7 +53,10 @@ def padded_batch(seed=0, text_lens=(7, 4), region_counts=(5, 2), lt=9, nr=6, img
 
 @pytest.fixture(scope="module")
 def state():
-    return random_state_dict(seed=1, **SIZES)
+    state = random_state_dict(seed=1, **SIZES)
+    # Row 0 of the mask table is never used: the original zeroes it before use.
+    state["uniter.img_embeddings.mask_embedding.weight"][0] = 1.0
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +150,12 @@ def _stack_outputs(config):
     def run(model, key):
         return model(ids, tm, feat, pos, im, dropout_key=key)
 
+    valid = np.concatenate([tm, im], axis=1).astype(bool)[..., None]
+
     def loss(model):
+        # Losses read valid positions only, as training does.
         seq = model(ids, tm, feat, pos, im, dropout_key=key)
-        return jnp.sum(seq**2) + jnp.sum(model.itm_logits(seq))
+        return jnp.sum(jnp.where(valid, seq, 0.0) ** 2) + jnp.sum(model.itm_logits(seq))
 
     return run(model, None), run(model, key), nnx.jit(nnx.grad(loss))(model)
 
@@ -175,6 +183,25 @@ def test_scan_and_remat_match_plain_stack(plain_stack, variant):
     scale = max(float(np.abs(g).max()) for g in leaves_a)
     for ga, gb in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_allclose(ga, gb, atol=1e-5 * scale, rtol=0)
+    # Every layer of the stack receives gradient (none is cut off).
+    for name, g in grads_b["uniter"]["encoder"]["layers"]["output"].items():
+        per_layer = np.abs(np.asarray(g)).reshape(STACK_CONFIG.num_layers, -1).max(axis=1)
+        assert (per_layer > 0).all(), name
+
+
+def test_non_finite_padding_stays_out_of_outputs_and_gradients(model):
+    ids, tm, feat, pos, im = padded_batch(seed=11)
+    feat[im == 0] = np.nan
+    pos[im == 0] = np.inf
+
+    def loss(model):
+        seq = model(ids, tm, feat, pos, im)
+        valid = np.concatenate([tm, im], axis=1).astype(bool)
+        return jnp.sum(jnp.where(valid[..., None], seq, 0.0) ** 2)
+
+    value, grads = nnx.value_and_grad(loss)(model)
+    assert np.isfinite(value)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
 def test_dropout_is_active_with_a_key_and_deterministic_without(model):
@@ -198,6 +225,14 @@ def test_bf16_compute_keeps_fp32_params_and_tracks_fp32(state):
     valid = np.concatenate([tm, im], axis=1).astype(bool)
     err = np.abs(np.asarray(seq, np.float32) - a)[valid]
     assert err.mean() < 0.02 and err.max() < 0.2, (err.mean(), err.max())
+    # Heads accumulate in fp32: given the same hidden states, bf16 and fp32
+    # models differ only by bf16 rounding of their inputs and weights.
+    hidden = jnp.asarray(a[:, :3], jnp.bfloat16)
+    for head in ("mlm_logits", "mrfr_features", "mrc_logits"):
+        got = getattr(bf16, head)(hidden)
+        want = getattr(fp32, head)(hidden.astype(jnp.float32))
+        assert got.dtype == jnp.float32
+        assert np.abs(np.asarray(got) - np.asarray(want)).max() < 0.05, head
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,11 @@ def test_total_equals_original_state_dict_without_tied_copies(name):
     assert parameter_counts(c)["total with pretraining heads"] == want
 
 
-def test_reference_sizes():
+@pytest.mark.parametrize("name, reference_millions", [("base", 86), ("large", 303)])
+def test_reference_sizes(name, reference_millions):
     """REFERENCE.md: about 86M (base) and 303M (large) in the transformer layers."""
-    assert round(parameter_counts(UniterConfig.preset("base"))["encoder layers"] / 1e6) == 85
-    assert round(parameter_counts(UniterConfig.preset("large"))["encoder layers"] / 1e6) == 302
+    layers = parameter_counts(UniterConfig.preset(name))["encoder layers"]
+    assert abs(layers / 1e6 - reference_millions) < 1.5
 
 
 def test_script_prints_a_table(capsys):

@@ -232,6 +232,11 @@ def import_state_dict(
     present = {e.group for e in table if e.key in state}
     absent = tuple(g for g in OPTIONAL_GROUPS if g not in present)
     problems, dropped = [], []
+    if "mrfr" not in absent and "uniter/img_embeddings" in absent:
+        problems.append(
+            "feat_regress.* is present but the image embedder it is tied to "
+            "(uniter.img_embeddings.*) is not"
+        )
 
     for entry in table:
         if entry.group in absent:
@@ -260,7 +265,12 @@ def import_state_dict(
 
     if problems:
         has_unexpected = any(p.startswith("unexpected") for p in problems)
-        hint = " (drop_unknown / --drop-unknown skips unknown keys)" if has_unexpected else ""
+        hint = (
+            " (keys outside the encoder and pretraining heads, such as a downstream task's "
+            "head, are skipped with drop_unknown / --drop-unknown)"
+            if has_unexpected
+            else ""
+        )
         raise CheckpointError(
             f"{len(problems)} problem(s) reading the state dict as a {config.num_layers}-layer, "
             f"hidden-{config.hidden_size} UNITER{hint}:\n  " + "\n  ".join(problems)
@@ -310,7 +320,7 @@ def export_state_dict(
         out[entry.key] = np.ascontiguousarray(value, dtype=dtype)
         exported.add(entry.group)
     for copy, (original, group) in TIED.items():
-        if group in exported:
+        if group in exported and original in out:
             out[copy] = out[original].copy()
     return out
 

@@ -6,6 +6,7 @@ from uniter_jax.model.pretraining import (
     UniterForPretraining,
     abstract_params,
     get_params,
+    param_groups,
     set_params,
 )
 from uniter_jax.model.uniter import Uniter
@@ -18,5 +19,6 @@ __all__ = [
     "UniterForPretraining",
     "abstract_params",
     "get_params",
+    "param_groups",
     "set_params",
 ]

@@ -13,12 +13,19 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-
 # Names accepted for `remat`: no rematerialisation, save nothing, or one of
-# `jax.checkpoint_policies` by name.
+# the ready-made `jax.checkpoint_policies` (the others are factories that need
+# arguments).
 REMAT_NONE = "none"
 REMAT_FULL = "full"
+REMAT_POLICIES = (
+    "checkpoint_dots",
+    "checkpoint_dots_with_no_batch_dims",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+    "nothing_saveable",
+)
 
 # JSON keys of the original UNITER / BERT config files and our field names.
 _JSON_FIELDS = {
@@ -80,7 +87,7 @@ class UniterConfig:
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"  # compute dtype; params, LayerNorm and softmax stay fp32
     scan_layers: bool = False  # run the layer stack with lax.scan (one traced layer)
-    remat: str = REMAT_NONE  # "none", "full" or a jax.checkpoint_policies name
+    remat: str = REMAT_NONE  # "none", "full" or one of REMAT_POLICIES
 
     def __post_init__(self):
         problems = []
@@ -111,12 +118,14 @@ class UniterConfig:
             problems.append("initializer_range and layer_norm_eps must be positive")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             problems.append(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.remat not in (REMAT_NONE, REMAT_FULL) and not hasattr(
-            jax.checkpoint_policies, self.remat
-        ):
+        if self.remat not in (REMAT_NONE, REMAT_FULL, *REMAT_POLICIES):
             problems.append(
-                f"remat {self.remat!r} is neither 'none', 'full' nor a "
-                "jax.checkpoint_policies name (e.g. 'dots_saveable')"
+                f"remat {self.remat!r} is not one of {[REMAT_NONE, REMAT_FULL, *REMAT_POLICIES]}"
+            )
+        if not problems and self.type_vocab_size < 2:
+            problems.append(
+                f"type_vocab_size must be at least 2 (row 1 marks regions), "
+                f"got {self.type_vocab_size}"
             )
         if problems:
             raise ConfigError("invalid UniterConfig: " + "; ".join(problems))

@@ -36,8 +36,10 @@ class MLMHead(nnx.Module):
     def __call__(self, hidden: jax.Array, word_embeddings: jax.Array) -> jax.Array:
         """`word_embeddings`: the tied `[vocab, H]` table."""
         h = self.transform(hidden)
-        logits = jnp.einsum("...h,vh->...v", h, word_embeddings.astype(h.dtype))
-        return logits.astype(jnp.float32) + self.bias[...]
+        logits = jnp.einsum(
+            "...h,vh->...v", h, word_embeddings.astype(h.dtype), preferred_element_type=jnp.float32
+        )
+        return logits + self.bias[...]
 
 
 class RegionFeatureHead(nnx.Module):
@@ -50,8 +52,10 @@ class RegionFeatureHead(nnx.Module):
     def __call__(self, hidden: jax.Array, img_kernel: jax.Array) -> jax.Array:
         """`img_kernel`: the image embedder's `[img_dim, H]` kernel, applied transposed."""
         h = self.transform(hidden)
-        out = jnp.einsum("...h,dh->...d", h, img_kernel.astype(h.dtype))
-        return out.astype(jnp.float32) + self.bias[...]
+        out = jnp.einsum(
+            "...h,dh->...d", h, img_kernel.astype(h.dtype), preferred_element_type=jnp.float32
+        )
+        return out + self.bias[...]
 
 
 class RegionClassHead(nnx.Module):
@@ -59,7 +63,9 @@ class RegionClassHead(nnx.Module):
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         self.transform = Transform(config, rngs)
-        self.classifier = dense(config.hidden_size, config.num_region_labels, config, rngs)
+        self.classifier = dense(
+            config.hidden_size, config.num_region_labels, config, rngs, fp32_output=True
+        )
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return self.classifier(self.transform(hidden)).astype(jnp.float32)
@@ -69,7 +75,7 @@ class ITMHead(nnx.Module):
     """Image-text matching: pooled `[B, H]` -> `[B, 2]` fp32 logits (1 = match)."""
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
-        self.dense = dense(config.hidden_size, 2, config, rngs)
+        self.dense = dense(config.hidden_size, 2, config, rngs, fp32_output=True)
 
     def __call__(self, pooled: jax.Array) -> jax.Array:
         return self.dense(pooled).astype(jnp.float32)

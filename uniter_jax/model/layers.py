@@ -42,8 +42,19 @@ def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, num))
 
 
-def dense(in_features: int, out_features: int, config: UniterConfig, rngs: nnx.Rngs) -> nnx.Linear:
-    """A linear layer with BERT's init: normal(initializer_range) weights, zero bias."""
+def dense(
+    in_features: int,
+    out_features: int,
+    config: UniterConfig,
+    rngs: nnx.Rngs,
+    *,
+    fp32_output: bool = False,
+) -> nnx.Linear:
+    """A linear layer with BERT's init: normal(initializer_range) weights, zero bias.
+
+    `fp32_output` accumulates and returns fp32 whatever the compute dtype: for
+    logits and regression outputs that feed a loss.
+    """
     return nnx.Linear(
         in_features,
         out_features,
@@ -51,6 +62,7 @@ def dense(in_features: int, out_features: int, config: UniterConfig, rngs: nnx.R
         bias_init=nnx.initializers.zeros_init(),
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.float32,
+        preferred_element_type=jnp.float32 if fp32_output else None,
         rngs=rngs,
     )
 

@@ -56,6 +56,17 @@ def abstract_params(config: UniterConfig) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def param_groups(params: dict) -> tuple[str, ...]:
+    """Group names of a parameter tree: `uniter/<part>` and each head."""
+    groups = []
+    for name, sub in params.items():
+        if name == "uniter" and isinstance(sub, dict):
+            groups += [f"uniter/{part}" for part in sub]
+        else:
+            groups.append(name)
+    return tuple(groups)
+
+
 def get_params(model: nnx.Module) -> dict:
     """A module's parameters as a plain nested dict of arrays."""
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -40,6 +40,10 @@ class Encoder(nnx.Module):
     ) -> jax.Array:
         """`x` `[B, L, H]`, `mask` `[B, L]` (1 = valid) -> `[B, L, H]`."""
         bias = attention_bias(mask)
+        # Plain jax.lax.scan / jax.checkpoint over the split layer state rather
+        # than nnx.scan / nnx.remat: layers are pure (dropout keys are inputs,
+        # nothing is mutated), so the plain transforms need no NNX state
+        # plumbing, and the loop and the scan share one code path.
         graphdef, stacked = nnx.split(self.layers)
         keys = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
 
@@ -126,6 +130,11 @@ class Uniter(nnx.Module):
             if img_type_ids is None:
                 img_type_ids = jnp.ones(img_feat.shape[:2], jnp.int32)
             type_embeddings = self.embeddings.token_type(img_type_ids)
+            # Padded slots may hold anything (even NaN from a bad pad value):
+            # zero them so nothing non-finite reaches valid outputs or gradients.
+            valid = img_mask.astype(bool)[..., None]
+            img_feat = jnp.where(valid, img_feat, 0)
+            img_pos = jnp.where(valid, img_pos, 0)
             regions = self.img_embeddings(img_feat, img_pos, type_embeddings, img_masked, img_key)
             hidden = jnp.concatenate([hidden, regions], axis=1)
             mask = jnp.concatenate([text_mask, img_mask.astype(text_mask.dtype)], axis=1)
