@@ -1,0 +1,198 @@
+"""COCO caption and VQA v2 JSON -> text stores, against independent computations."""
+
+import collections
+import json
+
+import numpy as np
+import pytest
+import transformers
+
+from uniter_jax.data.convert.coco_captions import convert_coco_captions
+from uniter_jax.data.convert.vqa import convert_vqa
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.image_store import ImageStoreWriter
+from uniter_jax.data.regions import make_regions
+from uniter_jax.data.text_store import TextStore
+from uniter_jax.data.tokenizer import build_vocab
+
+CAPTIONS = [
+    "A man riding a horse on the beach.",
+    "Two dogs play with a red frisbee.",
+    "a kitchen with a stove and a sink",
+]
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v") / "vocab.txt"
+    return build_vocab([*CAPTIONS, "what colour is it? yes no red blue two"], str(path))
+
+
+def write_json(path, value):
+    path.write_text(json.dumps(value))
+    return str(path)
+
+
+def image_store(path, ids):
+    rng = np.random.default_rng(0)
+    with ImageStoreWriter(str(path), feature_dim=4) as writer:
+        for image_id in ids:
+            writer.add(
+                make_regions(image_id, rng.standard_normal((2, 4)), rng.uniform(0, 1, (2, 7)))
+            )
+    return str(path)
+
+
+def coco(annotations):
+    return {"images": [], "annotations": annotations}
+
+
+def test_coco_captions_round_trip(tmp_path, vocab):
+    anns = [{"id": 10 + i, "image_id": 7 * i, "caption": c} for i, c in enumerate(CAPTIONS)]
+    anns.append({"id": 99, "image_id": 0, "caption": " ".join(["horse"] * 80)})
+    src = write_json(tmp_path / "captions.json", coco(anns))
+    summary = convert_coco_captions(
+        src,
+        tmp_path / "out",
+        vocab=vocab,
+        progress=False,
+        image_id_format="COCO_{id:06d}",
+        max_txt_len=60,
+    )
+    assert summary.texts == 4 and summary.truncated == 1
+    store = TextStore(str(tmp_path / "out"))
+    reference = transformers.BertTokenizer(vocab, do_lower_case=False)
+    for i, ann in enumerate(anns):
+        assert store.text_ids[i] == str(ann["id"])
+        assert store.image_ids[i] == f"COCO_{ann['image_id']:06d}"
+        want = reference.encode(ann["caption"], add_special_tokens=False)[:60]
+        np.testing.assert_array_equal(store.input_ids(i), want)
+
+
+@pytest.mark.parametrize(
+    "annotation, field",
+    [
+        ({"id": 1, "image_id": 1, "caption": "   "}, "text"),
+        ({"id": 1, "caption": "a horse"}, "image_id"),
+        ({"id": 1, "image_id": 1, "caption": 5}, "caption"),
+        ({"id": 1, "image_id": 404, "caption": "a horse"}, "image_id"),  # not in the store
+    ],
+)
+def test_coco_bad_records_name_file_record_and_field(tmp_path, vocab, annotation, field):
+    good = {"id": 0, "image_id": 1, "caption": "a horse"}
+    src = write_json(tmp_path / "c.json", coco([good, annotation]))
+    images = image_store(tmp_path / "img", ["1", "2"])
+    with pytest.raises(DataError) as err:
+        convert_coco_captions(src, tmp_path / "out", vocab=vocab, images=images, progress=False)
+    assert "c.json" in str(err.value) and "annotation 1" in str(err.value)
+    assert err.value.field == field
+    assert not (tmp_path / "out").exists()
+    summary = convert_coco_captions(
+        src, tmp_path / "out", vocab=vocab, images=images, skip_bad=True, progress=False
+    )
+    assert summary.texts == 1 and len(summary.skipped) == 1
+    assert summary.skipped[0].field == field
+
+
+def test_coco_duplicate_ids_and_bad_files(tmp_path, vocab):
+    dup = [{"id": 1, "image_id": 1, "caption": "a"}, {"id": 1, "image_id": 2, "caption": "b"}]
+    with pytest.raises(DataError, match="duplicate text id"):
+        convert_coco_captions(
+            write_json(tmp_path / "d.json", coco(dup)), tmp_path / "o", vocab=vocab, progress=False
+        )
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DataError, match="not valid JSON"):
+        convert_coco_captions(str(tmp_path / "bad.json"), tmp_path / "o", vocab=vocab)
+    with pytest.raises(DataError, match="'annotations' list"):
+        convert_coco_captions(write_json(tmp_path / "e.json", []), tmp_path / "o", vocab=vocab)
+
+
+def human(*answers):
+    return [
+        {"answer": a, "answer_confidence": "yes", "answer_id": i} for i, a in enumerate(answers)
+    ]
+
+
+def test_vqa_answer_vocabulary_and_soft_scores(tmp_path, vocab):
+    rng = np.random.default_rng(0)
+    pool = ["red", "blue", "two", "yes", "no", "Red.", "green"]
+    questions, annotations = [], []
+    for q in range(40):
+        answers = list(rng.choice(pool, 10))
+        questions.append({"question_id": q, "image_id": q % 5, "question": "what colour is it?"})
+        annotations.append(
+            {
+                "question_id": q,
+                "image_id": q % 5,
+                "answers": human(*answers),
+                "multiple_choice_answer": answers[0],
+            }
+        )
+    qs = write_json(tmp_path / "q.json", {"questions": questions})
+    ans = write_json(tmp_path / "a.json", {"annotations": annotations})
+    convert_vqa(
+        qs, tmp_path / "out", vocab=vocab, annotations_path=ans, num_answers=4, progress=False
+    )
+    store = TextStore(str(tmp_path / "out"))
+
+    def norm(a):
+        return a.lower().strip().rstrip(".")
+
+    mc = collections.Counter(norm(a["multiple_choice_answer"]) for a in annotations)
+    want_vocab = sorted(mc, key=lambda a: (-mc[a], a))[:4]
+    answer_vocab = store.manifest["source"]["answer_vocab"]
+    assert answer_vocab == want_vocab
+    for i, ann in enumerate(annotations):
+        counts = collections.Counter(norm(a["answer"]) for a in ann["answers"])
+        want = {a: min(c / 3, 1) for a, c in counts.items() if a in want_vocab}
+        got = dict(
+            zip(
+                (answer_vocab[j] for j in store.field("answers", i)),
+                store.field("scores", i),
+                strict=True,
+            )
+        )
+        assert got == pytest.approx(want)
+
+
+def test_vqa_test_split_and_missing_annotations(tmp_path, vocab):
+    questions = [
+        {"question_id": 1, "image_id": 3, "question": "is it red?"},
+        {"question_id": 2, "image_id": 3, "question": "is it blue?"},
+    ]
+    qs = write_json(tmp_path / "q.json", {"questions": questions})
+    with pytest.raises(DataError, match="answer vocabulary"):
+        convert_vqa(qs, tmp_path / "o", vocab=vocab, progress=False)
+    convert_vqa(qs, tmp_path / "o", vocab=vocab, answer_vocab=["yes", "no"], progress=False)
+    assert len(TextStore(str(tmp_path / "o")).field("answers", 0)) == 0
+    ans = write_json(
+        tmp_path / "a.json",
+        {
+            "annotations": [
+                {"question_id": 1, "answers": human("yes"), "multiple_choice_answer": "yes"}
+            ]
+        },
+    )
+    with pytest.raises(DataError, match="no annotation for this question") as err:
+        convert_vqa(qs, tmp_path / "o2", vocab=vocab, annotations_path=ans, progress=False)
+    assert "question 1" in str(err.value)
+
+
+def test_cli_text_formats(tmp_path, vocab, capsys):
+    from uniter_jax.data.convert.__main__ import main
+
+    anns = [{"id": i, "image_id": i, "caption": c} for i, c in enumerate(CAPTIONS)]
+    src = write_json(tmp_path / "c.json", coco(anns))
+    args = ["coco-captions", src, "--vocab", vocab, "--out", str(tmp_path / "c"), "--no-progress"]
+    assert main(args) == 0
+    assert "wrote 3 texts" in capsys.readouterr().out
+    qs = write_json(
+        tmp_path / "q.json",
+        {"questions": [{"question_id": 1, "image_id": 1, "question": "is it red?"}]},
+    )
+    answers = write_json(tmp_path / "answers.json", ["yes", "no"])
+    args = ["vqa", qs, "--answer-vocab", answers, "--vocab", vocab, "--out", str(tmp_path / "v")]
+    assert main([*args, "--no-progress"]) == 0
+    assert TextStore(str(tmp_path / "v")).manifest["source"]["answer_vocab"] == ["yes", "no"]
+    assert main([*args, "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err

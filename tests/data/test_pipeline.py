@@ -1,0 +1,160 @@
+"""The tf.data pipeline against the stores, read back independently."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from uniter_jax.data import synthetic
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.pipeline import (
+    Bucket,
+    Pipeline,
+    PipelineConfig,
+    default_buckets,
+    padding_waste,
+    plan_epoch,
+)
+from uniter_jax.data.text_store import TextStore
+
+WORLD = synthetic.WorldConfig(num_images=24, feature_dim=16, num_labels=61, seed=5)
+CONFIG = PipelineConfig(
+    buckets=(Bucket(12, 6, 8), Bucket(14, 12, 4)),
+    min_bb=3,
+    max_bb=12,
+    conf_th=0.5,
+    itm_neg_prob=0.5,
+    soft_labels=True,
+    seed=1,
+)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    paths = synthetic.write_world(str(tmp_path_factory.mktemp("w") / "world"), WORLD)
+    return TextStore(paths["captions_train"]), ImageStore(paths["images"])
+
+
+def take(pipeline, n):
+    return list(itertools.islice(pipeline, n))
+
+
+def expected_row(texts, images, text_index, image_index, bucket, config):
+    """One padded example, built straight from the stores and REFERENCE's rules."""
+    ids = [101, *texts.input_ids(text_index)[: bucket.text_len - 2], 102]
+    regions = images.get(str(images.ids[image_index]))
+    count = int((regions.conf > config.conf_th).sum())
+    kept = min(regions.num_boxes, max(config.min_bb, min(config.max_bb, count)))
+    pad = bucket.num_regions - kept
+    return {
+        "input_ids": np.pad(ids, (0, bucket.text_len - len(ids))),
+        "text_mask": np.pad(np.ones(len(ids)), (0, bucket.text_len - len(ids))),
+        "img_feat": np.pad(regions.features[:kept], ((0, pad), (0, 0))),
+        "img_pos": np.pad(regions.boxes[:kept], ((0, pad), (0, 0))),
+        "img_soft_labels": np.pad(regions.soft_labels[:kept], ((0, pad), (0, 0))),
+        "img_mask": np.pad(np.ones(kept), (0, pad)),
+    }
+
+
+def test_batches_equal_an_independent_read_of_the_stores(stores):
+    texts, images = stores
+    for batch in take(Pipeline(texts, images, CONFIG), 6):
+        bucket = next(
+            b
+            for b in CONFIG.buckets
+            if (b.text_len, b.num_regions)
+            == (batch["input_ids"].shape[1], batch["img_mask"].shape[1])
+        )
+        assert len(batch["itm_label"]) == bucket.batch_size
+        for r in range(len(batch["itm_label"])):
+            t, i = int(batch["text_index"][r]), int(batch["image_index"][r])
+            own = images.position(str(texts.image_ids[t]))
+            assert batch["itm_label"][r] == int(i == own)
+            for key, value in expected_row(texts, images, t, i, bucket, CONFIG).items():
+                np.testing.assert_array_equal(batch[key][r], value, err_msg=key)
+
+
+def test_plan_uses_each_example_once_and_negatives_are_other_images(stores):
+    texts, images = stores
+    pipeline = Pipeline(texts, images, CONFIG)
+    plan = pipeline.plan(0)
+    used = np.concatenate([b[:, 0] for b in plan.batches])
+    assert len(np.unique(used)) == len(used) and len(used) + plan.dropped == len(texts)
+    rows = np.concatenate(plan.batches)
+    own = pipeline.text_images[rows[:, 0]]
+    assert ((rows[:, 1] == own) == (rows[:, 2] == 1)).all()
+    assert 0 <= padding_waste(plan, CONFIG.buckets) < 1
+
+
+def test_negative_draws_are_uniform_over_other_images():
+    rng = np.random.default_rng(0)
+    n, num_images = 40_000, 5
+    text_images = rng.integers(0, num_images, n)
+    config = PipelineConfig(buckets=(Bucket(40, 10, 1),), itm_neg_prob=0.3)
+    plan = plan_epoch(
+        np.full(n, 10), text_images, np.full(num_images, 10, np.int32), config, epoch=0
+    )
+    rows = np.concatenate(plan.batches)
+    negative = rows[:, 2] == 0
+    assert abs(negative.mean() - 0.3) < 0.01
+    pairs = rows[negative]
+    assert (pairs[:, 1] != text_images[pairs[:, 0]]).all()
+    counts = np.bincount(pairs[:, 1], minlength=num_images)
+    assert counts.min() > 0.9 * counts.mean()
+
+
+def test_same_seed_same_batches_other_seed_other_batches(stores):
+    texts, images = stores
+    a = take(Pipeline(texts, images, CONFIG), 3)
+    b = take(Pipeline(texts, images, CONFIG), 3)
+    c = take(Pipeline(texts, images, PipelineConfig(**{**vars(CONFIG), "seed": 2})), 3)
+    for x, y in zip(a, b, strict=True):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert any(
+        not np.array_equal(x["text_index"], z["text_index"]) for x, z in zip(a, c, strict=True)
+    )
+
+
+def test_restored_iterator_continues_exactly_across_epochs(stores):
+    texts, images = stores
+    steps_per_epoch = len(Pipeline(texts, images, CONFIG).plan(0).bucket)
+    total = steps_per_epoch + 4
+    straight = take(Pipeline(texts, images, CONFIG), total)
+    for cut in (3, steps_per_epoch - 1, steps_per_epoch + 1):
+        first = Pipeline(texts, images, CONFIG)
+        take(first, cut)
+        resumed = Pipeline(texts, images, CONFIG)
+        resumed.restore(dict(first.state()))
+        for x, y in zip(straight[cut:], take(resumed, total - cut), strict=True):
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"cut {cut} {key}")
+
+
+def test_hosts_take_slices_of_the_same_global_batches(stores):
+    texts, images = stores
+    whole = take(Pipeline(texts, images, CONFIG), 5)
+    hosts = [
+        take(Pipeline(texts, images, CONFIG, process_index=p, process_count=2), 5) for p in range(2)
+    ]
+    for step, batch in enumerate(whole):
+        h0, h1 = hosts[0][step], hosts[1][step]
+        for key in batch:
+            assert h0[key].shape == h1[key].shape
+            np.testing.assert_array_equal(np.concatenate([h0[key], h1[key]]), batch[key])
+
+
+def test_configuration_errors(stores):
+    texts, images = stores
+    with pytest.raises(ValueError, match="not divisible"):
+        Pipeline(texts, images, CONFIG, process_count=3)
+    tight = PipelineConfig(**{**vars(CONFIG), "buckets": (Bucket(5, 4, 4),)})
+    with pytest.raises(DataError, match="fits no bucket"):
+        Pipeline(texts, images, tight).plan(0)
+
+
+def test_default_buckets_cover_the_reference_limits():
+    buckets = default_buckets(64)
+    assert max(b.text_len for b in buckets) >= 62 and max(b.num_regions for b in buckets) >= 100
+    assert all(b.batch_size % 8 == 0 for b in buckets)

@@ -1,0 +1,179 @@
+"""Convert public formats into image stores (region features) and text stores.
+
+  python -m uniter_jax.data.convert butd-tsv a.tsv.0 a.tsv.1 --out data/coco_img \\
+      [--soft-labels cls_prob/]
+  python -m uniter_jax.data.convert lxmert-tsv train2014_obj36.tsv --out data/coco_img \\
+      [--one-hot-labels]
+  python -m uniter_jax.data.convert npz-dir features/ --out data/coco_img
+
+  python -m uniter_jax.data.convert coco-captions captions_train2014.json \\
+      --vocab vocab.txt --images data/coco_img --out data/txt/captions_train
+  python -m uniter_jax.data.convert vqa questions.json --annotations annotations.json \\
+      --vocab vocab.txt --out data/txt/vqa_train
+
+Region formats: --feature-dim (2048). All: --skip-bad (skip and list bad records
+instead of failing), --force (replace an existing store), --no-progress.
+A failure leaves no store behind and exits with status 2.
+
+To add a format: write `_add_<format>(subparsers)` that registers a subparser
+with `_common_arguments` and sets `convert` to a function of the parsed
+arguments returning a Summary, then list it in `_ADDERS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from uniter_jax.data.convert.butd_tsv import convert_butd_tsv
+from uniter_jax.data.convert.coco_captions import convert_coco_captions
+from uniter_jax.data.convert.lxmert_tsv import convert_lxmert_tsv
+from uniter_jax.data.convert.npz_dir import convert_npz_dir
+from uniter_jax.data.convert.vqa import convert_vqa
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.files import read_json
+
+
+def _common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="the store folder to write")
+    p.add_argument("--feature-dim", type=int, default=2048, help="region feature width D")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad records, list them")
+    p.add_argument("--force", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "feature_dim": args.feature_dim,
+        "skip_bad": args.skip_bad,
+        "overwrite": args.force,
+        "progress": not args.no_progress,
+    }
+
+
+def _add_butd_tsv(subparsers: Any) -> None:
+    p = subparsers.add_parser("butd-tsv", help="bottom-up-attention TSV files")
+    p.add_argument("tsv", nargs="+", help="TSV files, converted into one store")
+    p.add_argument("--soft-labels", metavar="DIR", help="folder of <image_id>.npy [n, 1601]")
+    _common_arguments(p)
+    p.set_defaults(
+        convert=lambda a: convert_butd_tsv(
+            a.tsv, a.out, soft_label_dir=a.soft_labels, **_options(a)
+        )
+    )
+
+
+def _add_lxmert_tsv(subparsers: Any) -> None:
+    p = subparsers.add_parser("lxmert-tsv", help="LXMERT TSV files (hard labels)")
+    p.add_argument("tsv", nargs="+", help="TSV files, converted into one store")
+    p.add_argument(
+        "--one-hot-labels",
+        action="store_true",
+        help="store the object class as one-hot soft labels [n, 1601]",
+    )
+    _common_arguments(p)
+    p.set_defaults(
+        convert=lambda a: convert_lxmert_tsv(
+            a.tsv, a.out, one_hot_labels=a.one_hot_labels, **_options(a)
+        )
+    )
+
+
+def _add_npz_dir(subparsers: Any) -> None:
+    p = subparsers.add_parser("npz-dir", help="a folder of <image_id>.npz")
+    p.add_argument("directory", help="folder of .npz files")
+    p.add_argument(
+        "--soft-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="require (or ignore) soft_labels; default: as the first file",
+    )
+    _common_arguments(p)
+    p.set_defaults(
+        convert=lambda a: convert_npz_dir(
+            a.directory, a.out, soft_labels=a.soft_labels, **_options(a)
+        )
+    )
+
+
+def _text_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="the text store folder to write")
+    p.add_argument("--vocab", required=True, help="WordPiece vocab.txt (cased: bert-base-cased)")
+    p.add_argument("--images", help="image store: texts whose image is missing are errors")
+    p.add_argument("--image-id-format", default="{id}", help="e.g. COCO_train2014_{id:012d}")
+    p.add_argument("--max-txt-len", type=int, default=60, help="tokens kept per text")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad records, list them")
+    p.add_argument("--force", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _text_options(args: argparse.Namespace) -> dict:
+    return {
+        "vocab": args.vocab,
+        "images": args.images,
+        "image_id_format": args.image_id_format,
+        "max_txt_len": args.max_txt_len,
+        "skip_bad": args.skip_bad,
+        "overwrite": args.force,
+        "progress": not args.no_progress,
+    }
+
+
+def _add_coco_captions(subparsers: Any) -> None:
+    p = subparsers.add_parser("coco-captions", help="COCO caption JSON -> captions text store")
+    p.add_argument("json", help="captions_<split>.json")
+    _text_arguments(p)
+    p.set_defaults(convert=lambda a: convert_coco_captions(a.json, a.out, **_text_options(a)))
+
+
+def _add_vqa(subparsers: Any) -> None:
+    p = subparsers.add_parser("vqa", help="VQA v2 questions (+ annotations) -> VQA text store")
+    p.add_argument("questions", help="v2_OpenEnded_mscoco_<split>_questions.json")
+    p.add_argument("--annotations", help="v2_mscoco_<split>_annotations.json (train/val)")
+    p.add_argument("--answer-vocab", help="JSON list of answers (default: from --annotations)")
+    p.add_argument("--num-answers", type=int, default=3129, help="answer vocabulary size")
+    _text_arguments(p)
+
+    def convert(a: argparse.Namespace):
+        vocab = read_json(a.answer_vocab) if a.answer_vocab else None
+        return convert_vqa(
+            a.questions,
+            a.out,
+            annotations_path=a.annotations,
+            answer_vocab=vocab,
+            num_answers=a.num_answers,
+            **_text_options(a),
+        )
+
+    p.set_defaults(convert=convert)
+
+
+_ADDERS = (_add_butd_tsv, _add_lxmert_tsv, _add_npz_dir, _add_coco_captions, _add_vqa)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m uniter_jax.data.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for add in _ADDERS:
+        add(subparsers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        summary = args.convert(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.report(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

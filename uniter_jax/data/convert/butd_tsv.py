@@ -1,0 +1,71 @@
+"""bottom-up-attention TSV -> image store (REFERENCE.md section 7).
+
+Columns, tab-separated, no header: `image_id, image_w, image_h, num_boxes,
+boxes, features`; `boxes` is base64 float32 `[num_boxes, 4]` pixel
+`x1, y1, x2, y2`, `features` base64 float32 `[num_boxes, D]`.
+
+The TSV holds no class information. Soft labels come, optionally, from a
+folder of per-image class probabilities `<image_id>.npy`, float `[num_boxes,
+1601]` with background first (the detector's `cls_prob`), in the TSV's box
+order. The confidence stored is then the highest non-background probability;
+without soft labels it is 1.0 for every region.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+from uniter_jax.data.convert import tsv
+from uniter_jax.data.convert.arrays import NUM_LABELS, load_npy, soft_label_conf
+from uniter_jax.data.convert.common import Summary, input_paths, write_store
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.files import exists
+from uniter_jax.data.regions import ImageRegions
+
+COLUMNS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+
+
+def convert_butd_tsv(
+    tsv_paths: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    soft_label_dir: str | os.PathLike | None = None,
+    feature_dim: int = 2048,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Converts one or more BUTD TSV files into one store at `out_dir`."""
+    paths = input_paths(tsv_paths)
+    if soft_label_dir is not None:
+        soft_label_dir = os.fspath(soft_label_dir)
+        if not exists(soft_label_dir):
+            raise DataError("soft-label folder not found", file=soft_label_dir)
+    parse = functools.partial(_parse, feature_dim=feature_dim, soft_label_dir=soft_label_dir)
+    return write_store(
+        tsv.records(paths, COLUMNS, parse),
+        out_dir,
+        feature_dim=feature_dim,
+        num_labels=NUM_LABELS if soft_label_dir else None,
+        source={"format": "butd-tsv", "files": paths, "soft_label_dir": soft_label_dir},
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def _parse(columns: tsv.Columns, *, feature_dim: int, soft_label_dir: str | None) -> ImageRegions:
+    detections = tsv.Detections.parse(
+        columns, id_column="image_id", width_column="image_w", height_column="image_h"
+    )
+    if soft_label_dir is None:
+        return detections.regions(feature_dim=feature_dim)
+    path = os.path.join(soft_label_dir, f"{detections.image_id}.npy")
+    soft_labels = load_npy(path, "soft_labels")
+    try:
+        soft_labels, conf = soft_label_conf(soft_labels, len(detections.xyxy))
+    except DataError as e:
+        raise e.located(file=path) from None
+    return detections.regions(feature_dim=feature_dim, conf=conf, soft_labels=soft_labels)

@@ -1,0 +1,116 @@
+"""What the text converters share: tokenize, check, skip-or-raise, summarize.
+
+A text converter turns its input into `TextRecord`s; `write_text_store`
+tokenizes each, checks it (empty text, unknown image, duplicate id) and
+writes the store, never partially. Texts over `max_txt_len` tokens are cut
+and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+from uniter_jax.data.convert.common import Skipped
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.text_store import TextStoreWriter
+from uniter_jax.data.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text_id: str
+    image_id: str
+    text: str
+    fields: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TextRecord:
+    """One input record, parsed lazily so a bad one fails where it can be skipped."""
+
+    file: str
+    where: str  # e.g. "annotation 12"
+    parse: Callable[[], Text]
+
+
+@dataclasses.dataclass
+class TextSummary:
+    out_dir: str
+    texts: int = 0
+    truncated: int = 0
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+
+    def report(self, max_listed: int = 20) -> str:
+        lines = [
+            f"wrote {self.texts} texts to {self.out_dir} "
+            f"({self.truncated} cut to the maximum length)"
+        ]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} bad records:")
+            lines += [f"  {skipped}" for skipped in self.skipped[:max_listed]]
+            if len(self.skipped) > max_listed:
+                lines.append(f"  ... and {len(self.skipped) - max_listed} more")
+        return "\n".join(lines)
+
+
+def write_text_store(
+    records: Iterable[TextRecord],
+    out_dir: str | os.PathLike,
+    *,
+    task: str,
+    tokenizer: Tokenizer,
+    max_txt_len: int,
+    images: ImageStore | None,
+    ragged: tuple[str, ...] = (),
+    source: dict[str, Any],
+    skip_bad: bool,
+    overwrite: bool,
+    progress: bool,
+    total: int | None = None,
+) -> TextSummary:
+    """Tokenizes, checks and writes every record; see the module docstring."""
+    out_dir = os.fspath(out_dir)
+    summary = TextSummary(out_dir)
+    vocab = tokenizer.vocab.to_json()
+    writer = TextStoreWriter(
+        out_dir,
+        task=task,
+        vocab=vocab,
+        max_txt_len=max_txt_len,
+        ragged=ragged,
+        source=source,
+        overwrite=overwrite,
+    )
+    with writer, tqdm(total=total, unit="text", disable=not progress) as bar:
+        for record in records:
+            bar.update()
+            try:
+                text = record.parse()
+                if not text.text.strip():
+                    raise DataError("empty text", field="text")
+                if images is not None and text.image_id not in images:
+                    raise DataError(
+                        f"image {text.image_id!r} is not in the image store", field="image_id"
+                    )
+                ids = tokenizer.encode(text.text)
+                if not ids:
+                    raise DataError("the text has no tokens", field="text")
+                summary.truncated += writer.add(text.text_id, text.image_id, ids, **text.fields)
+            except DataError as e:
+                located = DataError(e.message, file=record.file, record=record.where, field=e.field)
+                if not skip_bad:
+                    raise located from None
+                summary.skipped.append(
+                    Skipped(located.file, located.record, located.field, located.message)
+                )
+                continue
+            summary.texts += 1
+        if not summary.texts:
+            raise DataError("no good texts to write", file=out_dir)
+    return summary

@@ -1,0 +1,153 @@
+"""VQA v2 questions (+ annotations) JSON -> a VQA text store.
+
+Read: `{"questions": [{"question_id", "image_id", "question"}]}` and, for
+train/val, `{"annotations": [{"question_id", "answers": [{"answer"}, ...],
+"multiple_choice_answer"}]}`. The answer vocabulary is the `num_answers`
+(3129) most frequent `multiple_choice_answer`s of the given annotations (ties
+alphabetical), or a JSON list passed in (use the train vocabulary for val).
+Each question stores the vocabulary answers its ten human answers name, with
+soft scores `min(count / 3, 1)`. Answers are compared after a light
+normalization (lower case, surrounding space and a final period removed);
+the official evaluation's full normalization is not applied here.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+
+from uniter_jax.data.convert.coco_captions import format_image_id
+from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.files import read_json
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.tokenizer import Tokenizer
+
+
+def normalize_answer(answer: str) -> str:
+    return " ".join(answer.lower().strip().rstrip(".").split())
+
+
+def _list(path: str, key: str) -> list:
+    data = read_json(path)
+    items = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise DataError(f"expected an object with a {key!r} list", file=path)
+    return items
+
+
+def answer_vocabulary(annotations: list, num_answers: int) -> list[str]:
+    """The `num_answers` most frequent normalized `multiple_choice_answer`s."""
+    counts = collections.Counter(
+        normalize_answer(a["multiple_choice_answer"])
+        for a in annotations
+        if isinstance(a, dict) and isinstance(a.get("multiple_choice_answer"), str)
+    )
+    ranked = sorted(counts, key=lambda a: (-counts[a], a))
+    return ranked[:num_answers]
+
+
+def soft_scores(answers: list, vocab: dict[str, int]) -> tuple[list[int], list[float]]:
+    """Vocabulary ids of the human answers and their scores `min(count / 3, 1)`."""
+    counts = collections.Counter(
+        normalize_answer(a["answer"]) for a in answers if isinstance(a, dict) and "answer" in a
+    )
+    ids = sorted(vocab[a] for a in counts if a in vocab)
+    inverse = {i: a for a, i in vocab.items()}
+    return ids, [min(counts[inverse[i]] / 3.0, 1.0) for i in ids]
+
+
+def _parse(
+    question: object,
+    annotation: dict | None,
+    vocab: dict[str, int],
+    image_id_format: str,
+    annotated: bool,
+) -> Text:
+    if not isinstance(question, dict):
+        raise DataError(f"expected an object, got {type(question).__name__}")
+    missing = sorted({"question_id", "image_id", "question"} - set(question))
+    if missing:
+        raise DataError(f"missing keys {missing}", field=missing[0])
+    if not isinstance(question["question"], str):
+        raise DataError("expected a string", field="question")
+    ids, scores = [], []
+    if annotated and annotation is None:
+        raise DataError("no annotation for this question", field="question_id")
+    if annotation is not None:
+        answers = annotation.get("answers")
+        if not isinstance(answers, list):
+            raise DataError("annotation without an 'answers' list", field="answers")
+        ids, scores = soft_scores(answers, vocab)
+    image_id = format_image_id(image_id_format, question["image_id"])
+    return Text(
+        str(question["question_id"]),
+        image_id,
+        question["question"],
+        {"answers": ids, "scores": scores},
+    )
+
+
+def convert_vqa(
+    questions_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    vocab: str,
+    annotations_path: str | os.PathLike | None = None,
+    answer_vocab: list[str] | None = None,
+    num_answers: int = 3129,
+    images: str | None = None,
+    image_id_format: str = "{id}",
+    max_txt_len: int = 60,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TextSummary:
+    questions_path = os.fspath(questions_path)
+    questions = _list(questions_path, "questions")
+    by_question: dict = {}
+    if annotations_path is not None:
+        annotations = _list(os.fspath(annotations_path), "annotations")
+        by_question = {a.get("question_id"): a for a in annotations if isinstance(a, dict)}
+        if answer_vocab is None:
+            answer_vocab = answer_vocabulary(annotations, num_answers)
+    if answer_vocab is None:
+        raise DataError(
+            "questions without annotations need an answer vocabulary", file=questions_path
+        )
+    index = {a: i for i, a in enumerate(answer_vocab)}
+    records = [
+        TextRecord(
+            questions_path,
+            f"question {n}",
+            functools.partial(
+                _parse,
+                q,
+                by_question.get(q.get("question_id")) if isinstance(q, dict) else None,
+                index,
+                image_id_format,
+                annotations_path is not None,
+            ),
+        )
+        for n, q in enumerate(questions)
+    ]
+    return write_text_store(
+        records,
+        out_dir,
+        task="vqa",
+        tokenizer=Tokenizer(vocab),
+        max_txt_len=max_txt_len,
+        images=ImageStore(images) if images else None,
+        ragged=("answers", "scores"),
+        source={
+            "format": "vqa-v2",
+            "questions": questions_path,
+            "annotations": os.fspath(annotations_path) if annotations_path else None,
+            "answer_vocab": list(answer_vocab),
+        },
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        progress=progress,
+        total=len(records),
+    )

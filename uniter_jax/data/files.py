@@ -1,0 +1,108 @@
+"""File access for stores: local paths or gs:// (through tf.io.gfile), atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import zipfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
+
+from uniter_jax.data.errors import DataError
+
+# Every store folder holds this file; it is written last.
+MANIFEST = "manifest.json"
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def open_file(path: str, mode: str = "rb") -> IO:
+    """`open` for local paths, `tf.io.gfile.GFile` for gs:// and other URLs."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode)
+
+
+def exists(path: str) -> bool:
+    if is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def read_json(path: str) -> Any:
+    try:
+        with open_file(path, "r") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e})", file=path) from None
+
+
+def write_json(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` with fixed zip timestamps: the same arrays give the same bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open_file(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str, *, overwrite: bool = False) -> Iterator[str]:
+    """Yields a temporary sibling folder; renames it to `directory` on success.
+
+    On any exception the temporary folder is removed, so `directory` is either
+    absent, the old one, or complete: never partial. Local paths only (convert
+    locally, then copy to gs://).
+    """
+    if is_remote(directory):
+        raise DataError(
+            "stores are written to local disk; copy them to gs:// afterwards", file=directory
+        )
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory):
+        if not overwrite:
+            raise DataError(
+                "already exists (pass overwrite / --force to replace it)", file=directory
+            )
+        if os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
+            raise DataError("not empty and not a store: refusing to replace it", file=directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
