@@ -4,9 +4,10 @@
   python main.py --config=configs/pretrain.py:large --workdir=DIR
   python main.py --config=configs/pretrain.py:tiny --workdir=DIR     # CPU demo
 
-Until the pretraining loop lands, `job` is `forward_check`: one forward pass
-of the encoder and heads on synthetic inputs, printing the parameter overview
-and output statistics.
+Until the pretraining loop lands, `job` is `forward_check`: one batch from the
+input pipeline (the built-in synthetic world unless `data.images` and
+`data.texts` name stores), one forward pass of the encoder and heads, the
+parameter overview and output statistics.
 """
 
 import ml_collections
@@ -31,8 +32,14 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.model.hidden_dropout = 0.1  # dropout after embeddings, attention and FFN
     config.model.attention_dropout = 0.1  # dropout on attention probabilities
 
-    config.forward_check = ml_collections.ConfigDict()
-    config.forward_check.batch_size = 2 if arg == "tiny" else 8  # examples
-    config.forward_check.text_len = 16 if arg == "tiny" else 60  # padded text length
-    config.forward_check.num_regions = 10 if arg == "tiny" else 36  # padded region count
+    config.data = ml_collections.ConfigDict()
+    config.data.images = ""  # image store folder; empty: the synthetic world in workdir
+    config.data.texts = ""  # text store folder (captions); empty: the synthetic world
+    config.data.synthetic_images = 200  # size of the synthetic world when it is used
+    # Static (text_len incl. [CLS]/[SEP], num_regions, global batch) shapes.
+    config.data.buckets = ((16, 10, 4),) if arg == "tiny" else ((62, 100, 8),)
+    config.data.conf_th = 0.2  # regions kept: clip(#(conf > conf_th), min_bb, max_bb)
+    config.data.min_bb = 10
+    config.data.max_bb = 100
+    config.data.itm_neg_prob = 0.5  # texts paired with a random other image
     return config

@@ -15,7 +15,7 @@ def test_tiny_forward_check_runs(tmp_path):
             "main.py",
             "--config=configs/pretrain.py:tiny",
             f"--workdir={tmp_path}",
-            "--config.forward_check.batch_size=3",
+            "--config.data.synthetic_images=30",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -25,7 +25,10 @@ def test_tiny_forward_check_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "forward_check.json").read_text())
     assert report["finite"]
-    assert report["input_shapes"]["img_feat"] == [3, 10, 2048]
+    # One batch of the tiny config's single bucket, from the synthetic world.
+    assert report["input_shapes"]["img_feat"] == [4, 10, 2048]
+    assert report["input_shapes"]["input_ids"] == [4, 16]
+    assert (tmp_path / "synthetic" / "images" / "manifest.json").exists()
     assert report["num_params"] == 2_277_127
     # Valid positions come out of a final LayerNorm with unit scale, zero bias.
     assert abs(report["text_hidden"]["mean"]) < 1e-3

@@ -1,8 +1,8 @@
-"""The `forward_check` job: build the model, run it once, report what came out.
+"""The `forward_check` job: one batch through the input pipeline and the model.
 
 A quick end-to-end look at a configuration (parameter overview, output
-statistics, timing) on synthetic inputs, with no data on disk. Padding is
-part of the inputs, so the statistics cover only valid positions.
+statistics, timing) on the built-in synthetic world or the configured stores.
+Statistics cover only valid (unpadded) positions.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import time
 
 import jax
@@ -20,6 +21,10 @@ from absl import logging
 from clu import parameter_overview
 from flax import nnx
 
+from uniter_jax.data import synthetic
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
+from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 
 # Fields of the `model` config section that are not UniterConfig fields.
@@ -33,32 +38,32 @@ def model_config(section: ml_collections.ConfigDict) -> UniterConfig:
     return UniterConfig.preset(preset, **values)
 
 
-def synthetic_inputs(
-    config: UniterConfig, batch: int, text_len: int, num_regions: int, seed: int
-) -> dict[str, np.ndarray]:
-    """Random padded inputs: `[CLS] ... [SEP]` texts and boxes of varied lengths."""
-    rng = np.random.default_rng(seed)
-    text_lens = rng.integers(3, text_len + 1, batch)
-    region_counts = rng.integers(1, num_regions + 1, batch)
-    ids = rng.integers(999, config.vocab_size, (batch, text_len)).astype(np.int32)
-    ids[:, 0] = 101
-    ids[np.arange(batch), text_lens - 1] = 102
-    text_mask = np.arange(text_len)[None] < text_lens[:, None]
-    ids[~text_mask] = 0
-    xy = np.sort(rng.uniform(0, 1, (batch, num_regions, 2, 2)), axis=2)
-    (x1, y1), (x2, y2) = xy[:, :, 0].transpose(2, 0, 1), xy[:, :, 1].transpose(2, 0, 1)
-    w, h = x2 - x1, y2 - y1
-    img_pos = np.stack([x1, y1, x2, y2, w, h, w * h], -1).astype(np.float32)
-    img_mask = np.arange(num_regions)[None] < region_counts[:, None]
-    feat = np.maximum(rng.standard_normal((batch, num_regions, config.img_dim)), 0)
-    feat = np.where(img_mask[..., None], feat, 0).astype(np.float16)
-    return dict(
-        input_ids=ids,
-        text_mask=text_mask.astype(np.int32),
-        img_feat=feat,
-        img_pos=img_pos,
-        img_mask=img_mask.astype(np.int32),
+def input_pipeline(config: ml_collections.ConfigDict, workdir: str) -> Pipeline:
+    """The configured stores, or the synthetic world (written once into `workdir`)."""
+    data = config.data
+    if bool(data.images) != bool(data.texts):
+        raise ValueError("set both data.images and data.texts, or neither (synthetic data)")
+    images, texts = data.images, data.texts
+    if not images:
+        root = os.path.join(workdir, "synthetic")
+        world = synthetic.WorldConfig(num_images=data.synthetic_images, seed=config.seed)
+        marker = os.path.join(root, "world.json")
+        wanted = json.dumps(dataclasses.asdict(world), sort_keys=True)
+        if not os.path.exists(marker) or pathlib.Path(marker).read_text() != wanted:
+            logging.info("writing the synthetic world (%d images) to %s", world.num_images, root)
+            synthetic.write_world(root, world, overwrite=True)
+            pathlib.Path(marker).write_text(wanted)
+        images = os.path.join(root, "images")
+        texts = os.path.join(root, "texts", "captions_train")
+    pipeline_config = PipelineConfig(
+        buckets=tuple(Bucket(*b) for b in data.buckets),
+        conf_th=data.conf_th,
+        min_bb=data.min_bb,
+        max_bb=data.max_bb,
+        itm_neg_prob=data.itm_neg_prob,
+        seed=config.seed,
     )
+    return Pipeline(TextStore(texts), ImageStore(images), pipeline_config)
 
 
 def _stats(x: np.ndarray) -> dict[str, float]:
@@ -69,7 +74,6 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the check, logs a report and writes it to `workdir/forward_check.json`."""
     model_cfg = model_config(config.model)
-    check = config.forward_check
     start = time.perf_counter()
     # One compiled init program: faster than op-by-op, and how sharded init runs.
     model = nnx.jit(lambda: UniterForPretraining(model_cfg, nnx.Rngs(config.seed)))()
@@ -77,9 +81,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("model config: %s", model_cfg)
     logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(get_params(model)))
 
-    inputs = synthetic_inputs(
-        model_cfg, check.batch_size, check.text_len, check.num_regions, config.seed
-    )
+    pipeline = input_pipeline(config, workdir)
+    if pipeline.images.feature_dim != model_cfg.img_dim:
+        raise ValueError(
+            f"the image store has {pipeline.images.feature_dim}-d features, the model "
+            f"img_dim {model_cfg.img_dim}"
+        )
+    store_vocab = pipeline.texts.manifest["vocab"]["size"]
+    if store_vocab > model_cfg.vocab_size:
+        raise ValueError(
+            f"the text store's vocabulary has {store_vocab} ids, the model {model_cfg.vocab_size}"
+        )
+    batch = next(pipeline)
+    pipeline.close()
+    inputs = {k: batch[k] for k in ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")}
 
     @nnx.jit
     def forward(model, inputs):
@@ -95,12 +110,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     del outputs
 
     seq = np.asarray(seq.astype(jnp.float32))
-    lt = check.text_len
+    lt = inputs["input_ids"].shape[1]
     report = {
         "model": dataclasses.asdict(model_cfg),
         "num_params": int(sum(x.size for x in jax.tree.leaves(get_params(model)))),
         "devices": [str(d) for d in jax.devices()],
         "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+        "itm_labels": batch["itm_label"].tolist(),
         "text_hidden": _stats(seq[:, :lt][inputs["text_mask"].astype(bool)]),
         "region_hidden": _stats(seq[:, lt:][inputs["img_mask"].astype(bool)]),
         "itm_match_prob": _stats(jax.nn.softmax(itm)[:, 1]),

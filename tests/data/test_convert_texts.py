@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import transformers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
 from uniter_jax.data.convert.vqa import convert_vqa
@@ -196,3 +198,79 @@ def test_cli_text_formats(tmp_path, vocab, capsys):
     assert TextStore(str(tmp_path / "v")).manifest["source"]["answer_vocab"] == ["yes", "no"]
     assert main([*args, "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "image_id",
+                    "caption",
+                    "question_id",
+                    "question",
+                    "answers",
+                    "answer",
+                    "annotations",
+                    "questions",
+                    "multiple_choice_answer",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(captions=JSON, questions=JSON, annotations=JSON)
+def test_fuzzed_json_raises_only_data_errors(tmp_path, vocab, captions, questions, annotations):
+    cases = [
+        lambda out: convert_coco_captions(
+            write_json(tmp_path / "c.json", captions), out, vocab=vocab, progress=False
+        ),
+        lambda out: convert_vqa(
+            write_json(tmp_path / "q.json", questions),
+            out,
+            vocab=vocab,
+            progress=False,
+            annotations_path=write_json(tmp_path / "a.json", annotations),
+        ),
+    ]
+    for n, convert in enumerate(cases):
+        out = tmp_path / f"out{n}"
+        try:
+            convert(out)
+        except DataError:
+            assert not out.exists()
+        else:
+            TextStore(str(out))  # whatever was accepted is a readable store
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+
+
+def test_vqa_malformed_answers(tmp_path, vocab):
+    qs = write_json(
+        tmp_path / "q.json",
+        {"questions": [{"question_id": 1, "image_id": 3, "question": "is it red?"}]},
+    )
+    ans = write_json(
+        tmp_path / "a.json",
+        {
+            "annotations": [
+                {"question_id": 1, "answers": [{"answer": 5}], "multiple_choice_answer": "yes"}
+            ]
+        },
+    )
+    with pytest.raises(DataError) as err:
+        convert_vqa(qs, tmp_path / "o", vocab=vocab, annotations_path=ans, progress=False)
+    assert err.value.field == "answers" and "question 0" in str(err.value)

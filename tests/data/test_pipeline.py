@@ -79,9 +79,11 @@ def test_plan_uses_each_example_once_and_negatives_are_other_images(stores):
     texts, images = stores
     pipeline = Pipeline(texts, images, CONFIG)
     plan = pipeline.plan(0)
-    used = np.concatenate([b[:, 0] for b in plan.batches])
+    used = plan.rows[:, 0]
     assert len(np.unique(used)) == len(used) and len(used) + plan.dropped == len(texts)
-    rows = np.concatenate(plan.batches)
+    sizes = np.diff(plan.offsets)
+    assert (sizes == [CONFIG.buckets[k].batch_size for k in plan.bucket]).all()
+    rows = plan.rows
     own = pipeline.text_images[rows[:, 0]]
     assert ((rows[:, 1] == own) == (rows[:, 2] == 1)).all()
     assert 0 <= padding_waste(plan, CONFIG.buckets) < 1
@@ -95,7 +97,7 @@ def test_negative_draws_are_uniform_over_other_images():
     plan = plan_epoch(
         np.full(n, 10), text_images, np.full(num_images, 10, np.int32), config, epoch=0
     )
-    rows = np.concatenate(plan.batches)
+    rows = plan.rows
     negative = rows[:, 2] == 0
     assert abs(negative.mean() - 0.3) < 0.01
     pairs = rows[negative]
@@ -158,3 +160,106 @@ def test_default_buckets_cover_the_reference_limits():
     buckets = default_buckets(64)
     assert max(b.text_len for b in buckets) >= 62 and max(b.num_regions for b in buckets) >= 100
     assert all(b.batch_size % 8 == 0 for b in buckets)
+
+
+def reference_plan(text_lens, text_images, kept, config, epoch):
+    """The planning rule written as the obvious loop: queues per bucket, emit when full."""
+    n = len(text_lens)
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(n) if config.shuffle else np.arange(n)
+    negative = rng.random(n) < config.itm_neg_prob
+    pool = sorted(set(text_images.tolist()))
+    draw = rng.integers(0, max(len(pool) - 1, 1), n)
+    images, labels = [], []
+    for i in range(n):
+        others = [p for p in pool if p != text_images[i]]
+        images.append(others[draw[i]] if negative[i] else text_images[i])
+        labels.append(0 if negative[i] else 1)
+    queues = [[] for _ in config.buckets]
+    steps, rows = [], []
+    for i in order:
+        need = (text_lens[i] + 2, kept[images[i]])
+        fitting = [
+            k
+            for k, b in enumerate(config.buckets)
+            if need[0] <= b.text_len and need[1] <= b.num_regions
+        ]
+        k = min(
+            fitting, key=lambda k: (config.buckets[k].text_len + config.buckets[k].num_regions, k)
+        )
+        queues[k].append(i)
+        if len(queues[k]) == config.buckets[k].batch_size:
+            steps.append(k)
+            rows += [(t, images[t], labels[t]) for t in queues[k]]
+            queues[k] = []
+    return np.array(steps), np.array(rows)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_vectorized_plan_equals_the_reference_loop(shuffle):
+    rng = np.random.default_rng(3)
+    n, num_images = 3000, 60
+    text_lens, text_images = rng.integers(3, 40, n), rng.integers(0, num_images, n)
+    kept = rng.integers(2, 30, num_images + 5).astype(np.int32)  # 5 images with no text
+    config = PipelineConfig(
+        buckets=(Bucket(20, 16, 8), Bucket(42, 16, 4), Bucket(20, 30, 6), Bucket(42, 30, 2)),
+        itm_neg_prob=0.4,
+        shuffle=shuffle,
+        seed=9,
+    )
+    plan = plan_epoch(text_lens, text_images, kept, config, epoch=2)
+    steps, rows = reference_plan(text_lens, text_images, kept, config, epoch=2)
+    np.testing.assert_array_equal(plan.bucket, steps)
+    np.testing.assert_array_equal(plan.rows, rows)
+    assert set(plan.rows[:, 1]) <= set(text_images.tolist())  # negatives stay in the split
+
+
+def test_default_buckets_pad_at_most_15_percent_on_a_coco_like_mix():
+    rng = np.random.default_rng(0)
+    n, num_images = 100_000, 20_000
+    config = PipelineConfig(buckets=default_buckets(64))
+    plan = plan_epoch(
+        rng.integers(8, 31, n),
+        rng.integers(0, num_images, n),
+        rng.integers(10, 101, num_images).astype(np.int32),
+        config,
+        0,
+    )
+    assert padding_waste(plan, config.buckets) <= 0.15
+    assert plan.dropped / n < 0.02
+
+
+def test_restore_checks_config_and_range(stores):
+    texts, images = stores
+    pipeline = Pipeline(texts, images, CONFIG)
+    take(pipeline, 2)
+    state = pipeline.state()
+    other = Pipeline(texts, images, PipelineConfig(**{**vars(CONFIG), "seed": 7}))
+    with pytest.raises(DataError, match="other stores or another pipeline config"):
+        other.restore(state)
+    with pytest.raises(DataError, match="outside epoch"):
+        pipeline.restore({**state, "step": 10_000})
+    # Another host count is fine: the global batches are the same.
+    Pipeline(texts, images, CONFIG, process_count=2).restore(state)
+
+
+def test_corrupt_blob_is_a_data_error(tmp_path):
+    paths = synthetic.write_world(str(tmp_path / "w"), WORLD)
+    images, texts = ImageStore(paths["images"]), TextStore(paths["captions_train"])
+    path = images.path(images.position(str(texts.image_ids[0])))
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    config = PipelineConfig(**{**vars(CONFIG), "shuffle": False, "itm_neg_prob": 0.0})
+    with pytest.raises(DataError, match="wrong size"):
+        take(Pipeline(texts, images, config), 50)
+
+
+def test_soft_labels_need_a_store_that_has_them(tmp_path):
+    from uniter_jax.data.image_store import ImageStoreWriter
+    from uniter_jax.data.regions import make_regions
+
+    with ImageStoreWriter(str(tmp_path / "i"), feature_dim=4) as w:
+        w.add(make_regions("a", np.ones((2, 4)), np.full((2, 7), 0.5)))
+    texts = synthetic.write_world(str(tmp_path / "w"), WORLD)["captions_train"]
+    with pytest.raises(DataError, match="has none"):
+        Pipeline(TextStore(texts), ImageStore(str(tmp_path / "i")), CONFIG)

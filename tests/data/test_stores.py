@@ -178,3 +178,33 @@ def test_store_region_counts_follow_the_rule_per_image(tmp_path):
     store = ImageStore(str(tmp_path / "s"))
     want = [num_kept(image["conf"].astype(np.float32), 0.3, 4, 9) for image in images]
     np.testing.assert_array_equal(store.num_kept(0.3, 4, 9), want)
+
+
+def test_missing_files_and_bad_targets_are_data_errors(tmp_path):
+    rng = np.random.default_rng(6)
+    out = str(tmp_path / "s")
+    with ImageStoreWriter(out, feature_dim=8, num_labels=5) as writer:
+        writer.add(make_regions(**random_image(rng, "a", 3), feature_dim=8, num_labels=5))
+    store = ImageStore(out)
+    os.remove(store.path(0))
+    with pytest.raises(DataError, match="cannot read"):
+        store.get("a")
+    with pytest.raises(DataError, match="cannot read"):
+        ImageStore(str(tmp_path / "nowhere"))
+    (tmp_path / "file").write_text("x")
+    with (
+        pytest.raises(DataError, match="not a folder"),
+        ImageStoreWriter(str(tmp_path / "file"), feature_dim=8, overwrite=True),
+    ):
+        pass
+
+
+def test_ragged_integer_fields_stay_integers_with_empty_rows(tmp_path):
+    out = str(tmp_path / "t")
+    with TextStoreWriter(out, task="vqa", vocab=VOCAB, max_txt_len=9, ragged=("answers",)) as w:
+        w.add("q1", "i", [5], answers=np.zeros(0, np.int64))
+        w.add("q2", "i", [5], answers=[])
+        w.add("q3", "i", [5], answers=np.array([3, 4]))
+    store = TextStore(out)
+    assert store.arrays["answers"].dtype == np.int64
+    np.testing.assert_array_equal(store.field("answers", 2), [3, 4])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -41,13 +42,23 @@ def exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def read_bytes(path: str) -> bytes:
+    """A whole file, local or remote; a missing or unreadable one is a DataError."""
+    try:
+        with open_file(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        raise DataError(f"cannot read ({e.strerror or e})", file=path) from None
+    except Exception as e:  # tf.errors.OpError from gs:// and other remote paths
+        if type(e).__module__.startswith("tensorflow"):
+            raise DataError(f"cannot read ({getattr(e, 'message', e)})", file=path) from None
+        raise
+
+
 def read_json(path: str) -> Any:
     try:
-        with open_file(path, "r") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError("file not found", file=path) from None
-    except json.JSONDecodeError as e:
+        return json.loads(read_bytes(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"not valid JSON ({e})", file=path) from None
 
 
@@ -67,11 +78,19 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open_file(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.sha256(read_bytes(path)).hexdigest()
+
+
+def load_npz(path: str, *, expect_sha256: str | None = None) -> dict[str, np.ndarray]:
+    """All arrays of an npz (never unpickled), checked against a sha256 if given."""
+    data = read_bytes(path)
+    if expect_sha256 is not None and hashlib.sha256(data).hexdigest() != expect_sha256:
+        raise DataError("checksum does not match the manifest", file=path)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"not a readable npz ({e})", file=path) from None
 
 
 @contextlib.contextmanager
@@ -87,22 +106,33 @@ def atomic_directory(directory: str, *, overwrite: bool = False) -> Iterator[str
             "stores are written to local disk; copy them to gs:// afterwards", file=directory
         )
     directory = os.path.abspath(directory)
-    if os.path.exists(directory):
-        if not overwrite:
-            raise DataError(
-                "already exists (pass overwrite / --force to replace it)", file=directory
-            )
-        if os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
-            raise DataError("not empty and not a store: refusing to replace it", file=directory)
+    _check_target(directory, overwrite)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
         yield tmp
+        _check_target(directory, overwrite)  # again: something may have appeared meanwhile
+        if os.path.exists(directory):
+            old = f"{tmp}.old"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_target(directory: str, overwrite: bool) -> None:
     if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+        if not os.path.isdir(directory):
+            raise DataError("exists and is not a folder", file=directory)
+        if not overwrite:
+            raise DataError(
+                "already exists (pass overwrite / --force to replace it)", file=directory
+            )
+        if os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
+            raise DataError("not empty and not a store: refusing to replace it", file=directory)

@@ -29,7 +29,8 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
-    open_file,
+    load_npz,
+    read_bytes,
     read_json,
     sha256,
     write_json,
@@ -153,11 +154,13 @@ class ImageStoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            if not self._num_boxes:
-                exc = DataError("no images to write", file=self.directory)
-                self._context.__exit__(DataError, exc, None)
-                raise exc
-            self._finish()
+            try:
+                if not self._num_boxes:
+                    raise DataError("no images to write", file=self.directory)
+                self._finish()
+            except BaseException as e:
+                self._context.__exit__(type(e), e, e.__traceback__)
+                raise
         self._context.__exit__(exc_type, exc, tb)
 
     def _finish(self) -> None:
@@ -205,25 +208,30 @@ class ImageStore:
         self.num_labels: int | None = manifest["num_labels"]
         self.fields = blob_fields(self.feature_dim, self.num_labels)
         index_path = os.path.join(directory, INDEX)
-        if verify_index and sha256(index_path) != manifest["index_sha256"]:
-            raise DataError("checksum does not match the manifest", file=index_path)
-        with open_file(index_path, "rb") as f, np.load(f, allow_pickle=False) as index:
-            self.ids = index["ids"]
-            self.num_boxes = index["num_boxes"]
-            self.crc32 = index["crc32"]
-            self.conf = index["conf"]  # flat, image after image
+        index = load_npz(
+            index_path, expect_sha256=manifest["index_sha256"] if verify_index else None
+        )
+        self.ids = index["ids"]
+        self.num_boxes = index["num_boxes"]
+        self.crc32 = index["crc32"]
+        self.conf = index["conf"]  # flat, image after image
         self.conf_offsets = np.concatenate([[0], np.cumsum(self.num_boxes)]).astype(np.int64)
-        self._position = {str(image_id): i for i, image_id in enumerate(self.ids)}
+        self._position: dict[str, int] | None = None  # built on first use
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _positions_by_id(self) -> dict[str, int]:
+        if self._position is None:
+            self._position = {str(image_id): i for i, image_id in enumerate(self.ids)}
+        return self._position
+
     def __contains__(self, image_id: str) -> bool:
-        return image_id in self._position
+        return image_id in self._positions_by_id()
 
     def position(self, image_id: str) -> int:
         try:
-            return self._position[image_id]
+            return self._positions_by_id()[image_id]
         except KeyError:
             raise DataError(
                 "image id not in the store", file=self.directory, record=image_id
@@ -234,6 +242,21 @@ class ImageStore:
         above = np.add.reduceat((self.conf > conf_th).astype(np.int64), self.conf_offsets[:-1])
         return np.minimum(self.num_boxes, np.clip(above, min_bb, max_bb)).astype(np.int32)
 
+    def positions(self, image_ids: np.ndarray) -> np.ndarray:
+        """`[N]` store positions of `image_ids` (vectorized); DataError names a missing id."""
+        image_ids = np.asarray(image_ids, dtype=np.str_)
+        sorter = np.argsort(self.ids, kind="stable")
+        found = np.searchsorted(self.ids, image_ids, sorter=sorter)
+        found = sorter[np.minimum(found, len(sorter) - 1)]
+        missing = self.ids[found] != image_ids
+        if missing.any():
+            raise DataError(
+                f"{int(missing.sum())} image ids are not in the store, e.g. "
+                f"{str(image_ids[np.argmax(missing)])!r}",
+                file=self.directory,
+            )
+        return found
+
     def path(self, position: int) -> str:
         return blob_path(self.directory, position)
 
@@ -241,8 +264,7 @@ class ImageStore:
         """One image's arrays; `verify` checks the blob's crc32."""
         i = self.position(image_id)
         path = self.path(i)
-        with open_file(path, "rb") as f:
-            blob = f.read()
+        blob = read_bytes(path)
         if verify and zlib.crc32(blob) != int(self.crc32[i]):
             raise DataError("checksum mismatch: the blob is corrupt", file=path, record=image_id)
         return decode(blob, image_id, int(self.num_boxes[i]), self.fields)

@@ -18,6 +18,8 @@ have seen. Partial batches at the end of an epoch are dropped (and counted).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.image_store import IMAGES_PER_SHARD, ImageStore
 from uniter_jax.data.text_store import TextStore
 
 
@@ -53,12 +55,24 @@ class PipelineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    """Global batches of one epoch. Arrays over steps `[S]` and examples `[S, B_s]`."""
+    """The global batches of one epoch: step `s` is `rows[offsets[s]:offsets[s + 1]]`."""
 
     bucket: np.ndarray  # [S] bucket index of each step
-    batches: list[np.ndarray]  # per step: [B, 3] (text index, image position, itm label)
+    offsets: np.ndarray  # [S + 1] where each step's rows start
+    rows: np.ndarray  # [M, 3] (text index, image position, itm label), step after step
     dropped: int  # examples left in partial batches
     waste: dict[int, float]  # per bucket: padded fraction of its text + region positions
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.bucket)
+
+
+def _gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices `starts[0] .. starts[0]+lengths[0]-1, starts[1] ..` without a Python loop."""
+    total = int(lengths.sum())
+    shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return shift + np.arange(total)
 
 
 def plan_epoch(
@@ -68,7 +82,7 @@ def plan_epoch(
     config: PipelineConfig,
     epoch: int,
 ) -> EpochPlan:
-    """Plans one epoch (pure numpy, the same on every host).
+    """Plans one epoch (pure, vectorized numpy; the same on every host).
 
     Args:
       text_lens: `[N]` token counts of the texts, without [CLS]/[SEP].
@@ -80,20 +94,23 @@ def plan_epoch(
     n = len(text_lens)
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(n) if config.shuffle else np.arange(n)
-    # Negatives are drawn per example (not per position), uniformly over the
-    # *other* images.
+    # Negatives: per example, uniformly one of the *other* images of these
+    # texts (never an image of another split that shares the store).
     negative = rng.random(n) < config.itm_neg_prob
-    other = rng.integers(0, max(len(kept) - 1, 1), n)
-    other = other + (other >= text_images)
-    images = np.where(negative, other, text_images)
+    pool = np.unique(text_images)
+    if negative.any() and len(pool) < 2:
+        raise DataError("ITM negatives need texts of at least two images")
+    draw = rng.integers(0, max(len(pool) - 1, 1), n)
+    draw = draw + (draw >= np.searchsorted(pool, text_images))
+    images = np.where(negative, pool[np.minimum(draw, len(pool) - 1)], text_images)
     labels = (~negative).astype(np.int64)
 
     lengths, regions = text_lens + 2, kept[images]
-    fits = [(lengths <= b.text_len) & (regions <= b.num_regions) for b in config.buckets]
     cost = [b.text_len + b.num_regions for b in config.buckets]
     choice = np.full(n, -1)
-    for k in np.argsort(cost, kind="stable")[::-1]:  # cheapest fitting bucket wins
-        choice[fits[k]] = k
+    for k in np.argsort(cost, kind="stable")[::-1]:  # the cheapest fitting bucket wins
+        b = config.buckets[k]
+        choice[(lengths <= b.text_len) & (regions <= b.num_regions)] = k
     if (choice < 0).any():
         i = int(np.argmax(choice < 0))
         raise DataError(
@@ -102,28 +119,42 @@ def plan_epoch(
             record=int(i),
         )
 
-    queues: list[list[int]] = [[] for _ in config.buckets]
-    steps, batches = [], []
-    for i in order:
-        k = choice[i]
-        queues[k].append(i)
-        if len(queues[k]) == config.buckets[k].batch_size:
-            members = np.array(queues[k])
-            steps.append(k)
-            batches.append(np.stack([members, images[members], labels[members]], axis=1))
-            queues[k] = []
-    waste = {}
+    # Walking `order`, a bucket's queue fills at every batch_size-th member:
+    # batches are consecutive runs of each bucket's members, and steps are
+    # ordered by the position at which each batch became full.
+    position = np.empty(n, np.int64)
+    position[order] = np.arange(n)
+    members, completes, step_bucket, waste, dropped = [], [], [], {}, 0
     for k, b in enumerate(config.buckets):
-        rows = np.concatenate(
-            [x[:, 0] for s, x in zip(steps, batches, strict=True) if s == k] or [np.zeros(0, int)]
-        )
-        if rows.size:
-            used = lengths[rows].sum() + regions[rows].sum()
-            waste[k] = float(1.0 - used / (rows.size * (b.text_len + b.num_regions)))
+        mine = order[choice[order] == k]
+        full = len(mine) // b.batch_size * b.batch_size
+        dropped += len(mine) - full
+        batches = mine[:full].reshape(-1, b.batch_size)
+        members.append(batches)
+        completes.append(position[batches[:, -1]] if full else np.zeros(0, np.int64))
+        step_bucket.append(np.full(len(batches), k))
+        if full:
+            used = lengths[mine[:full]].sum() + regions[mine[:full]].sum()
+            waste[k] = float(1.0 - used / (full * (b.text_len + b.num_regions)))
+    step_order = np.argsort(np.concatenate(completes), kind="stable")
+    bucket = np.concatenate(step_bucket)[step_order].astype(np.int32)
+    sizes = np.array([config.buckets[k].batch_size for k in bucket], np.int64)
+    flat = np.concatenate([m.ravel() for m in members])
+    batch_starts = np.concatenate(
+        [[0], np.cumsum([m.size for m in members])[:-1]]
+    )  # where each bucket's batches start in `flat`
+    starts = np.concatenate(
+        [
+            start + np.arange(len(m)) * m.shape[1]
+            for start, m in zip(batch_starts, members, strict=True)
+        ]
+    )[step_order]
+    texts = flat[_gather_ranges(starts, sizes)]
     return EpochPlan(
-        bucket=np.array(steps, np.int64),
-        batches=batches,
-        dropped=int(sum(len(q) for q in queues)),
+        bucket=bucket,
+        offsets=np.concatenate([[0], np.cumsum(sizes)]),
+        rows=np.stack([texts, images[texts], labels[texts]], axis=1),
+        dropped=int(dropped),
         waste=waste,
     )
 
@@ -135,7 +166,7 @@ class Pipeline:
       input_ids `[b, L]` int32 ([CLS] text [SEP], 0-padded), text_mask `[b, L]`,
       img_feat `[b, N, D]` float16, img_pos `[b, N, 7]` float32, img_mask `[b, N]`,
       itm_label `[b]` (1 = the text's own image), text_index / image_index `[b]`,
-      and img_soft_labels `[b, N, L]` float16 when configured.
+      step `[b]`, and img_soft_labels `[b, N, L]` float16 when configured.
     `state()` / `restore(state)` carry the position for checkpoints.
     """
 
@@ -153,24 +184,34 @@ class Pipeline:
         for b in config.buckets:
             if b.batch_size % process_count:
                 raise ValueError(f"bucket batch {b.batch_size} not divisible by {process_count}")
+        if config.soft_labels and not images.num_labels:
+            raise DataError(
+                "soft_labels requested but the image store has none", file=images.directory
+            )
         vocab = texts.manifest["vocab"]
         self.cls_id, self.sep_id, self.pad_id = vocab["cls_id"], vocab["sep_id"], vocab["pad_id"]
-        offsets = texts.arrays["input_ids__offsets"]
-        self.text_lens = np.diff(offsets)
-        self.text_images = np.array([images.position(str(i)) for i in texts.image_ids])
+        self.text_lens = np.diff(texts.arrays["input_ids__offsets"])
+        self.text_images = images.positions(texts.image_ids)
         self.kept = images.num_kept(config.conf_th, config.min_bb, config.max_bb)
-        self.paths = np.array([images.path(i) for i in range(len(images))])
+        self.fingerprint = _fingerprint(config, texts, images)
         self._epoch, self._step = 0, 0
-        self._plan: EpochPlan | None = None
         self._iterator: Iterator | None = None
 
     # -- state ------------------------------------------------------------
-    def state(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "step": self._step}
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "step": self._step, "fingerprint": self.fingerprint}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._epoch, self._step = int(state["epoch"]), int(state["step"])
-        self._plan, self._iterator = None, None
+        """Continues where `state` was taken. The stores and config (host count aside)
+        must be the ones it was taken with."""
+        if state.get("fingerprint") != self.fingerprint:
+            raise DataError(
+                "the saved data state belongs to other stores or another pipeline config"
+            )
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if not 0 <= step <= self.plan(epoch).num_steps:
+            raise DataError(f"saved step {step} is outside epoch {epoch}")
+        self._epoch, self._step, self._iterator = epoch, step, None
 
     def plan(self, epoch: int) -> EpochPlan:
         return plan_epoch(self.text_lens, self.text_images, self.kept, self.config, epoch)
@@ -186,62 +227,69 @@ class Pipeline:
     def __next__(self) -> dict[str, np.ndarray]:
         while True:
             if self._iterator is None:
-                self._plan = self.plan(self._epoch)
-                if len(self._plan.bucket) == 0:
+                plan = self.plan(self._epoch)
+                if plan.num_steps == 0:
                     raise DataError("an epoch holds no full batch: lower the bucket batch sizes")
-                self._iterator = self._dataset(self._plan, self._step).as_numpy_iterator()
+                self._iterator = self._dataset(plan, self._step).as_numpy_iterator()
             try:
                 batch = next(self._iterator)
             except StopIteration:
                 self._epoch, self._step, self._iterator = self._epoch + 1, 0, None
                 continue
+            except tf.errors.OpError as e:
+                raise DataError(
+                    f"reading region blobs failed: {e.message}", file=self.images.directory
+                ) from None
             self._step += 1
             return batch
 
     def _dataset(self, plan: EpochPlan, start: int) -> tf.data.Dataset:
         """This host's examples of steps `start..` as a batched tf.data pipeline."""
-        rows, steps, shapes = [], [], []
-        for s in range(start, len(plan.bucket)):
-            batch = plan.batches[s]
-            per_host = len(batch) // self.process_count
-            mine = batch[self.process_index * per_host : (self.process_index + 1) * per_host]
-            rows.append(mine)
-            steps.append(np.full(len(mine), s))
-            b = self.config.buckets[plan.bucket[s]]
-            shapes.append(np.tile([b.text_len, b.num_regions, per_host], (len(mine), 1)))
-        if not rows:
+        steps = np.arange(start, plan.num_steps)
+        if not len(steps):
             return tf.data.Dataset.from_tensor_slices({"step": np.zeros(0, np.int64)}).batch(1)
-        rows, steps, shapes = np.concatenate(rows), np.concatenate(steps), np.concatenate(shapes)
+        per_host = np.diff(plan.offsets)[steps] // self.process_count
+        rows = plan.rows[
+            _gather_ranges(plan.offsets[steps] + self.process_index * per_host, per_host)
+        ]
+        buckets = self.config.buckets
+        shape_table = np.array([[b.text_len, b.num_regions] for b in buckets], np.int32)
+        step_of_row = np.repeat(steps, per_host)
         offsets = self.texts.arrays["input_ids__offsets"]
-        starts, ends = offsets[rows[:, 0]], offsets[rows[:, 0] + 1]
+        starts = offsets[rows[:, 0]]
+        lengths = offsets[rows[:, 0] + 1] - starts
         tokens = tf.RaggedTensor.from_row_lengths(
-            np.concatenate(
-                [self.texts.arrays["input_ids"][a:b] for a, b in zip(starts, ends, strict=True)]
-            ),
-            ends - starts,
+            self.texts.arrays["input_ids"][_gather_ranges(starts, lengths)], lengths
         )
+        num_boxes = self.images.num_boxes[rows[:, 1]].astype(np.int64)
         examples = tf.data.Dataset.from_tensor_slices(
             {
-                "step": steps.astype(np.int64),
+                "step": step_of_row.astype(np.int64),
                 "text_index": rows[:, 0],
                 "image_index": rows[:, 1],
                 "itm_label": rows[:, 2].astype(np.int32),
-                "path": self.paths[rows[:, 1]],
-                "num_boxes": self.images.num_boxes[rows[:, 1]].astype(np.int32),
+                "num_boxes": num_boxes,
                 "kept": self.kept[rows[:, 1]],
-                "shape": shapes.astype(np.int32),
+                "shape": shape_table[plan.bucket[step_of_row]],
                 "tokens": tokens,
             }
         )
         examples = examples.map(self._load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        host_batch = np.array([len(b) // self.process_count for b in plan.batches], np.int64)
-        largest = int(host_batch.max())
+        host_batch = np.zeros(plan.num_steps, np.int64)
+        host_batch[steps] = per_host
+        largest = int(per_host.max())
         batched = examples.group_by_window(
             key_func=lambda e: e["step"],
             reduce_func=lambda _, window: window.batch(largest),
             window_size_func=lambda step: tf.gather(tf.constant(host_batch), step),
         )
         return batched.prefetch(self.config.prefetch)
+
+    def _blob_path(self, index: tf.Tensor) -> tf.Tensor:
+        """`regions/SSSSS/IIIIIIII.rgn` of image position `index` (as `blob_path`)."""
+        shard = tf.strings.as_string(index // IMAGES_PER_SHARD, width=5, fill="0")
+        name = tf.strings.as_string(index, width=8, fill="0")
+        return tf.strings.join([self.images.directory, "/regions/", shard, "/", name, ".rgn"])
 
     def _load(self, e: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         text_len, num_regions = e["shape"][0], e["shape"][1]
@@ -256,49 +304,73 @@ class Pipeline:
             "text_index": e["text_index"],
             "image_index": e["image_index"],
         }
-        blob = tf.io.read_file(e["path"])
-        n, k = e["num_boxes"], e["kept"]
-        region_pad = [[0, num_regions - k], [0, 0]]
-        offset = tf.constant(0, tf.int32)
-        for field in self.images.fields:
-            if field.name == "soft_labels" and not self.config.soft_labels:
-                break
-            size = n * field.width * field.dtype.itemsize
-            raw = tf.io.decode_raw(tf.strings.substr(blob, offset, size), _TF[field.dtype.str])
-            value = tf.reshape(raw, [n, field.width])[:k]
-            offset += size
-            if field.name == "conf":
-                continue
-            key = {"features": "img_feat", "boxes": "img_pos", "soft_labels": "img_soft_labels"}
-            out[key[field.name]] = tf.pad(value, region_pad)
-        out["img_mask"] = tf.cast(tf.range(num_regions) < k, tf.int32)
+        path = self._blob_path(e["image_index"])
+        blob = tf.io.read_file(path)
+        n, k = e["num_boxes"], tf.cast(e["kept"], tf.int64)
+        per_region = sum(f.width * f.dtype.itemsize for f in self.images.fields)
+        check = tf.debugging.Assert(
+            tf.equal(tf.cast(tf.strings.length(blob), tf.int64), n * per_region),
+            ["region blob has the wrong size (truncated or replaced?):", path],
+        )
+        region_pad = [[0, tf.cast(num_regions, tf.int64) - k], [0, 0]]
+        offset = tf.constant(0, tf.int64)
+        with tf.control_dependencies([check]):
+            for field in self.images.fields:
+                if field.name == "soft_labels" and not self.config.soft_labels:
+                    break
+                size = n * field.width * field.dtype.itemsize
+                raw = tf.io.decode_raw(tf.strings.substr(blob, offset, size), _TF[field.dtype.str])
+                offset += size
+                if field.name == "conf":
+                    continue
+                value = tf.reshape(raw, [n, field.width])[:k]
+                out[_OUTPUT_NAMES[field.name]] = tf.pad(value, region_pad)
+        out["img_mask"] = tf.cast(tf.range(num_regions, dtype=tf.int64) < k, tf.int32)
         return out
 
 
+def _fingerprint(config: PipelineConfig, texts: TextStore, images: ImageStore) -> str:
+    """What a saved position depends on: the config and both stores' checksums."""
+    described = json.dumps(
+        [
+            dataclasses.asdict(config),
+            texts.manifest["data_sha256"],
+            images.manifest["index_sha256"],
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+_OUTPUT_NAMES = {"features": "img_feat", "boxes": "img_pos", "soft_labels": "img_soft_labels"}
 _TF = {"<f2": tf.float16, "<f4": tf.float32}
 
 
 def default_buckets(
-    global_batch: int, max_text_len: int = 62, max_regions: int = 100
+    global_batch: int, max_text_len: int = 62, max_regions: int = 100, *, multiple: int = 8
 ) -> tuple[Bucket, ...]:
     """Shapes for COCO-like data (captions 8-30 tokens, 10-100 regions).
 
     Two text lengths times six region counts, plus the largest shape for long
     texts: about 14% padding on that mix (`benchmarks/input_pipeline.py`).
     Batch sizes follow a position budget, `global_batch` examples of the
-    largest shape, rounded down to multiples of 8: each step costs about the same.
+    largest shape, rounded down to a `multiple` (make it divisible by the number
+    of hosts and data-parallel devices): each step costs about the same.
     """
     shapes = {(t, r) for t in (20, 32) for r in (20, 35, 50, 65, 80, max_regions)}
     shapes.add((max_text_len, max_regions))
     budget = global_batch * (max_text_len + max_regions)
-    return tuple(Bucket(t, r, max(8, int(budget / (t + r)) // 8 * 8)) for t, r in sorted(shapes))
+    return tuple(
+        Bucket(t, r, max(multiple, int(budget / (t + r)) // multiple * multiple))
+        for t, r in sorted(shapes)
+    )
 
 
 def padding_waste(plan: EpochPlan, buckets: Sequence[Bucket]) -> float:
     """Padded fraction of all positions (text + regions) in the plan's batches."""
     total = used = 0.0
     for k, waste in plan.waste.items():
-        count = sum(len(b) for s, b in zip(plan.bucket, plan.batches, strict=True) if s == k)
+        count = int(np.diff(plan.offsets)[plan.bucket == k].sum())
         capacity = count * (buckets[k].text_len + buckets[k].num_regions)
         total += capacity
         used += capacity * (1.0 - waste)

@@ -24,7 +24,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
-    open_file,
+    load_npz,
     read_json,
     sha256,
     write_json,
@@ -165,7 +165,11 @@ class TextStoreWriter:
 def _flatten(name: str, values: list[np.ndarray]) -> dict[str, np.ndarray]:
     lengths = [len(v) for v in values]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate(values) if values else np.zeros((0,))
+    # The dtype comes from the non-empty values: an empty `[]` (float64 to
+    # numpy) must not turn integer ids into floats.
+    filled = [v for v in values if len(v)] or values
+    dtype = np.result_type(*[v.dtype for v in filled]) if filled else np.float64
+    flat = np.concatenate([v.astype(dtype) for v in values]) if values else np.zeros(0, dtype)
     return {name: flat, name + OFFSETS: offsets}
 
 
@@ -182,10 +186,7 @@ class TextStore:
             )
         self.manifest = manifest
         data_path = os.path.join(directory, DATA)
-        if verify and sha256(data_path) != manifest["data_sha256"]:
-            raise DataError("checksum does not match the manifest", file=data_path)
-        with open_file(data_path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            self.arrays = {k: data[k] for k in data.files}
+        self.arrays = load_npz(data_path, expect_sha256=manifest["data_sha256"] if verify else None)
         self.text_ids = self.arrays["text_id"]
         self.image_ids = self.arrays["image_id"]
 

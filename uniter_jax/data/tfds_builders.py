@@ -22,6 +22,7 @@ import os
 from typing import ClassVar
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from uniter_jax.data.errors import DataError
@@ -76,11 +77,9 @@ class UniterData(tfds.core.GeneratorBasedBuilder):
         task = self.builder_config.name
         texts_dir = os.path.join(root, "texts")
         prefix = f"{task}_"
-        names = (
-            sorted(n for n in os.listdir(texts_dir) if n.startswith(prefix))
-            if os.path.isdir(texts_dir)
-            else []
-        )
+        # tf.io.gfile: manual_dir may be on gs://.
+        found = tf.io.gfile.listdir(texts_dir) if tf.io.gfile.isdir(texts_dir) else []
+        names = sorted(n.rstrip("/") for n in found if n.startswith(prefix))
         if not names:
             raise DataError(f"no text stores {prefix}<split> under {texts_dir}")
         images = ImageStore(os.path.join(root, "images"))

@@ -12,6 +12,7 @@ from uniter_jax.data.convert.common import Skipped, Summary
 from uniter_jax.data.convert.lxmert_tsv import convert_lxmert_tsv
 from uniter_jax.data.convert.npz_dir import convert_npz_dir
 from uniter_jax.data.convert.texts import TextSummary
+from uniter_jax.data.convert.uniter_lmdb import convert_uniter_img_lmdb, convert_uniter_txt_lmdb
 from uniter_jax.data.convert.vqa import convert_vqa
 
 __all__ = [
@@ -22,5 +23,7 @@ __all__ = [
     "convert_coco_captions",
     "convert_lxmert_tsv",
     "convert_npz_dir",
+    "convert_uniter_img_lmdb",
+    "convert_uniter_txt_lmdb",
     "convert_vqa",
 ]

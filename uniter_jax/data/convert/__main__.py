@@ -5,11 +5,15 @@
   python -m uniter_jax.data.convert lxmert-tsv train2014_obj36.tsv --out data/coco_img \\
       [--one-hot-labels]
   python -m uniter_jax.data.convert npz-dir features/ --out data/coco_img
+  python -m uniter_jax.data.convert uniter-img-lmdb \\
+      img_db/coco_train2014/feat_th0.2_max100_min10 --out data/coco_img
 
   python -m uniter_jax.data.convert coco-captions captions_train2014.json \\
       --vocab vocab.txt --images data/coco_img --out data/txt/captions_train
   python -m uniter_jax.data.convert vqa questions.json --annotations annotations.json \\
       --vocab vocab.txt --out data/txt/vqa_train
+  python -m uniter_jax.data.convert uniter-txt-lmdb txt_db/vqa_train.db --task vqa \\
+      --images data/coco_img --out data/txt/vqa_train
 
 Region formats: --feature-dim (2048). All: --skip-bad (skip and list bad records
 instead of failing), --force (replace an existing store), --no-progress.
@@ -30,9 +34,13 @@ from uniter_jax.data.convert.butd_tsv import convert_butd_tsv
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
 from uniter_jax.data.convert.lxmert_tsv import convert_lxmert_tsv
 from uniter_jax.data.convert.npz_dir import convert_npz_dir
-from uniter_jax.data.convert.vqa import convert_vqa
+from uniter_jax.data.convert.uniter_lmdb import (
+    TEXT_TASKS,
+    convert_uniter_img_lmdb,
+    convert_uniter_txt_lmdb,
+)
+from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.files import read_json
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,6 +105,13 @@ def _add_npz_dir(subparsers: Any) -> None:
     )
 
 
+def _add_uniter_img_lmdb(subparsers: Any) -> None:
+    p = subparsers.add_parser("uniter-img-lmdb", help="the original UNITER image db (LMDB)")
+    p.add_argument("db", help="LMDB folder (data.mdb), compressed records or not")
+    _common_arguments(p)
+    p.set_defaults(convert=lambda a: convert_uniter_img_lmdb(a.db, a.out, **_options(a)))
+
+
 def _text_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the text store folder to write")
     p.add_argument("--vocab", required=True, help="WordPiece vocab.txt (cased: bert-base-cased)")
@@ -131,12 +146,16 @@ def _add_vqa(subparsers: Any) -> None:
     p = subparsers.add_parser("vqa", help="VQA v2 questions (+ annotations) -> VQA text store")
     p.add_argument("questions", help="v2_OpenEnded_mscoco_<split>_questions.json")
     p.add_argument("--annotations", help="v2_mscoco_<split>_annotations.json (train/val)")
-    p.add_argument("--answer-vocab", help="JSON list of answers (default: from --annotations)")
+    p.add_argument(
+        "--answer-vocab",
+        help="the train VQA store (or a JSON list) whose answers to use; default: from "
+        "--annotations (right for train only)",
+    )
     p.add_argument("--num-answers", type=int, default=3129, help="answer vocabulary size")
     _text_arguments(p)
 
     def convert(a: argparse.Namespace):
-        vocab = read_json(a.answer_vocab) if a.answer_vocab else None
+        vocab = answer_vocab_from(a.answer_vocab) if a.answer_vocab else None
         return convert_vqa(
             a.questions,
             a.out,
@@ -149,7 +168,41 @@ def _add_vqa(subparsers: Any) -> None:
     p.set_defaults(convert=convert)
 
 
-_ADDERS = (_add_butd_tsv, _add_lxmert_tsv, _add_npz_dir, _add_coco_captions, _add_vqa)
+def _add_uniter_txt_lmdb(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "uniter-txt-lmdb", help="the original UNITER text db (LMDB, already tokenized)"
+    )
+    p.add_argument("db", help="LMDB folder with meta.json")
+    p.add_argument("--task", required=True, choices=TEXT_TASKS, help="what the records hold")
+    p.add_argument("--out", required=True, help="the text store folder to write")
+    p.add_argument("--images", help="image store: texts whose image is missing are errors")
+    p.add_argument("--max-txt-len", type=int, default=60, help="tokens kept per text")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad records, list them")
+    p.add_argument("--force", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(
+        convert=lambda a: convert_uniter_txt_lmdb(
+            a.db,
+            a.out,
+            task=a.task,
+            images=a.images,
+            max_txt_len=a.max_txt_len,
+            skip_bad=a.skip_bad,
+            overwrite=a.force,
+            progress=not a.no_progress,
+        )
+    )
+
+
+_ADDERS = (
+    _add_butd_tsv,
+    _add_lxmert_tsv,
+    _add_npz_dir,
+    _add_uniter_img_lmdb,
+    _add_coco_captions,
+    _add_vqa,
+    _add_uniter_txt_lmdb,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,16 +1,16 @@
 """What the text converters share: tokenize, check, skip-or-raise, summarize.
 
 A text converter turns its input into `TextRecord`s; `write_text_store`
-tokenizes each, checks it (empty text, unknown image, duplicate id) and
-writes the store, never partially. Texts over `max_txt_len` tokens are cut
-and counted.
+tokenizes each (unless it arrives tokenized, as in the original UNITER text
+db), checks it (empty text, unknown image, duplicate id) and writes the
+store, never partially. Texts over `max_txt_len` tokens are cut and counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -28,6 +28,8 @@ class Text:
     image_id: str
     text: str
     fields: dict[str, Any]
+    # Token ids when the input is already tokenized; `text` is then not used.
+    input_ids: Sequence[int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ def write_text_store(
     out_dir: str | os.PathLike,
     *,
     task: str,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None,
     max_txt_len: int,
     images: ImageStore | None,
     ragged: tuple[str, ...] = (),
@@ -73,11 +75,18 @@ def write_text_store(
     overwrite: bool,
     progress: bool,
     total: int | None = None,
+    vocab: dict[str, Any] | None = None,
 ) -> TextSummary:
-    """Tokenizes, checks and writes every record; see the module docstring."""
+    """Tokenizes, checks and writes every record; see the module docstring.
+
+    Without a `tokenizer` every record must carry `input_ids`, and `vocab`
+    (`Vocab.to_json()`'s layout) describes the vocabulary they index.
+    """
+    if (tokenizer is None) == (vocab is None):
+        raise ValueError("pass a tokenizer or, for pre-tokenized texts, a vocab")
     out_dir = os.fspath(out_dir)
     summary = TextSummary(out_dir)
-    vocab = tokenizer.vocab.to_json()
+    vocab = tokenizer.vocab.to_json() if tokenizer is not None else vocab
     writer = TextStoreWriter(
         out_dir,
         task=task,
@@ -92,15 +101,20 @@ def write_text_store(
             bar.update()
             try:
                 text = record.parse()
-                if not text.text.strip():
+                if text.input_ids is None and not text.text.strip():
                     raise DataError("empty text", field="text")
                 if images is not None and text.image_id not in images:
                     raise DataError(
                         f"image {text.image_id!r} is not in the image store", field="image_id"
                     )
-                ids = tokenizer.encode(text.text)
-                if not ids:
-                    raise DataError("the text has no tokens", field="text")
+                if text.input_ids is not None:
+                    ids = text.input_ids
+                elif tokenizer is None:
+                    raise ValueError(f"{record.where}: no tokenizer for an untokenized text")
+                else:
+                    ids = tokenizer.encode(text.text)
+                    if not ids:
+                        raise DataError("the text has no tokens", field="text")
                 summary.truncated += writer.add(text.text_id, text.image_id, ids, **text.fields)
             except DataError as e:
                 located = DataError(e.message, file=record.file, record=record.where, field=e.field)

@@ -9,6 +9,9 @@ Each question stores the vocabulary answers its ten human answers name, with
 soft scores `min(count / 3, 1)`. Answers are compared after a light
 normalization (lower case, surrounding space and a final period removed);
 the official evaluation's full normalization is not applied here.
+
+For val and test, pass the train store's vocabulary (`answer_vocab_from`), so
+answer ids mean the same answers in every split.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import collections
 import functools
 import os
+
+import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
 from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
@@ -50,9 +55,9 @@ def answer_vocabulary(annotations: list, num_answers: int) -> list[str]:
 
 def soft_scores(answers: list, vocab: dict[str, int]) -> tuple[list[int], list[float]]:
     """Vocabulary ids of the human answers and their scores `min(count / 3, 1)`."""
-    counts = collections.Counter(
-        normalize_answer(a["answer"]) for a in answers if isinstance(a, dict) and "answer" in a
-    )
+    if not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers):
+        raise DataError("every answer must be an object with a string 'answer'", field="answers")
+    counts = collections.Counter(normalize_answer(a["answer"]) for a in answers)
     ids = sorted(vocab[a] for a in counts if a in vocab)
     inverse = {i: a for a, i in vocab.items()}
     return ids, [min(counts[inverse[i]] / 3.0, 1.0) for i in ids]
@@ -85,8 +90,22 @@ def _parse(
         str(question["question_id"]),
         image_id,
         question["question"],
-        {"answers": ids, "scores": scores},
+        {"answers": np.asarray(ids, np.int64), "scores": np.asarray(scores, np.float64)},
     )
+
+
+def answer_vocab_from(path: str) -> list[str]:
+    """The answer vocabulary of a VQA text store folder, or of a JSON list file."""
+    manifest = os.path.join(path, "manifest.json")
+    if os.path.isdir(path) and os.path.exists(manifest):
+        vocab = (read_json(manifest).get("source") or {}).get("answer_vocab")
+        if not isinstance(vocab, list):
+            raise DataError("this text store records no answer vocabulary", file=manifest)
+        return vocab
+    vocab = read_json(path)
+    if not isinstance(vocab, list) or not all(isinstance(a, str) for a in vocab):
+        raise DataError("expected a JSON list of answer strings", file=path)
+    return vocab
 
 
 def convert_vqa(

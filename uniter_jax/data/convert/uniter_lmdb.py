@@ -1,0 +1,472 @@
+"""The original UNITER LMDB databases (ChenRocks/UNITER) -> image and text stores.
+
+Image db: an LMDB folder keyed by image file name (`coco_train2014_000000391895.npz`;
+the store id drops `.npz`), one value per image with `features` `[N, D]` fp16,
+`norm_bb` `[N, 6]` = `[x1/W, y1/H, x2/W, y2/H, w/W, h/H]` (the 7th box value
+`w*h` is appended here, REFERENCE.md section 7), `conf` `[N]` and
+`soft_labels` `[N, L]` (L = 1601, background first); other arrays are
+ignored, and so is the `__keys__` entry (a JSON list of the names). A value is
+either the bytes of an `np.savez_compressed` archive (the db's compressed
+variant, recognised by the zip magic `PK`) or msgpack in which msgpack_numpy
+wrote each array as a map `{nd: True, type: "<f2", kind: "", shape: [...],
+data: bytes}`. Neither is unpickled: msgpack_numpy pickles object arrays
+(kind `O`), so those are refused. The `nbb_*.json` next to the db (regions
+kept per image) is not read: the pipeline applies the same rule at load time.
+
+Text db: an LMDB folder of `lz4.frame(msgpack(record))` keyed by text id, each
+record `{"input_ids": [...], "img_fname": "<image>.npz", ...}` with WordPiece
+ids without `[CLS]`/`[SEP]`, and for VQA `"target": {"labels": [...],
+"scores": [...]}`; `meta.json` gives the special ids and the vocabulary range.
+`id2len.json`, `txt2img.json` and `img2txts.json` are not needed: each record
+names its image. Texts over `max_txt_len` are cut and counted (the original
+dropped them). Two-image records (NLVR2) are refused until that task lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import math
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import lmdb
+import lz4.frame
+import msgpack
+import numpy as np
+
+from uniter_jax.data.convert.arrays import image_id, numeric, probabilities
+from uniter_jax.data.convert.common import Record, Summary, write_store
+from uniter_jax.data.convert.npz_dir import norm_bb_features
+from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.files import read_json
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.regions import ImageRegions, make_regions
+
+IMAGE_KEYS = ("features", "norm_bb", "conf", "soft_labels")
+# scripts/convert_imgdir.py stores the list of image names under this key.
+NAMES_KEY = b"__keys__"
+TEXT_TASKS = ("captions", "vqa")
+META = "meta.json"
+# msgpack_numpy writes `dtype.str`: byte order, kind, item size ("<f2", "|u1").
+_NUMERIC_DTYPE = re.compile(r"[<>|=]?[biuf][0-9]{1,2}")
+_MAX_NDIM = 8
+# Token and answer ids are int32 downstream.
+_MAX_ID = 2**31
+
+
+# ---------------------------------------------------------------- shared decoding
+
+
+def _str_keys(mapping: dict) -> dict:
+    """Map keys as str: msgpack_numpy writes `b"nd"`, records written in raw mode `b"..."`."""
+    return {
+        key.decode("utf-8", "replace") if isinstance(key, bytes) else key: value
+        for key, value in mapping.items()
+    }
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def msgpack_ndarray(value: Any, field: str) -> np.ndarray:
+    """A msgpack_numpy array map -> a numpy array, read with `np.frombuffer`.
+
+    Accepts real-number and bool dtypes only; object arrays (kind `O`, which
+    msgpack_numpy pickles) and structured ones (kind `V`) raise DataError.
+    A numpy scalar (`nd` false) becomes a 0-d array.
+    """
+    if not isinstance(value, dict) or not any(key in value for key in ("nd", b"nd")):
+        raise DataError(
+            f"expected a msgpack_numpy array map, got {type(value).__name__}", field=field
+        )
+    value = _str_keys(value)
+    kind, dtype = _text(value.get("kind", "")), _text(value.get("type"))
+    if kind == "O" or (isinstance(dtype, str) and "O" in dtype):
+        raise DataError("object array: msgpack_numpy pickles these, never unpickled", field=field)
+    if kind != "":
+        raise DataError(f"array kind {kind!r} (structured) is not supported", field=field)
+    if not isinstance(dtype, str) or not _NUMERIC_DTYPE.fullmatch(dtype):
+        raise DataError(f"array type {str(dtype)[:24]!r} is not a numeric dtype", field=field)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise DataError(f"array type {dtype!r} is not a numpy dtype", field=field) from None
+    if value["nd"] is True:
+        shape = value.get("shape")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= _MAX_NDIM
+            and all(type(size) is int and size >= 0 for size in shape)
+        ):
+            raise DataError(f"bad array shape {str(shape)[:40]}", field=field)
+    elif value["nd"] is False:
+        shape = []
+    else:
+        raise DataError("'nd' is neither true nor false", field=field)
+    data = value.get("data")
+    if not isinstance(data, bytes):
+        raise DataError("array data is not bytes", field=field)
+    if math.prod(shape) * dtype.itemsize != len(data):
+        raise DataError(f"{len(data)} data bytes for a {shape} {dtype} array", field=field)
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _store_id(value: Any, field: str) -> str:
+    """An image file name (`<id>.npz`) -> the store's image id."""
+    if not isinstance(value, str | bytes):
+        raise DataError(f"expected a file name, got {type(value).__name__}", field=field)
+    return image_id(image_id(value, field).removesuffix(".npz"), field)
+
+
+def _where(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def _open_lmdb(db_dir: str) -> Iterator[lmdb.Environment]:
+    """The LMDB environment in `db_dir`, read-only and without a lock file."""
+    if not os.path.isdir(db_dir):
+        raise DataError("LMDB folder not found", file=db_dir)
+    try:
+        env = lmdb.open(db_dir, readonly=True, lock=False, create=False, subdir=True)
+    except lmdb.Error as e:
+        # The original keeps each db in a folder next to its nbb_*.json: name it.
+        inside = sorted(
+            name
+            for name in os.listdir(db_dir)
+            if os.path.isfile(os.path.join(db_dir, name, "data.mdb"))
+        )
+        hint = f"; LMDB folders inside: {', '.join(inside)}" if inside else ""
+        raise DataError(f"not an LMDB database ({e}){hint}", file=db_dir) from None
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+def _count(env: lmdb.Environment, db_dir: str, skip: tuple[bytes, ...]) -> int:
+    """The number of records, `skip` keys left out; no record at all is an error."""
+    with env.begin() as txn:
+        count = txn.stat()["entries"] - sum(txn.get(key) is not None for key in skip)
+    if count <= 0:
+        raise DataError("the database has no records", file=db_dir)
+    return count
+
+
+def _entries(
+    env: lmdb.Environment, db_dir: str, skip: tuple[bytes, ...]
+) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) but the `skip` keys, in key order, streamed."""
+    try:
+        with env.begin(buffers=False) as txn:
+            for key, value in txn.cursor():
+                if key not in skip:
+                    yield key, value
+    except lmdb.Error as e:
+        raise DataError(f"cannot read the LMDB database ({e})", file=db_dir) from None
+
+
+# ---------------------------------------------------------------- image db
+
+
+def _npz_arrays(value: bytes) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(io.BytesIO(value), allow_pickle=False)
+    except Exception as e:  # numpy/zipfile raise many types for corrupt bytes; all are bad input
+        raise DataError(
+            f"not a readable npz archive ({type(e).__name__}: {e})", field="value"
+        ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError("not an npz archive", field="value")
+    arrays = {}
+    with archive:
+        for key in IMAGE_KEYS:
+            if key in archive.files:
+                try:
+                    arrays[key] = archive[key]
+                except Exception as e:  # as above; object arrays fail here, unpickled never
+                    raise DataError(
+                        f"unreadable array ({type(e).__name__}: {e})", field=key
+                    ) from None
+    return arrays
+
+
+def _msgpack_arrays(value: bytes) -> dict[str, np.ndarray]:
+    try:
+        # raw=True reads str and bin alike as bytes, so old (use_bin_type=False) dbs work too.
+        record = msgpack.unpackb(value, raw=True)
+    except Exception as e:  # msgpack raises several types for corrupt bytes
+        raise DataError(
+            f"neither an npz archive nor msgpack ({type(e).__name__}: {e})", field="value"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(f"expected a msgpack map, got {type(record).__name__}", field="value")
+    record = _str_keys(record)
+    return {key: msgpack_ndarray(record[key], key) for key in IMAGE_KEYS if key in record}
+
+
+def _image_arrays(value: bytes) -> dict[str, np.ndarray]:
+    """One image-db value (npz archive or msgpack) -> its arrays by name."""
+    return _npz_arrays(value) if value[:2] == b"PK" else _msgpack_arrays(value)
+
+
+def _parse_image(
+    key: bytes, value: bytes, *, feature_dim: int, num_labels: int | None
+) -> ImageRegions:
+    name = _store_id(key, "key")
+    arrays = _image_arrays(value)
+    for required in ("features", "norm_bb", "conf"):
+        if required not in arrays:
+            raise DataError("missing", field=required)
+    features = numeric(arrays["features"], "features", (None, None))
+    n = len(features)
+    if n == 0:
+        raise DataError("no regions", field="features")
+    boxes7 = norm_bb_features(numeric(arrays["norm_bb"], "norm_bb", (n, 6)))
+    conf = probabilities(arrays["conf"], "conf", (n,))
+    soft = arrays.get("soft_labels")
+    if num_labels is None and soft is not None:
+        raise DataError("present, but the first record has none", field="soft_labels")
+    if num_labels is not None:
+        if soft is None:
+            raise DataError("missing (the first record has them)", field="soft_labels")
+        soft = probabilities(soft, "soft_labels", (n, num_labels))
+    return make_regions(
+        name, features, boxes7, conf, soft, feature_dim=feature_dim, num_labels=num_labels
+    )
+
+
+def _first_num_labels(env: lmdb.Environment, db_dir: str) -> int | None:
+    """Soft-label width `L` of the first readable record; None when it has none."""
+    with contextlib.closing(_entries(env, db_dir, (NAMES_KEY,))) as entries:
+        for _, value in entries:
+            try:
+                soft = _image_arrays(value).get("soft_labels")
+            except DataError:
+                continue
+            if soft is None:
+                return None
+            if soft.ndim == 2 and soft.shape[1] > 0:
+                return int(soft.shape[1])
+    return None
+
+
+def convert_uniter_img_lmdb(
+    db_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    feature_dim: int = 2048,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Converts an original UNITER image db (compressed or not) into an image store.
+
+    Soft labels are stored when the first readable record has them, and are
+    then required, with the same width, in every record.
+    """
+    db_dir = os.fspath(db_dir)
+    with _open_lmdb(db_dir) as env:
+        total = _count(env, db_dir, (NAMES_KEY,))
+        num_labels = _first_num_labels(env, db_dir)
+        parse = functools.partial(_parse_image, feature_dim=feature_dim, num_labels=num_labels)
+        # Closed before the environment, even when the writer stops early.
+        with contextlib.closing(_entries(env, db_dir, (NAMES_KEY,))) as entries:
+            records = (
+                Record(db_dir, _where(key), functools.partial(parse, key, value))
+                for key, value in entries
+            )
+            return write_store(
+                records,
+                out_dir,
+                feature_dim=feature_dim,
+                num_labels=num_labels,
+                source={"format": "uniter-img-lmdb", "db": db_dir},
+                skip_bad=skip_bad,
+                overwrite=overwrite,
+                progress=progress,
+                total=total,
+            )
+
+
+# ---------------------------------------------------------------- text db
+
+
+def _id(value: Any, name: str, path: str) -> int:
+    if type(value) is not int or not 0 <= value < _MAX_ID:
+        raise DataError(f"expected a token id, got {str(value)[:24]}", file=path, field=name)
+    return value
+
+
+def text_db_vocab(db_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`meta.json` -> (the store's vocabulary facts as `Vocab.to_json()`, the meta).
+
+    The vocabulary size is the end of `v_range` (28996 for bert-base-cased),
+    `[PAD]` is id 0 as in every BERT vocabulary; an uncased tokenizer name
+    (as the original's prepro.py decided) sets `lowercase`.
+    """
+    path = os.path.join(db_dir, META)
+    if not os.path.isfile(path):
+        raise DataError("missing: the text db's meta.json is needed", file=path)
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise DataError(f"expected an object, got {type(meta).__name__}", file=path)
+    cls_id, sep_id, mask_id = (_id(meta.get(name), name, path) for name in ("CLS", "SEP", "MASK"))
+    v_range = meta.get("v_range")
+    if not (
+        isinstance(v_range, list)
+        and len(v_range) == 2
+        and all(type(v) is int for v in v_range)
+        and 0 <= v_range[0] < v_range[1] < _MAX_ID
+    ):
+        raise DataError(f"expected [lo, hi) token ids, got {v_range}", file=path, field="v_range")
+    if max(cls_id, sep_id, mask_id) >= v_range[1]:
+        raise DataError("special ids outside the vocabulary", file=path, field="v_range")
+    vocab = {
+        "path": None,
+        "size": v_range[1],
+        "pad_id": 0,
+        "cls_id": cls_id,
+        "sep_id": sep_id,
+        "mask_id": mask_id,
+        "random_range": list(v_range),
+        "lowercase": "uncased" in bert_name(meta),
+    }
+    return vocab, meta
+
+
+def bert_name(meta: dict[str, Any]) -> str:
+    """The tokenizer a text db was made with: `bert` in released dbs, `toker` in prepro.py's."""
+    for key in ("bert", "toker", "tokenizer"):
+        if isinstance(meta.get(key), str):
+            return meta[key]
+    return ""
+
+
+def _ids(value: Any, field: str) -> np.ndarray:
+    """A list of ids in [0, 2**31) (or a msgpack_numpy integer vector) -> int64 `[n]`."""
+    if isinstance(value, dict):
+        array = msgpack_ndarray(value, field)
+        ok = array.ndim == 1 and array.dtype.kind in "iu"
+        ok = ok and (not array.size or (array.min() >= 0 and array.max() < _MAX_ID))
+    else:
+        ok = isinstance(value, list) and all(type(v) is int and 0 <= v < _MAX_ID for v in value)
+        array = np.array(value if ok else [], np.int64)
+    if not ok:
+        raise DataError("expected a list of integers in [0, 2**31)", field=field)
+    return array.astype(np.int64)
+
+
+def _scores(value: Any, field: str) -> np.ndarray:
+    """A list of numbers in [0, 1] (or a msgpack_numpy vector) -> float64 `[n]`."""
+    if isinstance(value, dict):
+        array = msgpack_ndarray(value, field)
+        ok = array.ndim == 1 and array.dtype.kind in "iuf"
+    else:
+        ok = isinstance(value, list) and all(type(v) in (int, float) for v in value)
+        array = np.array(value if ok else [], np.float64)
+    if not ok:
+        raise DataError("expected a list of numbers", field=field)
+    return probabilities(array.astype(np.float64), field, (None,))
+
+
+def _vqa_fields(record: dict, first: dict[str, bool]) -> dict[str, np.ndarray]:
+    """VQA answer ids and soft scores; none in a test split (no `target`).
+
+    The first record decides whether the db has targets; a record that
+    differs is bad, so a train db cannot silently lose answers.
+    """
+    has_target = record.get("target") is not None
+    if first.setdefault("target", has_target) != has_target:
+        message = "present, but the first record has none" if has_target else "missing"
+        raise DataError(f"{message} (the first record decides: test split or not)", field="target")
+    if not has_target:
+        return {"answers": np.zeros(0, np.int64), "scores": np.zeros(0, np.float64)}
+    target = record["target"]
+    if not isinstance(target, dict):
+        raise DataError(f"expected a map, got {type(target).__name__}", field="target")
+    target = _str_keys(target)
+    labels = _ids(target.get("labels"), "target.labels")
+    scores = _scores(target.get("scores"), "target.scores")
+    if len(labels) != len(scores):
+        raise DataError(f"{len(labels)} labels but {len(scores)} scores", field="target")
+    return {"answers": labels, "scores": scores}
+
+
+def _parse_text(key: bytes, value: bytes, *, task: str, first: dict[str, bool]) -> Text:
+    try:
+        text_id = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError("text id is not UTF-8", field="key") from None
+    try:
+        record = msgpack.unpackb(lz4.frame.decompress(value), raw=False)
+    except Exception as e:  # lz4 and msgpack raise several types for corrupt bytes
+        raise DataError(
+            f"not lz4-compressed msgpack ({type(e).__name__}: {e})", field="value"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(f"expected a msgpack map, got {type(record).__name__}", field="value")
+    record = _str_keys(record)
+    for required in ("input_ids", "img_fname"):
+        if required not in record:
+            raise DataError("missing", field=required)
+    if isinstance(record["img_fname"], list):
+        raise DataError(
+            "two images per text (NLVR2): two-image tasks arrive with the downstream work",
+            field="img_fname",
+        )
+    image = _store_id(record["img_fname"], "img_fname")
+    input_ids = _ids(record["input_ids"], "input_ids")
+    fields = _vqa_fields(record, first) if task == "vqa" else {}
+    return Text(text_id, image, "", fields, input_ids=input_ids)
+
+
+def convert_uniter_txt_lmdb(
+    db_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    task: str,
+    images: str | None = None,
+    max_txt_len: int = 60,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TextSummary:
+    """Converts an original UNITER text db (`task` "captions" or "vqa") into a text store.
+
+    `images`: our image store; texts whose image it lacks are bad records.
+    """
+    if task not in TEXT_TASKS:
+        raise ValueError(f"task must be one of {TEXT_TASKS}, got {task!r}")
+    db_dir = os.fspath(db_dir)
+    vocab, meta = text_db_vocab(db_dir)
+    image_store = ImageStore(images) if images else None
+    with _open_lmdb(db_dir) as env:
+        total = _count(env, db_dir, ())
+        parse = functools.partial(_parse_text, task=task, first={})
+        with contextlib.closing(_entries(env, db_dir, ())) as entries:
+            records = (
+                TextRecord(db_dir, _where(key), functools.partial(parse, key, value))
+                for key, value in entries
+            )
+            return write_text_store(
+                records,
+                out_dir,
+                task=task,
+                tokenizer=None,
+                vocab=vocab,
+                max_txt_len=max_txt_len,
+                images=image_store,
+                ragged=("answers", "scores") if task == "vqa" else (),
+                source={"format": "uniter-txt-lmdb", "db": db_dir, "bert": bert_name(meta)},
+                skip_bad=skip_bad,
+                overwrite=overwrite,
+                progress=progress,
+                total=total,
+            )
