@@ -62,6 +62,20 @@ def read_json(path: str) -> Any:
         raise DataError(f"not valid JSON ({e})", file=path) from None
 
 
+def read_manifest(directory: str, fmt: str, version: int) -> dict[str, Any]:
+    """A store's manifest, checked to be of format `fmt` and `version`."""
+    path = os.path.join(directory, MANIFEST)
+    manifest = read_json(path)
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != fmt
+        or (manifest.get("version") != version)
+    ):
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataError(f"not a version-{version} {fmt} store (format {found!r})", file=path)
+    return manifest
+
+
 def write_json(path: str, value: Any) -> None:
     with open(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)

@@ -31,7 +31,7 @@ from uniter_jax.data.files import (
     atomic_directory,
     load_npz,
     read_bytes,
-    read_json,
+    read_manifest,
     sha256,
     write_json,
     write_npz,
@@ -197,13 +197,7 @@ class ImageStore:
 
     def __init__(self, directory: str, *, verify_index: bool = True):
         self.directory = directory
-        manifest = read_json(os.path.join(directory, MANIFEST))
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise DataError(
-                f"not a version-{VERSION} image store (format {manifest.get('format')!r})",
-                file=os.path.join(directory, MANIFEST),
-            )
-        self.manifest = manifest
+        self.manifest = manifest = read_manifest(directory, FORMAT, VERSION)
         self.feature_dim: int = manifest["feature_dim"]
         self.num_labels: int | None = manifest["num_labels"]
         self.fields = blob_fields(self.feature_dim, self.num_labels)

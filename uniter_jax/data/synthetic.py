@@ -1,5 +1,8 @@
 """A deterministic, learnable scene world: the built-in data of demos and tests.
 
+It is written in the public formats (a folder of per-image npz, COCO caption
+JSON, VQA v2 JSON) and converted by the same converters users run.
+
 Each image holds a few objects (shape, colour, size, position). A region's
 feature is a fixed random projection of its object's attributes plus noise,
 its soft label peaks on the object's class (detector-like, background first),
@@ -16,12 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import time
 
 import numpy as np
 
-from uniter_jax.data.image_store import ImageStoreWriter
-from uniter_jax.data.regions import box_features, make_regions
+from uniter_jax.data.convert.coco_captions import convert_coco_captions
+from uniter_jax.data.convert.npz_dir import convert_npz_dir
+from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
+from uniter_jax.data.files import write_json
 from uniter_jax.data.text_store import TextStoreWriter
 from uniter_jax.data.tokenizer import Tokenizer, build_vocab
 
@@ -205,79 +211,127 @@ def corpus(config: WorldConfig) -> list[str]:
 
 
 def write_world(
-    out: str, config: WorldConfig = WorldConfig(), *, max_txt_len: int = 60, overwrite: bool = False
+    out: str,
+    config: WorldConfig = WorldConfig(),
+    *,
+    max_txt_len: int = 60,
+    overwrite: bool = False,
+    keep_raw: bool = False,
 ) -> dict[str, str]:
-    """Writes the image store, vocabulary and text stores under `out`; returns their paths."""
+    """Writes the world in public formats under `out/raw`, converts it with the
+    converters users run, and returns the paths of the vocabulary and stores.
+
+    Regions go through the npz-folder converter, captions through the COCO
+    caption converter, questions through the VQA v2 converter. Referring
+    expressions are written to their store directly (their public format, the
+    refer toolkit's, arrives with the downstream work). `keep_raw` keeps the
+    public-format files.
+    """
     os.makedirs(out, exist_ok=True)
     vocab_path = build_vocab(corpus(config), os.path.join(out, "vocab.txt"), vocab_size=400)
-    tokenizer = Tokenizer(vocab_path)
-    paths = {"vocab": vocab_path, "images": os.path.join(out, "images")}
+    raw = os.path.join(out, "raw")
+    shutil.rmtree(raw, ignore_errors=True)
+    os.makedirs(os.path.join(raw, "regions"))
+    splits = ("train", "val")
+    coco = {split: {"images": [], "annotations": []} for split in splits}
+    vqa_questions = {split: [] for split in splits}
+    vqa_answers = {split: [] for split in splits}
+    refexp: list[tuple[str, str, str, int]] = []
     num_val = max(1, config.num_images // 10)
-    texts: dict[str, list] = {"captions": [], "vqa": [], "refexp": []}
-    answers = sorted({*COLOURS, "yes", "no", *map(str, range(config.max_objects + 1))})
-    source = {"generator": "uniter_jax.data.synthetic", **dataclasses.asdict(config)}
-    with ImageStoreWriter(
+    for i, (image_id, objects, feats, boxes, soft) in enumerate(generate(config)):
+        split = "val" if i < num_val else "train"
+        conf = soft[:, 1:].max(axis=1)
+        np.savez(
+            os.path.join(raw, "regions", f"{image_id}.npz"),
+            features=feats.astype(np.float16),
+            boxes=boxes.astype(np.float32),
+            image_w=WIDTH,
+            image_h=HEIGHT,
+            conf=conf.astype(np.float32),
+            soft_labels=soft.astype(np.float32),
+        )
+        coco[split]["images"].append({"id": i, "width": WIDTH, "height": HEIGHT})
+        rng = np.random.default_rng([config.seed, 3, i])
+        for text in captions(objects, rng, config.captions_per_image):
+            n = len(coco["train"]["annotations"]) + len(coco["val"]["annotations"])
+            coco[split]["annotations"].append({"id": n, "image_id": i, "caption": text})
+        for question, answer in questions(objects, rng, config.questions_per_image):
+            n = len(vqa_questions["train"]) + len(vqa_questions["val"])
+            vqa_questions[split].append({"question_id": n, "image_id": i, "question": question})
+            vqa_answers[split].append(
+                {
+                    "question_id": n,
+                    "image_id": i,
+                    "multiple_choice_answer": answer,
+                    "answers": [{"answer": answer, "answer_id": k} for k in range(10)],
+                }
+            )
+        # The store sorts regions by confidence: find each object's row there.
+        row = {int(old): new for new, old in enumerate(np.argsort(-conf, kind="stable"))}
+        for expression, index in referring(objects):
+            refexp.append((split, image_id, expression, row[index]))
+
+    paths = {"vocab": vocab_path, "images": os.path.join(out, "images")}
+    quiet = {"overwrite": overwrite, "progress": False}
+    convert_npz_dir(
+        os.path.join(raw, "regions"),
         paths["images"],
-        feature_dim=config.feature_dim,
+        soft_labels=True,
         num_labels=config.num_labels,
+        feature_dim=config.feature_dim,
+        **quiet,
+    )
+    ids = {"image_id_format": "synth{id:06d}", "images": paths["images"]}
+    text = {"vocab": vocab_path, "max_txt_len": max_txt_len, **ids, **quiet}
+    for split in splits:
+        for name, value in (
+            (f"captions_{split}.json", coco[split]),
+            (f"vqa_{split}_questions.json", {"questions": vqa_questions[split]}),
+            (f"vqa_{split}_annotations.json", {"annotations": vqa_answers[split]}),
+        ):
+            write_json(os.path.join(raw, name), value)
+        paths[f"captions_{split}"] = os.path.join(out, "texts", f"captions_{split}")
+        convert_coco_captions(
+            os.path.join(raw, f"captions_{split}.json"), paths[f"captions_{split}"], **text
+        )
+        paths[f"vqa_{split}"] = os.path.join(out, "texts", f"vqa_{split}")
+        convert_vqa(
+            os.path.join(raw, f"vqa_{split}_questions.json"),
+            paths[f"vqa_{split}"],
+            annotations_path=os.path.join(raw, f"vqa_{split}_annotations.json"),
+            # One answer vocabulary for both splits: the train store's.
+            answer_vocab=answer_vocab_from(paths["vqa_train"]) if split == "val" else None,
+            num_answers=len(COLOURS) + 2 + config.max_objects + 1,
+            **text,
+        )
+        paths[f"refexp_{split}"] = _write_refexp(
+            [r for r in refexp if r[0] == split],
+            os.path.join(out, "texts", f"refexp_{split}"),
+            vocab_path,
+            max_txt_len,
+            overwrite,
+            config,
+        )
+    if not keep_raw:
+        shutil.rmtree(raw)
+    return paths
+
+
+def _write_refexp(rows, path, vocab_path, max_txt_len, overwrite, config) -> str:
+    tokenizer = Tokenizer(vocab_path)
+    source = {"generator": "uniter_jax.data.synthetic", **dataclasses.asdict(config)}
+    with TextStoreWriter(
+        path,
+        task="refexp",
+        vocab=tokenizer.vocab.to_json(),
+        max_txt_len=max_txt_len,
         source=source,
         overwrite=overwrite,
-    ) as images:
-        for i, (image_id, objects, feats, boxes, soft) in enumerate(generate(config)):
-            conf = soft[:, 1:].max(axis=1)
-            images.add(
-                make_regions(
-                    image_id,
-                    feats,
-                    box_features(boxes, WIDTH, HEIGHT),
-                    conf,
-                    soft,
-                    feature_dim=config.feature_dim,
-                    num_labels=config.num_labels,
-                )
-            )
-            split = "val" if i < num_val else "train"
-            rng = np.random.default_rng([config.seed, 3, i])
-            for text in captions(objects, rng, config.captions_per_image):
-                texts["captions"].append((split, image_id, text, {}))
-            for question, answer in questions(objects, rng, config.questions_per_image):
-                texts["vqa"].append(
-                    (
-                        split,
-                        image_id,
-                        question,
-                        {"answers": [answers.index(answer)], "scores": [1.0]},
-                    )
-                )
-            # Regions are sorted by confidence in the store: find each object's row.
-            order = np.argsort(-conf, kind="stable")
-            row = {int(old): new for new, old in enumerate(order)}
-            for expression, index in referring(objects):
-                texts["refexp"].append((split, image_id, expression, {"target": row[index]}))
-    vocab = tokenizer.vocab.to_json()
-    vocab["path"] = "vocab.txt"
-    for task, rows in texts.items():
-        for split in ("train", "val"):
-            path = os.path.join(out, "texts", f"{task}_{split}")
-            ragged = ("answers", "scores") if task == "vqa" else ()
-            extra = {"answer_vocab": answers} if task == "vqa" else {}
-            with TextStoreWriter(
-                path,
-                task=task,
-                vocab=vocab,
-                max_txt_len=max_txt_len,
-                ragged=ragged,
-                source={**source, **extra},
-                overwrite=overwrite,
-            ) as writer:
-                selected = [r for r in rows if r[0] == split]
-                encoded = tokenizer.encode_batch([r[2] for r in selected])
-                for n, ((_, image_id, _, fields), ids) in enumerate(
-                    zip(selected, encoded, strict=True)
-                ):
-                    writer.add(f"{task}-{split}-{n}", image_id, ids, **fields)
-            paths[f"{task}_{split}"] = path
-    return paths
+    ) as writer:
+        encoded = tokenizer.encode_batch([r[2] for r in rows])
+        for n, ((split, image_id, _, target), ids) in enumerate(zip(rows, encoded, strict=True)):
+            writer.add(f"refexp-{split}-{n}", image_id, ids, target=target)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

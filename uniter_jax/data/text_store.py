@@ -25,7 +25,7 @@ from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
     load_npz,
-    read_json,
+    read_manifest,
     sha256,
     write_json,
     write_npz,
@@ -178,13 +178,7 @@ class TextStore:
 
     def __init__(self, directory: str, *, verify: bool = True):
         self.directory = directory
-        manifest = read_json(os.path.join(directory, MANIFEST))
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise DataError(
-                f"not a version-{VERSION} text store (format {manifest.get('format')!r})",
-                file=os.path.join(directory, MANIFEST),
-            )
-        self.manifest = manifest
+        self.manifest = manifest = read_manifest(directory, FORMAT, VERSION)
         data_path = os.path.join(directory, DATA)
         self.arrays = load_npz(data_path, expect_sha256=manifest["data_sha256"] if verify else None)
         self.text_ids = self.arrays["text_id"]

@@ -91,6 +91,7 @@ def _add_lxmert_tsv(subparsers: Any) -> None:
 def _add_npz_dir(subparsers: Any) -> None:
     p = subparsers.add_parser("npz-dir", help="a folder of <image_id>.npz")
     p.add_argument("directory", help="folder of .npz files")
+    p.add_argument("--num-labels", type=int, default=1601, help="soft-label classes per region")
     p.add_argument(
         "--soft-labels",
         action=argparse.BooleanOptionalAction,
@@ -100,7 +101,7 @@ def _add_npz_dir(subparsers: Any) -> None:
     _common_arguments(p)
     p.set_defaults(
         convert=lambda a: convert_npz_dir(
-            a.directory, a.out, soft_labels=a.soft_labels, **_options(a)
+            a.directory, a.out, soft_labels=a.soft_labels, num_labels=a.num_labels, **_options(a)
         )
     )
 

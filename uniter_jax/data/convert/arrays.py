@@ -70,13 +70,15 @@ def probabilities(value: Any, field: str, shape: tuple[int | None, ...]) -> np.n
     return array
 
 
-def soft_label_conf(soft_labels: Any, num_boxes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validates `[n, 1601]` class probabilities; returns them and the `[n]` confidence.
+def soft_label_conf(
+    soft_labels: Any, num_boxes: int, num_labels: int = NUM_LABELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validates `[n, num_labels]` class probabilities; returns them and the `[n]` confidence.
 
     The confidence is the highest non-background probability, the quantity the
     BUTD extractor thresholds (REFERENCE.md section 7).
     """
-    soft_labels = probabilities(soft_labels, "soft_labels", (num_boxes, NUM_LABELS))
+    soft_labels = probabilities(soft_labels, "soft_labels", (num_boxes, num_labels))
     return soft_labels, soft_labels[:, 1:].max(axis=1).astype(np.float32)
 
 

@@ -53,13 +53,18 @@ class Summary:
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
 
     def report(self, max_listed: int = 20) -> str:
-        lines = [f"wrote {self.images} images, {self.regions} regions to {self.out_dir}"]
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} bad records:")
-            lines += [f"  {skipped}" for skipped in self.skipped[:max_listed]]
-            if len(self.skipped) > max_listed:
-                lines.append(f"  ... and {len(self.skipped) - max_listed} more")
-        return "\n".join(lines)
+        head = f"wrote {self.images} images, {self.regions} regions to {self.out_dir}"
+        return "\n".join([head, *skipped_lines(self.skipped, max_listed)])
+
+
+def skipped_lines(skipped: Sequence[Skipped], max_listed: int) -> list[str]:
+    """The part of a summary that lists skipped records, at most `max_listed`."""
+    if not skipped:
+        return []
+    lines = [f"skipped {len(skipped)} bad records:", *(f"  {s}" for s in skipped[:max_listed])]
+    if len(skipped) > max_listed:
+        lines.append(f"  ... and {len(skipped) - max_listed} more")
+    return lines
 
 
 def input_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

@@ -44,6 +44,7 @@ def convert_npz_dir(
     out_dir: str | os.PathLike,
     *,
     soft_labels: bool | None = None,
+    num_labels: int = NUM_LABELS,
     feature_dim: int = 2048,
     skip_bad: bool = False,
     overwrite: bool = False,
@@ -62,14 +63,18 @@ def convert_npz_dir(
     if soft_labels is None:
         soft_labels = _first_has_soft_labels(paths)
     parse = functools.partial(
-        _parse, feature_dim=feature_dim, soft_labels=soft_labels, strict=strict
+        _parse,
+        feature_dim=feature_dim,
+        soft_labels=soft_labels,
+        num_labels=num_labels,
+        strict=strict,
     )
     records = (Record(path, _stem(path), functools.partial(parse, path)) for path in paths)
     return write_store(
         records,
         out_dir,
         feature_dim=feature_dim,
-        num_labels=NUM_LABELS if soft_labels else None,
+        num_labels=num_labels if soft_labels else None,
         source={"format": "npz-dir", "directory": directory, "soft_labels": soft_labels},
         skip_bad=skip_bad,
         overwrite=overwrite,
@@ -91,7 +96,9 @@ def _first_has_soft_labels(paths: list[str]) -> bool:
     return False
 
 
-def _parse(path: str, *, feature_dim: int, soft_labels: bool, strict: bool) -> ImageRegions:
+def _parse(
+    path: str, *, feature_dim: int, soft_labels: bool, num_labels: int, strict: bool
+) -> ImageRegions:
     name = image_id(_stem(path), "file name")
     arrays = load_npz(path, KEYS)
     if "features" not in arrays:
@@ -120,7 +127,7 @@ def _parse(path: str, *, feature_dim: int, soft_labels: bool, strict: bool) -> I
             field="soft_labels",
         )
     if soft_labels:
-        soft, conf = soft_label_conf(arrays["soft_labels"], n)
+        soft, conf = soft_label_conf(arrays["soft_labels"], n, num_labels)
     if "conf" in arrays:
         conf = probabilities(arrays["conf"], "conf", (n,))
     return make_regions(name, features, boxes7, conf, soft, feature_dim=feature_dim)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from uniter_jax.data.convert.common import Skipped
+from uniter_jax.data.convert.common import Skipped, skipped_lines
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStoreWriter
@@ -49,16 +49,11 @@ class TextSummary:
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
 
     def report(self, max_listed: int = 20) -> str:
-        lines = [
+        head = (
             f"wrote {self.texts} texts to {self.out_dir} "
             f"({self.truncated} cut to the maximum length)"
-        ]
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} bad records:")
-            lines += [f"  {skipped}" for skipped in self.skipped[:max_listed]]
-            if len(self.skipped) > max_listed:
-                lines.append(f"  ... and {len(self.skipped) - max_listed} more")
-        return "\n".join(lines)
+        )
+        return "\n".join([head, *skipped_lines(self.skipped, max_listed)])
 
 
 def write_text_store(
