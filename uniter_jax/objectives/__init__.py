@@ -1,0 +1,1 @@
+"""Pretraining objectives: masking, losses and word-region alignment (pure, in-jit)."""
