@@ -27,9 +27,6 @@ from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 
-# Fields of the `model` config section that are not UniterConfig fields.
-_NOT_MODEL_FIELDS = ("preset",)
-
 
 def model_config(section: ml_collections.ConfigDict) -> UniterConfig:
     """`UniterConfig` from a config's `model` section: a preset plus overrides."""
