@@ -140,6 +140,21 @@ def atomic_directory(directory: str, *, overwrite: bool = False) -> Iterator[str
         raise
 
 
+def close_atomic(context: Any, exc_type: Any, exc: Any, tb: Any, finish: Any) -> None:
+    """Ends an `atomic_directory` context from a writer's `__exit__`.
+
+    On a clean exit `finish()` writes the last files first; if it fails, or the
+    block failed, the temporary folder is removed and nothing is left behind.
+    """
+    if exc_type is None:
+        try:
+            finish()
+        except BaseException as e:
+            context.__exit__(type(e), e, e.__traceback__)
+            raise
+    context.__exit__(exc_type, exc, tb)
+
+
 def _check_target(directory: str, overwrite: bool) -> None:
     if os.path.exists(directory):
         if not os.path.isdir(directory):

@@ -29,6 +29,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
+    close_atomic,
     load_npz,
     read_bytes,
     read_manifest,
@@ -153,17 +154,11 @@ class ImageStoreWriter:
         return len(self._num_boxes)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                if not self._num_boxes:
-                    raise DataError("no images to write", file=self.directory)
-                self._finish()
-            except BaseException as e:
-                self._context.__exit__(type(e), e, e.__traceback__)
-                raise
-        self._context.__exit__(exc_type, exc, tb)
+        close_atomic(self._context, exc_type, exc, tb, self._finish)
 
     def _finish(self) -> None:
+        if not self._num_boxes:
+            raise DataError("no images to write", file=self.directory)
         index_path = os.path.join(self._root, INDEX)
         ids = np.array(list(self._ids), dtype=np.str_)
         write_npz(

@@ -24,6 +24,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
+    close_atomic,
     load_npz,
     read_manifest,
     sha256,
@@ -109,13 +110,7 @@ class TextStoreWriter:
         return len(self._image_ids)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self._finish()
-            except BaseException as e:
-                self._context.__exit__(type(e), e, e.__traceback__)
-                raise
-        self._context.__exit__(exc_type, exc, tb)
+        close_atomic(self._context, exc_type, exc, tb, self._finish)
 
     def _finish(self) -> None:
         if not self._image_ids:
