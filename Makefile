@@ -39,7 +39,7 @@ $(VENV)/.run-deps: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) -r requirements.txt $(QUIET)
 	$(PIP) --no-deps -e . $(QUIET)
 	# Every runtime module imports with the runtime requirements alone (no test extras yet).
-	$(PY) -c "import ott, optax; import uniter_jax.forward_check, uniter_jax.convert.__main__, uniter_jax.data.convert.__main__, uniter_jax.data.tfds_builders"
+	$(PY) -c "import ott, optax; import uniter_jax.train.loop, uniter_jax.convert.__main__, uniter_jax.data.convert.__main__, uniter_jax.data.tfds_builders"
 	touch $@
 
 $(VENV)/.test-deps: requirements-test.txt $(VENV)/.run-deps

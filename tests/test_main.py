@@ -8,32 +8,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_forward_check_runs(tmp_path):
-    result = subprocess.run(
+def run_main(tmp_path, *overrides):
+    return subprocess.run(
         [
             sys.executable,
             "main.py",
             "--config=configs/pretrain.py:tiny",
             f"--workdir={tmp_path}",
-            "--config.data.synthetic_images=30",
+            *overrides,
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_tiny_pretraining_runs_and_reports(tmp_path):
+    result = run_main(
+        tmp_path,
+        "--config.data.synthetic_images=40",
+        "--config.optim.total_steps=6",
+        "--config.optim.warmup_steps=2",
+        "--config.log.every_steps=3",
+        "--config.eval.every_steps=6",
+        "--config.eval.num_batches=1",
+        "--config.data.buckets=((16, 12, 8),)",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "forward_check.json").read_text())
-    assert report["finite"]
-    # One batch of the tiny config's single bucket, from the synthetic world.
-    assert report["input_shapes"]["img_feat"] == [4, 10, 2048]
-    assert report["input_shapes"]["input_ids"] == [4, 16]
+    report = json.loads((tmp_path / "pretrain_report.json").read_text())
+    assert report["status"] == "finished" and report["step"] == 6
+    assert set(report["validation"]) >= {"val/itm/accuracy", "val/mlm/accuracy", "val/mrfr/loss"}
     assert (tmp_path / "synthetic" / "images" / "manifest.json").exists()
-    assert report["num_params"] == 2_277_127
-    # Valid positions come out of a final LayerNorm with unit scale, zero bias.
-    assert abs(report["text_hidden"]["mean"]) < 1e-3
-    assert abs(report["text_hidden"]["std"] - 1.0) < 1e-3
-    assert "Total: 2,277,127" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["6"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [3, 6, 6]  # train, train, val
+    assert "validation at step 6" in result.stderr
+    assert "orbax" not in result.stderr  # its per-save chatter is filtered
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    result = run_main(tmp_path, "--config.optim.learning_rate=1e-3")
+    assert result.returncode != 0 and "learning_rate" in result.stderr
 
 
 def test_unknown_variant_is_an_error(tmp_path):

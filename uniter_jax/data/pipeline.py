@@ -283,7 +283,12 @@ class Pipeline:
             reduce_func=lambda _, window: window.batch(largest),
             window_size_func=lambda step: tf.gather(tf.constant(host_batch), step),
         )
-        return batched.prefetch(self.config.prefetch)
+        options = tf.data.Options()
+        # No autotuning (AUTOTUNE then means one parallel read per core): its
+        # model thread sleeps for up to a minute between rounds, and dropping
+        # an iterator (a restore, the end of validation) waited for it.
+        options.autotune.enabled = False
+        return batched.prefetch(self.config.prefetch).with_options(options)
 
     def _blob_path(self, index: tf.Tensor) -> tf.Tensor:
         """`regions/SSSSS/IIIIIIII.rgn` of image position `index` (as `blob_path`)."""

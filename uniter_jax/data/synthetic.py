@@ -59,9 +59,12 @@ class WorldConfig:
     num_images: int = 200
     feature_dim: int = 2048
     num_labels: int = 1601  # background + object classes, as the BUTD detector
-    min_objects: int = 3
-    max_objects: int = 8
-    background_regions: int = 2  # regions on no object (label 0)
+    min_objects: int = 2
+    max_objects: int = 4
+    # A detector fires several overlapping boxes on one object: the first box
+    # is the object's, the others are jittered copies with their own noise.
+    regions_per_object: int = 3
+    background_regions: int = 0  # regions on no object (label 0, low confidence)
     captions_per_image: int = 5
     questions_per_image: int = 3
     feature_noise: float = 0.3
@@ -73,6 +76,8 @@ class WorldConfig:
             raise ValueError(f"num_labels must be at least {needed} (one per shape and colour)")
         if self.min_objects < 2 or self.max_objects < self.min_objects:
             raise ValueError("need 2 <= min_objects <= max_objects")
+        if self.regions_per_object < 1:
+            raise ValueError("regions_per_object must be at least 1")
 
 
 def class_label(obj: SceneObject) -> int:
@@ -113,13 +118,18 @@ def region_arrays(
     config: WorldConfig,
     proj: _Projections,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features [n, D], pixel boxes [n, 4], soft labels [n, L]) for objects then background."""
+    """(features [n, D], pixel boxes [n, 4], soft labels [n, L]): each object's
+    `regions_per_object` regions in object order, then the background regions."""
     feats, boxes, labels = [], [], []
     for obj in objects:
         f = proj.shape[obj.shape] + proj.colour[obj.colour] + 0.5 * proj.size[obj.size]
-        feats.append(f)
-        boxes.append(obj.box)
-        labels.append(class_label(obj))
+        extent = obj.box[2] - obj.box[0]
+        for copy in range(config.regions_per_object):
+            shift = rng.uniform(-0.05, 0.05, 4) * extent if copy else np.zeros(4)
+            box = np.clip(np.asarray(obj.box) + shift, 0, [WIDTH, HEIGHT, WIDTH, HEIGHT])
+            feats.append(f)
+            boxes.append(tuple(box))
+            labels.append(class_label(obj))
     for _ in range(config.background_regions):
         feats.append(proj.background)
         x1, y1 = rng.uniform(0, WIDTH - 100), rng.uniform(0, HEIGHT - 100)
@@ -268,8 +278,8 @@ def write_world(
             )
         # The store sorts regions by confidence: find each object's row there.
         row = {int(old): new for new, old in enumerate(np.argsort(-conf, kind="stable"))}
-        for expression, index in referring(objects):
-            refexp.append((split, image_id, expression, row[index]))
+        for expression, index in referring(objects):  # the object's own (first) box
+            refexp.append((split, image_id, expression, row[index * config.regions_per_object]))
 
     paths = {"vocab": vocab_path, "images": os.path.join(out, "images")}
     quiet = {"overwrite": overwrite, "progress": False}

@@ -1,0 +1,147 @@
+"""Task losses against numpy on the full (ungathered) model outputs, and the task mix."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from uniter_jax.model import UniterConfig, UniterForPretraining
+from uniter_jax.objectives import tasks
+from uniter_jax.objectives.masking import mlm_mask, mrm_mask
+from uniter_jax.objectives.wra import wra_distance
+
+CONFIG = UniterConfig.preset(
+    "tiny", vocab_size=150, img_dim=12, num_region_labels=9, hidden_dropout=0.0
+)
+SETTINGS = tasks.TaskSettings(mask_id=103, special_ids=(101, 102, 0), random_range=(104, 150))
+B, LT, NR = 4, 9, 6
+
+
+@pytest.fixture(scope="module")
+def model():
+    return UniterForPretraining(CONFIG, nnx.Rngs(3))
+
+
+def make_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([9, 6, 4, 7])
+    ids = rng.integers(104, 150, (B, LT))
+    ids[:, 0] = 101
+    ids[np.arange(B), lengths - 1] = 102
+    text_mask = (np.arange(LT)[None] < lengths[:, None]).astype(np.int32)
+    ids = np.where(text_mask == 1, ids, 0).astype(np.int32)
+    img_mask = (np.arange(NR)[None] < np.array([[6], [3], [5], [2]])).astype(np.int32)
+    soft = rng.dirichlet(np.ones(CONFIG.num_region_labels), (B, NR)).astype(np.float32)
+    return {
+        "input_ids": ids,
+        "text_mask": text_mask,
+        "img_feat": rng.normal(size=(B, NR, CONFIG.img_dim)).astype(np.float32),
+        "img_pos": rng.uniform(size=(B, NR, 7)).astype(np.float32),
+        "img_mask": img_mask,
+        "itm_label": np.array([1, 0, 1, 1], np.int32),
+        "img_soft_labels": soft,
+    }
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def encode(model, batch, **overrides):
+    inputs = {k: batch[k] for k in ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")}
+    return model(**{**inputs, **overrides})
+
+
+def test_mlm_loss_is_cross_entropy_over_masked_tokens_of_matched_pairs(model):
+    batch, key = make_batch(), jax.random.PRNGKey(5)
+    loss, metrics = tasks.mlm(model, batch, key, None, SETTINGS)
+    masked, chosen = mlm_mask(
+        key,
+        batch["input_ids"],
+        batch["text_mask"],
+        mask_id=103,
+        random_range=(104, 150),
+        special_ids=(101, 102, 0),
+    )
+    chosen = np.asarray(chosen) & (batch["itm_label"] == 1)[:, None]
+    logits = model.mlm_logits(encode(model, batch, input_ids=masked)[:, :LT])  # every position
+    logp = log_softmax(logits)[chosen]
+    labels = batch["input_ids"][chosen]
+    want = -logp[np.arange(len(labels)), labels].mean()
+    assert chosen[1].sum() == 0 and chosen.sum() >= 3  # the mismatched example is left out
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    correct = (logp.argmax(-1) == labels).sum()
+    assert metrics["accuracy"][0] == correct and metrics["accuracy"][1] == chosen.sum()
+    assert metrics["dropped"][0] == 0
+
+
+def test_gather_overflow_is_counted_not_silent(model):
+    batch, key = make_batch(), jax.random.PRNGKey(5)
+    small = tasks.TaskSettings(**{**SETTINGS.__dict__, "max_masked_fraction": 0.0})
+    _, metrics = tasks.mlm(model, batch, key, None, small)  # room for B = 4 positions
+    dropped, total = (float(x) for x in metrics["dropped"])
+    assert metrics["accuracy"][1] == min(4, total) and dropped == max(0, total - 4)
+
+
+def test_region_tasks_match_numpy(model):
+    batch, key = make_batch(1), jax.random.PRNGKey(9)
+    chosen = np.asarray(mrm_mask(key, batch["img_mask"])) & (batch["itm_label"] == 1)[:, None]
+    hidden = encode(model, batch, img_masked=jnp.asarray(chosen))[:, LT:]
+    # MRFR: mean over chosen regions x feature dims of the squared error.
+    loss, _ = tasks.mrfr(model, batch, key, None, SETTINGS)
+    pred = np.asarray(model.mrfr_features(hidden), np.float64)[chosen]
+    want = np.mean((pred - batch["img_feat"][chosen]) ** 2)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    # MRC-kl: KL(p || q) averaged over regions x classes; accuracy vs argmax(p[1:]) + 1.
+    logp_q = log_softmax(model.mrc_logits(hidden))[chosen]
+    p = batch["img_soft_labels"][chosen].astype(np.float64)
+    kl = p * (np.log(p) - logp_q)
+    loss, metrics = tasks.TASK_FNS["mrc_kl"](model, batch, key, None, SETTINGS)
+    np.testing.assert_allclose(float(loss), kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["kl"][0] / metrics["kl"][1], kl.sum(-1).mean(), rtol=1e-5)
+    hard = p[:, 1:].argmax(-1) + 1
+    assert metrics["accuracy"][0] == (logp_q.argmax(-1) == hard).sum()
+    # MRC: cross-entropy against the hard label.
+    loss, _ = tasks.TASK_FNS["mrc"](model, batch, key, None, SETTINGS)
+    np.testing.assert_allclose(float(loss), -logp_q[np.arange(len(hard)), hard].mean(), rtol=1e-5)
+
+
+def test_itm_loss_adds_weighted_wra(model):
+    batch = make_batch(2)
+    loss, metrics = tasks.itm(model, batch, None, None, SETTINGS)
+    seq = encode(model, batch)
+    logp = log_softmax(model.itm_logits(seq))
+    labels = batch["itm_label"]
+    ce = -logp[np.arange(B), labels].mean()
+    d = np.asarray(wra_distance(seq[:, :LT], batch["text_mask"], seq[:, LT:], batch["img_mask"]))
+    ot = (d[labels == 1].sum() - d[labels == 0].sum()) / B
+    np.testing.assert_allclose(float(loss), ce + 0.1 * ot, rtol=1e-5)
+    np.testing.assert_allclose(metrics["wra_matched"][0], d[labels == 1].sum(), rtol=1e-5)
+    assert metrics["wra_mismatched"][1] == 1
+
+
+def test_task_draws_follow_the_mix_and_are_stateless():
+    mix = tasks.check_mix({"itm": 2, "mlm": 2, "mrfr": 1, "mrc_kl": 1, "mrc": 0})
+    assert "mrc" not in mix
+    draws = [tasks.task_for_step(mix, 0, s) for s in range(12_000)]
+    counts = collections.Counter(draws)
+    for name, ratio in mix.items():
+        # 12k draws: a 4-sigma band around the expected share.
+        p = ratio / 6
+        assert abs(counts[name] / 12_000 - p) < 4 * np.sqrt(p * (1 - p) / 12_000)
+    assert [tasks.task_for_step(mix, 0, s) for s in range(100, 200)] == draws[100:200]
+    assert draws[:100] != [tasks.task_for_step(mix, 1, s) for s in range(100)]
+
+
+@pytest.mark.parametrize(
+    "mix, message",
+    [({"itm": 1, "nsp": 1}, "unknown tasks"), ({"itm": 0}, "zero"), ({"mlm": -1}, ">= 0")],
+)
+def test_bad_mix_is_named(mix, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.check_mix(mix)

@@ -1,0 +1,145 @@
+"""End to end on a small synthetic world: exact resume, SIGTERM, non-finite stop, init_from."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs.pretrain import get_config
+from uniter_jax import param_checkpoint
+from uniter_jax.data import synthetic
+from uniter_jax.model import UniterForPretraining, get_params
+from uniter_jax.train import inputs, loop
+from uniter_jax.train.step import TRACES
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return synthetic.write_world(str(root), synthetic.WorldConfig(num_images=40))
+
+
+def small_config(world):
+    config = get_config("tiny")
+    config.data.images = world["images"]
+    config.data.texts = world["captions_train"]
+    config.data.val_texts = world["captions_val"]
+    config.data.buckets = ((16, 20, 8),)
+    config.optim.total_steps = 8
+    config.optim.warmup_steps = 2
+    config.log.every_steps = 2
+    config.eval.every_steps = 4
+    config.eval.num_batches = 1
+    config.checkpoint.every_steps = 4
+    return config
+
+
+def saved_state(workdir, step):
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def history(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
+    config = small_config(world)
+    traces = TRACES.copy()
+    whole = loop.train(config, str(tmp_path / "whole"))
+    assert whole["status"] == "finished" and whole["step"] == 8
+
+    def interrupt(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    split = str(tmp_path / "split")
+    first = loop.train(config, split, on_step=interrupt)
+    assert first["status"] == "preempted" and first["step"] == 3
+    assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == ["3"]
+    second = loop.train(config, split)
+    assert second["status"] == "finished" and second["step"] == 8
+
+    a, b = saved_state(tmp_path / "whole", 8), saved_state(split, 8)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 50
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert history(tmp_path / "whole") == history(split)
+    assert second["validation"] == whole["validation"]
+    assert {"val/itm/accuracy", "val/mlm/accuracy", "val/mrc/accuracy"} <= set(whole["validation"])
+    # Three runs, one compilation per task (and none for the resumed runs).
+    compiled = {k[1]: TRACES[k] - traces[k] for k in TRACES if k[0] == "train"}
+    drawn = {k.split("/")[1] for line in history(split) for k in line if k.endswith("/steps")}
+    assert drawn and all(compiled[t] <= 1 for t in compiled)
+    assert whole["compilations"] == second["compilations"]
+
+
+def test_non_finite_loss_stops_naming_step_and_task(world, tmp_path, monkeypatch):
+    real_step = loop.train_step
+
+    def poisoned(state, batch, key, *, task, settings):
+        state, out = real_step(state, batch, key, task=task, settings=settings)
+        if int(state["step"]) == 6:  # the sixth micro-step
+            out = {**out, "finite": np.False_}
+        return state, out
+
+    monkeypatch.setattr(loop, "train_step", poisoned)
+    config = small_config(world)
+    with pytest.raises(loop.NonFiniteError, match=r"at step 6 \(task \w+\).*checkpoint is step 4"):
+        loop.train(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+def test_init_from_a_parameter_checkpoint(world, tmp_path):
+    config = small_config(world)
+    model_cfg = inputs.model_config(config.model)
+    other = get_params(UniterForPretraining(model_cfg, __import__("flax").nnx.Rngs(7)))
+    partial = {"uniter": {k: other["uniter"][k] for k in ("embeddings", "encoder")}}
+    param_checkpoint.save(str(tmp_path / "ckpt"), partial, model_cfg)
+    params = loop.initial_params(model_cfg, 0, str(tmp_path / "ckpt"))
+    fresh = loop.initial_params(model_cfg, 0, "")
+    np.testing.assert_array_equal(
+        params["uniter"]["encoder"]["layers"]["output"]["kernel"],
+        other["uniter"]["encoder"]["layers"]["output"]["kernel"],
+    )
+    np.testing.assert_array_equal(params["itm"]["dense"]["kernel"], fresh["itm"]["dense"]["kernel"])
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        loop.initial_params(model_cfg, 0, str(tmp_path / "nothing"))
+
+
+def test_init_from_a_bert_file_loads_the_text_stack(world, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model_cfg = inputs.model_config(small_config(world).model)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=model_cfg.vocab_size,
+            hidden_size=model_cfg.hidden_size,
+            num_hidden_layers=model_cfg.num_layers,
+            num_attention_heads=model_cfg.num_heads,
+            intermediate_size=model_cfg.intermediate_size,
+        )
+    )
+    path = tmp_path / "bert.bin"
+    torch.save(bert.state_dict(), path)
+    params = loop.initial_params(model_cfg, 0, str(path))
+    np.testing.assert_array_equal(
+        params["uniter"]["embeddings"]["word"]["embedding"],
+        bert.embeddings.word_embeddings.weight.detach().numpy(),
+    )
+    np.testing.assert_array_equal(  # our kernels are [in, out]: torch's weight transposed
+        params["uniter"]["encoder"]["layers"]["attention"]["query"]["kernel"][1],
+        bert.encoder.layer[1].attention.self.query.weight.detach().numpy().T,
+    )
+    fresh = loop.initial_params(model_cfg, 0, "")
+    np.testing.assert_array_equal(  # the image embedder is not in a BERT file
+        params["uniter"]["img_embeddings"]["img_linear"]["kernel"],
+        fresh["uniter"]["img_embeddings"]["img_linear"]["kernel"],
+    )

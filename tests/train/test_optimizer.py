@@ -1,0 +1,102 @@
+"""The optimiser against a numpy AdamW with the original's schedule, clipping and decay mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from uniter_jax.train.optimizer import OptimSettings, decay_mask, learning_rate, make_optimizer
+
+SETTINGS = OptimSettings(lr=0.01, warmup_steps=3, total_steps=10, clip_norm=1.0)
+
+
+def numpy_lr(update, s):
+    """The original's warmup_linear, `update` counted from 1."""
+    if update <= s.warmup_steps:
+        return s.lr * update / s.warmup_steps
+    return s.lr * max(0.0, (s.total_steps - update) / (s.total_steps - s.warmup_steps))
+
+
+def params_and_grads(seed):
+    rng = np.random.default_rng(seed)
+    params = {
+        "dense": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)},
+        "norm": {"scale": rng.normal(size=4), "bias": rng.normal(size=4)},
+        "embedding": rng.normal(size=(5, 4)),
+    }
+    grads = jax.tree.map(lambda p: rng.normal(size=p.shape) * 2, params)
+    return params, grads
+
+
+def numpy_adamw(params, grads_seq, s):
+    """Clip by global norm, Adam with bias correction, decoupled decay on masked leaves."""
+    flat_p, tree = jax.tree.flatten(params)
+    decays = jax.tree.leaves(decay_mask(params))
+    m = [np.zeros_like(p) for p in flat_p]
+    v = [np.zeros_like(p) for p in flat_p]
+    p = [x.copy() for x in flat_p]
+    for t, grads in enumerate(grads_seq, start=1):
+        g = jax.tree.leaves(grads)
+        norm = np.sqrt(sum((x**2).sum() for x in g))
+        g = [x * min(1.0, s.clip_norm / norm) for x in g]
+        lr = numpy_lr(t, s)
+        for i in range(len(p)):
+            m[i] = s.b1 * m[i] + (1 - s.b1) * g[i]
+            v[i] = s.b2 * v[i] + (1 - s.b2) * g[i] ** 2
+            step = (m[i] / (1 - s.b1**t)) / (np.sqrt(v[i] / (1 - s.b2**t)) + s.eps)
+            p[i] = p[i] - lr * (step + (s.weight_decay * p[i] if decays[i] else 0.0))
+    return jax.tree.unflatten(tree, p)
+
+
+def run(optimizer, params, grads_seq):
+    params = jax.tree.map(jnp.float32, params)
+    state = optimizer.init(params)
+    for grads in grads_seq:
+        updates, state = optimizer.update(jax.tree.map(jnp.float32, grads), state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_schedule_is_the_originals_warmup_linear():
+    schedule = learning_rate(SETTINGS)
+    for count in range(12):  # optax counts from 0
+        np.testing.assert_allclose(float(schedule(count)), numpy_lr(count + 1, SETTINGS), 1e-6)
+
+
+def test_no_decay_on_biases_and_layernorm():
+    params, _ = params_and_grads(0)
+    mask = decay_mask(params)
+    assert mask == {
+        "dense": {"kernel": True, "bias": False},
+        "norm": {"scale": False, "bias": False},
+        "embedding": True,
+    }
+
+
+def test_updates_equal_numpy_adamw():
+    params, _ = params_and_grads(0)
+    grads_seq = [params_and_grads(k)[1] for k in range(1, 6)]
+    got = run(make_optimizer(SETTINGS), params, grads_seq)
+    want = numpy_adamw(params, grads_seq, SETTINGS)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+
+
+def test_accumulation_sums_micro_step_gradients():
+    params, _ = params_and_grads(0)
+    grads_seq = [params_and_grads(k)[1] for k in range(1, 7)]
+    accumulated = OptimSettings(**{**SETTINGS.__dict__, "accumulation": 3})
+    got = run(make_optimizer(accumulated), params, grads_seq)
+    summed = [jax.tree.map(lambda *g: sum(g), *grads_seq[i : i + 3]) for i in (0, 3)]
+    want = numpy_adamw(params, summed, SETTINGS)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"lr": 0}, {"warmup_steps": 20}, {"b2": 1.0}, {"accumulation": 0}]
+)
+def test_bad_settings_are_named(changes):
+    with pytest.raises(ValueError, match="invalid optimiser settings"):
+        OptimSettings(**{**SETTINGS.__dict__, **changes})

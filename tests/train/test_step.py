@@ -1,0 +1,88 @@
+"""The jitted train step: one compilation per task, the non-finite guard, bf16 compute."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
+from uniter_jax.objectives.tasks import TaskSettings
+from uniter_jax.train.optimizer import OptimSettings
+from uniter_jax.train.step import TRACES, StepSettings, init_state, train_step
+
+MODEL = UniterConfig.preset("tiny", vocab_size=150, img_dim=12, num_region_labels=9)
+SETTINGS = StepSettings(
+    model=MODEL,
+    tasks=TaskSettings(mask_id=103, special_ids=(101, 102, 0), random_range=(104, 150)),
+    optim=OptimSettings(lr=1e-3, warmup_steps=1, total_steps=10),
+)
+
+
+def make_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    b, lt, nr = 4, 8, 5
+    ids = rng.integers(104, 150, (b, lt)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {
+        "input_ids": ids,
+        "text_mask": np.ones((b, lt), np.int32),
+        "img_feat": rng.normal(size=(b, nr, MODEL.img_dim)).astype(np.float32),
+        "img_pos": rng.uniform(size=(b, nr, 7)).astype(np.float32),
+        "img_mask": np.ones((b, nr), np.int32),
+        "itm_label": np.ones(b, np.int32),
+    }
+
+
+def fresh_state(settings=SETTINGS):
+    params = get_params(UniterForPretraining(settings.model, nnx.Rngs(0)))
+    return init_state(params, settings)
+
+
+def copy(tree):
+    return jax.tree.map(np.array, tree)
+
+
+def test_steps_learn_and_compile_once_per_task():
+    state, key = fresh_state(), jax.random.PRNGKey(0)
+    before = TRACES["train", "mlm"]
+    losses = []
+    for step in range(6):
+        state, out = train_step(state, make_batch(step % 2), key, task="mlm", settings=SETTINGS)
+        assert bool(out["finite"])
+        losses.append(float(out["metrics"]["objective"][0]))
+    assert TRACES["train", "mlm"] - before <= 1  # 0 when an earlier test compiled it
+    assert int(state["step"]) == 6
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_non_finite_step_keeps_the_state():
+    state, key = fresh_state(), jax.random.PRNGKey(0)
+    state, _ = train_step(state, make_batch(), key, task="mlm", settings=SETTINGS)
+    before = copy(state)
+    poisoned = make_batch(1)
+    poisoned["img_feat"][2, 1, 0] = np.nan  # a valid region
+    state, out = train_step(state, poisoned, key, task="mlm", settings=SETTINGS)
+    assert not bool(out["finite"])
+    assert not np.isfinite(float(out["metrics"]["objective"][0]))
+    for a, b in zip(
+        jax.tree.leaves((before["params"], before["opt_state"])),
+        jax.tree.leaves((state["params"], state["opt_state"])),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])
+def test_low_precision_compute_keeps_fp32_state_and_losses(dtype):
+    settings = StepSettings(
+        model=MODEL.replace(dtype=dtype), tasks=SETTINGS.tasks, optim=SETTINGS.optim
+    )
+    state = fresh_state(settings)
+    state, out = train_step(
+        state, make_batch(), jax.random.PRNGKey(0), task="mlm", settings=settings
+    )
+    assert bool(out["finite"])
+    assert out["metrics"]["objective"][0].dtype == jnp.float32
+    dtypes = {x.dtype for x in jax.tree.leaves((state["params"], state["opt_state"]))}
+    assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}

@@ -1,0 +1,205 @@
+"""The pretraining tasks (REFERENCE.md section 2) and how steps choose among them.
+
+Each task maps `(model, batch, keys)` to a scalar training loss and metrics as
+`(sum, count)` pairs. Masked tasks run their heads only on the masked
+positions, gathered into a static `[max_count, H]` block. Masking is
+conditional (one modality per task) and uses only matched pairs: an example
+whose `itm_label` is 0 contributes nothing to MLM or MRM, so the same batch
+format serves every task and validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uniter_jax.objectives import losses
+from uniter_jax.objectives.masking import gather_chosen, mlm_mask, mrm_mask
+from uniter_jax.objectives.wra import wra_distance, wra_loss
+
+TASKS = ("itm", "mlm", "mrfr", "mrc", "mrc_kl")
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+    """Everything the task losses need besides the model (hashable: a jit static)."""
+
+    mask_id: int  # [MASK]
+    special_ids: tuple[int, ...]  # never chosen for MLM: [CLS], [SEP], [PAD]
+    random_range: tuple[int, int]  # [lo, hi) ids for the 10% random replacements
+    mask_prob: float = 0.15  # MLM and MRM selection probability
+    max_masked_fraction: float = 0.3  # gather room: this fraction of a batch's positions
+    wra_weight: float = 0.1  # ITM loss + wra_weight * WRA loss
+    wra_epsilon: float = 0.1  # Sinkhorn entropic regularisation
+    wra_iterations: int = 50  # Sinkhorn iterations (fixed)
+
+
+def max_masked(batch: int, length: int, fraction: float) -> int:
+    """Static gather size for `[batch, length]` positions: at least one per example."""
+    return max(batch, math.ceil(fraction * batch * length))
+
+
+def _encode(model, batch: Mapping[str, jax.Array], dropout_key, **overrides) -> jax.Array:
+    inputs = {k: batch[k] for k in ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")}
+    inputs.update(overrides)
+    return model(**inputs, dropout_key=dropout_key)
+
+
+def _gather(hidden: jax.Array, chosen: jax.Array, fraction: float):
+    """Hidden states `[B, L, H]` at chosen `[B, L]` positions -> `[K, H]`, index, valid."""
+    index, valid = gather_chosen(chosen, max_masked(*chosen.shape, fraction))
+    return hidden.reshape(-1, hidden.shape[-1])[index], index, valid
+
+
+def _dropped(chosen: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Chosen positions that did not fit the gather, as `(sum, count)`."""
+    total = chosen.sum().astype(jnp.float32)
+    return total - valid.sum().astype(jnp.float32), total
+
+
+def _positive(batch: Mapping[str, jax.Array]) -> jax.Array:
+    return (batch["itm_label"] == 1)[:, None]
+
+
+def itm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array, Metrics]:
+    """Image-text matching on the pooled output, plus word-region alignment."""
+    del mask_key
+    sequence = _encode(model, batch, dropout_key)
+    labels = batch["itm_label"]
+    weights = jnp.ones(labels.shape, jnp.float32)
+    logits = model.itm_logits(sequence)
+    ce = losses.cross_entropy(logits, labels, weights)
+    lt = batch["input_ids"].shape[1]
+    distance = wra_distance(
+        sequence[:, :lt],
+        batch["text_mask"],
+        sequence[:, lt:],
+        batch["img_mask"],
+        epsilon=s.wra_epsilon,
+        iterations=s.wra_iterations,
+    )
+    ot = wra_loss(distance, labels)
+    matched = (labels == 1).astype(jnp.float32)
+    metrics = {
+        "loss": ce,
+        "accuracy": losses.accuracy(logits, labels, weights),
+        "wra_loss": (ot * labels.shape[0], jnp.float32(labels.shape[0])),
+        "wra_matched": (jnp.sum(distance * matched), jnp.sum(matched)),
+        "wra_mismatched": (jnp.sum(distance * (1 - matched)), jnp.sum(1 - matched)),
+    }
+    return ce[0] / ce[1] + s.wra_weight * ot, metrics
+
+
+def mlm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array, Metrics]:
+    """Masked language modelling conditioned on the intact image."""
+    ids = batch["input_ids"]
+    masked_ids, chosen = mlm_mask(
+        mask_key,
+        ids,
+        batch["text_mask"],
+        mask_id=s.mask_id,
+        random_range=s.random_range,
+        special_ids=s.special_ids,
+        prob=s.mask_prob,
+    )
+    chosen &= _positive(batch)
+    sequence = _encode(model, batch, dropout_key, input_ids=masked_ids)
+    hidden, index, valid = _gather(sequence[:, : ids.shape[1]], chosen, s.max_masked_fraction)
+    logits = model.mlm_logits(hidden)
+    labels = ids.reshape(-1)[index]
+    ce = losses.cross_entropy(logits, labels, valid)
+    metrics = {
+        "loss": ce,
+        "accuracy": losses.accuracy(logits, labels, valid),
+        "dropped": _dropped(chosen, valid),
+    }
+    return ce[0] / jnp.maximum(ce[1], 1), metrics
+
+
+def _masked_regions(model, batch, mask_key, dropout_key, s: TaskSettings):
+    chosen = mrm_mask(mask_key, batch["img_mask"], prob=s.mask_prob) & _positive(batch)
+    sequence = _encode(model, batch, dropout_key, img_masked=chosen)
+    lt = batch["input_ids"].shape[1]
+    hidden, index, valid = _gather(sequence[:, lt:], chosen, s.max_masked_fraction)
+    return chosen, hidden, index, valid
+
+
+def mrfr(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array, Metrics]:
+    """Masked region feature regression (mean squared error per feature)."""
+    chosen, hidden, index, valid = _masked_regions(model, batch, mask_key, dropout_key, s)
+    feat = batch["img_feat"]
+    target = feat.reshape(-1, feat.shape[-1])[index]
+    se = losses.mrfr(model.mrfr_features(hidden), target, valid)
+    return se[0] / jnp.maximum(se[1], 1), {"loss": se, "dropped": _dropped(chosen, valid)}
+
+
+def _region_classes(kl: bool):
+    def task(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array, Metrics]:
+        chosen, hidden, index, valid = _masked_regions(model, batch, mask_key, dropout_key, s)
+        soft = batch["img_soft_labels"]
+        soft = soft.reshape(-1, soft.shape[-1])[index].astype(jnp.float32)
+        logits = model.mrc_logits(hidden)
+        hard = jnp.argmax(soft[:, 1:], axis=-1) + 1
+        divergence = losses.mrc_kl(logits, soft, valid)
+        metrics = {
+            "accuracy": losses.accuracy(logits, hard, valid),
+            "kl": (divergence[0], valid.sum().astype(jnp.float32)),  # summed over classes
+            "dropped": _dropped(chosen, valid),
+        }
+        if kl:
+            metrics["loss"] = divergence
+        else:
+            metrics["loss"] = losses.mrc(logits, soft, valid)
+        loss = metrics["loss"]
+        return loss[0] / jnp.maximum(loss[1], 1), metrics
+
+    task.__name__ = task.__qualname__ = "mrc_kl" if kl else "mrc"
+    task.__doc__ = "Masked region classification: " + (
+        "KL to the detector's soft labels." if kl else "cross-entropy to its top class."
+    )
+    return task
+
+
+TASK_FNS: dict[str, Callable] = {
+    "itm": itm,
+    "mlm": mlm,
+    "mrfr": mrfr,
+    "mrc": _region_classes(kl=False),
+    "mrc_kl": _region_classes(kl=True),
+}
+
+
+def needs_soft_labels(task: str) -> bool:
+    return task in ("mrc", "mrc_kl")
+
+
+def check_mix(mix: Mapping[str, float]) -> dict[str, float]:
+    """Validates mix ratios (`{task: weight}`) and returns the non-zero ones."""
+    unknown = sorted(set(mix) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown} in the task mix; known: {list(TASKS)}")
+    bad = {k: v for k, v in mix.items() if not (v >= 0 and math.isfinite(v))}
+    if bad:
+        raise ValueError(f"task mix ratios must be finite and >= 0, got {bad}")
+    active = {k: float(v) for k, v in mix.items() if v > 0}
+    if not active:
+        raise ValueError("the task mix gives every task a zero ratio")
+    return active
+
+
+def task_for_step(mix: Mapping[str, float], seed: int, step: int) -> str:
+    """The task of a step, drawn by mix ratio from an RNG seeded by `(seed, step)`.
+
+    Stateless: a resumed run draws the same tasks without saving an RNG.
+    """
+    names = sorted(mix)
+    weights = np.array([mix[n] for n in names], np.float64)
+    draw = np.random.default_rng([seed, 0x7A5C, step]).random()
+    index = np.searchsorted(np.cumsum(weights) / weights.sum(), draw, side="right")
+    return names[min(int(index), len(names) - 1)]  # min: rounding in the last cumsum

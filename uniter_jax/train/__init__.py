@@ -1,0 +1,1 @@
+"""Training: optimiser, jitted steps, checkpoints and the loop."""

@@ -1,0 +1,180 @@
+"""From a config's `data` and `tasks` sections to input pipelines and task settings.
+
+Each task reads its own pipeline, as the original gives each task its own
+loader: ITM batches pair texts with random other images, masked-modelling
+batches are all matched pairs, and only MRC batches carry soft labels.
+Without configured stores the built-in synthetic world is written once into
+`workdir/synthetic` and used for training and validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import ml_collections
+from absl import logging
+
+from uniter_jax.data import synthetic
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
+from uniter_jax.data.text_store import TextStore
+from uniter_jax.model import UniterConfig
+from uniter_jax.objectives.tasks import TASKS, TaskSettings, needs_soft_labels
+
+
+@dataclasses.dataclass(frozen=True)
+class Stores:
+    images: str
+    texts: str
+    val_images: str  # "" with val_texts "": no validation data
+    val_texts: str
+
+
+def model_config(section: ml_collections.ConfigDict) -> UniterConfig:
+    """`UniterConfig` from a config's `model` section: a preset plus overrides."""
+    values = section.to_dict()
+    preset = values.pop("preset", "base")
+    return UniterConfig.preset(preset, **values)
+
+
+def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
+    """The configured store folders, or the synthetic world's (written if needed)."""
+    data = config.data
+    if bool(data.images) != bool(data.texts):
+        raise ValueError("set both data.images and data.texts, or neither (synthetic data)")
+    if data.val_images and not data.val_texts:
+        raise ValueError("data.val_images is set but data.val_texts is not: set both, or neither")
+    if data.images:
+        if data.val_texts and not os.path.isdir(data.val_texts):
+            raise FileNotFoundError(f"data.val_texts: no text store at {data.val_texts}")
+        return Stores(data.images, data.texts, data.val_images or data.images, data.val_texts)
+    root = os.path.join(workdir, "synthetic")
+    world = synthetic.WorldConfig(num_images=data.synthetic_images, seed=config.seed)
+    marker = os.path.join(root, "world.json")
+    wanted = json.dumps(dataclasses.asdict(world), sort_keys=True)
+    if not os.path.exists(marker) or pathlib.Path(marker).read_text() != wanted:
+        logging.info("writing the synthetic world (%d images) to %s", world.num_images, root)
+        synthetic.write_world(root, world, overwrite=True)
+        pathlib.Path(marker).write_text(wanted)
+    images = os.path.join(root, "images")
+    texts = os.path.join(root, "texts")
+    return Stores(
+        images, os.path.join(texts, "captions_train"), images, os.path.join(texts, "captions_val")
+    )
+
+
+def pipeline_config(
+    data: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    itm_neg_prob: float,
+    soft_labels: bool,
+    shuffle: bool = True,
+) -> PipelineConfig:
+    return PipelineConfig(
+        buckets=tuple(Bucket(*b) for b in data.buckets),
+        conf_th=data.conf_th,
+        min_bb=data.min_bb,
+        max_bb=data.max_bb,
+        itm_neg_prob=itm_neg_prob,
+        shuffle=shuffle,
+        seed=seed,
+        soft_labels=soft_labels,
+    )
+
+
+def check_compatible(texts: TextStore, images: ImageStore, model: UniterConfig) -> None:
+    """Raises ValueError when the stores do not fit the model."""
+    if images.feature_dim != model.img_dim:
+        raise ValueError(
+            f"{images.directory}: {images.feature_dim}-d region features, but the model's "
+            f"img_dim is {model.img_dim}"
+        )
+    if images.num_labels and images.num_labels != model.num_region_labels:
+        raise ValueError(
+            f"{images.directory}: {images.num_labels} soft-label classes, but the model's "
+            f"num_region_labels is {model.num_region_labels}"
+        )
+    vocab = texts.manifest["vocab"]["size"]
+    if vocab > model.vocab_size:
+        raise ValueError(
+            f"{texts.directory}: the vocabulary has {vocab} ids, the model only {model.vocab_size}"
+        )
+
+
+def train_pipelines(
+    config: ml_collections.ConfigDict,
+    stores: Stores,
+    tasks: tuple[str, ...],
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, Pipeline]:
+    """One pipeline per active task, each with its own seed."""
+    texts, images = TextStore(stores.texts), ImageStore(stores.images)
+    out = {}
+    for task in tasks:
+        settings = pipeline_config(
+            config.data,
+            seed=config.seed * len(TASKS) + TASKS.index(task),
+            itm_neg_prob=config.data.itm_neg_prob if task == "itm" else 0.0,
+            soft_labels=needs_soft_labels(task),
+        )
+        out[task] = Pipeline(
+            texts, images, settings, process_index=process_index, process_count=process_count
+        )
+    return out
+
+
+def val_pipeline(
+    config: ml_collections.ConfigDict,
+    stores: Stores,
+    *,
+    model: UniterConfig,
+    train_vocab: dict,
+    soft_labels: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Pipeline | None:
+    """The validation pipeline (negatives as in training, fixed order), or None."""
+    if not stores.val_texts:
+        logging.warning("no validation data (data.val_texts is empty): no validation metrics")
+        return None
+    settings = pipeline_config(
+        config.data,
+        seed=config.seed,
+        itm_neg_prob=config.data.itm_neg_prob,
+        soft_labels=soft_labels,
+        shuffle=False,
+    )
+    texts, images = TextStore(stores.val_texts), ImageStore(stores.val_images)
+    check_compatible(texts, images, model)
+    if texts.manifest["vocab"] != train_vocab:
+        raise ValueError(
+            f"{stores.val_texts}: tokenized with another vocabulary than the training texts "
+            f"({texts.manifest['vocab'].get('path')} vs {train_vocab.get('path')})"
+        )
+    return Pipeline(
+        texts,
+        images,
+        settings,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettings:
+    """`TaskSettings` from the `tasks` section and a text store's vocabulary."""
+    return TaskSettings(
+        mask_id=vocab["mask_id"],
+        special_ids=(vocab["cls_id"], vocab["sep_id"], vocab["pad_id"]),
+        random_range=tuple(vocab["random_range"]),
+        mask_prob=section.mask_prob,
+        max_masked_fraction=section.max_masked_fraction,
+        wra_weight=section.wra_weight,
+        wra_epsilon=section.wra_epsilon,
+        wra_iterations=section.wra_iterations,
+    )

@@ -1,0 +1,339 @@
+"""The pretraining loop: `python main.py --config=configs/pretrain.py --workdir=DIR`.
+
+One task per micro-step, drawn by mix ratio from `(seed, step)`; gradients of
+`optim.accumulation` micro-steps make one update. The run resumes from the
+newest checkpoint in `workdir/checkpoints` with params, optimiser state, step,
+PRNG key, every pipeline's position and the partly filled metric window, so
+an interrupted run continues exactly as if it had not stopped. SIGTERM saves
+and returns; a non-finite loss or gradient raises `NonFiniteError` naming the
+step and task, leaving the last checkpoint as the newest.
+
+Written to the workdir: TensorBoard events and `metrics.jsonl` (one JSON
+object per logged step), `checkpoints/`, `pretrain_report.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+
+from uniter_jax import param_checkpoint
+from uniter_jax.data.errors import DataError
+from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
+from uniter_jax.objectives.tasks import check_mix, task_for_step
+from uniter_jax.train import inputs
+from uniter_jax.train.checkpoint import Checkpoints
+from uniter_jax.train.evaluate import eval_tasks, evaluate
+from uniter_jax.train.optimizer import OptimSettings, learning_rate
+from uniter_jax.train.step import TRACES, StepSettings, batch_fields, init_state, train_step
+
+_TRAIN_STREAM = 0x7472_6169  # "trai"
+
+
+class NonFiniteError(FloatingPointError):
+    """A step produced a non-finite loss or gradient norm."""
+
+
+class History:
+    """`metrics.jsonl`: one line per logged step; lines past a resumed step are dropped."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        kept = []
+        if resume_step and os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if _logged_step(line) <= resume_step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}, sort_keys=True) + "\n")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a `metrics.jsonl` line; a line cut off by a kill sorts last."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return float("inf")
+
+
+class Window:
+    """Training metrics since the last log line, as float64 `(sum, count)` per name."""
+
+    def __init__(self, saved: dict[str, list[float]] | None = None):
+        self.sums = collections.defaultdict(lambda: [0.0, 0.0], saved or {})
+
+    def add(self, task: str, metrics: dict[str, Any]) -> None:
+        self.sums[f"train/{task}/steps"][0] += 1.0
+        self.sums[f"train/{task}/steps"][1] = 1.0
+        for name, (total, count) in metrics.items():
+            entry = self.sums[f"train/{task}/{name}"]
+            entry[0] += float(total)
+            entry[1] += float(count)
+
+    def flush(self) -> dict[str, float]:
+        out = {k: s / c for k, (s, c) in sorted(self.sums.items()) if c > 0}
+        self.sums.clear()
+        return out
+
+    def state(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in self.sums.items()}
+
+
+def optim_settings(section: ml_collections.ConfigDict) -> OptimSettings:
+    return OptimSettings(**section.to_dict())
+
+
+def initial_params(config: UniterConfig, seed: int, init_from: str) -> dict:
+    """Fresh parameters, overlaid with `init_from` (a converted UNITER folder, or
+    a UNITER `.pt` / BERT `.bin` / `.safetensors` file) when given."""
+    # One compiled init program: faster than op-by-op, and how sharded init runs.
+    fresh = jax.jit(lambda: get_params(UniterForPretraining(config, nnx.Rngs(seed))))()
+    if not init_from:
+        return fresh
+    if os.path.isdir(init_from):
+        loaded, _, _ = param_checkpoint.load(init_from)
+    elif os.path.isfile(init_from):
+        from uniter_jax.convert.pytorch import import_checkpoint
+
+        loaded, _, report = import_checkpoint(init_from, config, drop_unknown=True)
+        logging.info("imported %s: %s", init_from, report)
+    else:
+        raise FileNotFoundError(f"init_from: no checkpoint file or folder at {init_from}")
+    merged, absent = param_checkpoint.overlay(jax.device_get(fresh), loaded, where=init_from)
+    logging.info(
+        "initialised from %s; freshly initialised groups: %s", init_from, list(absent) or "none"
+    )
+    return jax.tree.map(jax.numpy.asarray, merged)
+
+
+class _Preemption:
+    """Notes SIGTERM so the loop can save and stop between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self) -> _Preemption:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM: saving a checkpoint after the current step")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) pretraining; returns the report also written to the workdir.
+
+    `on_step(step)` is called after each micro-step (tests use it to interrupt).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    # ---- configuration --------------------------------------------------
+    model_cfg = inputs.model_config(config.model)
+    mix = check_mix(config.tasks.mix.to_dict())
+    tasks = tuple(sorted(mix))
+    stores = inputs.resolve_stores(config, workdir)
+    pipelines = inputs.train_pipelines(config, stores, tasks)
+    any_pipeline = pipelines[tasks[0]]
+    inputs.check_compatible(any_pipeline.texts, any_pipeline.images, model_cfg)
+    has_soft = bool(any_pipeline.images.num_labels)
+    if any(t in ("mrc", "mrc_kl") for t in tasks) and not has_soft:
+        raise ValueError(f"{stores.images}: MRC tasks need soft labels, the image store has none")
+    val = inputs.val_pipeline(
+        config,
+        stores,
+        model=model_cfg,
+        train_vocab=any_pipeline.texts.manifest["vocab"],
+        soft_labels=has_soft,
+    )
+    settings = StepSettings(
+        model=model_cfg,
+        tasks=inputs.task_settings(config.tasks, any_pipeline.texts.manifest["vocab"]),
+        optim=optim_settings(config.optim),
+    )
+    total = settings.optim.total_steps * settings.optim.accumulation  # micro-steps
+
+    def every(n: int, step: int) -> bool:
+        """Whether a periodic action with period `n` (0 = never) runs after `step`."""
+        return bool(n) and (step % n == 0 or step == total)
+
+    # ---- state: fresh, or the newest checkpoint ---------------------------
+    checkpoints = Checkpoints(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
+
+    def abstract_state() -> dict:
+        return init_state(get_params(UniterForPretraining(model_cfg, nnx.Rngs(0))), settings)
+
+    start = checkpoints.latest_step() or 0
+    report_path = os.path.join(workdir, "pretrain_report.json")
+    if start >= total and os.path.exists(report_path):
+        logging.info("the newest checkpoint is step %d of %d: nothing to train", start, total)
+        checkpoints.close()
+        for p in (*pipelines.values(), val):
+            if p is not None:
+                p.close()
+        with open(report_path) as f:
+            return json.load(f)
+    # Masking and dropout keys: apart from nnx.Rngs(seed)'s init stream.
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _TRAIN_STREAM)
+    window = Window()
+    if start:
+        state, meta = checkpoints.restore(start, jax.eval_shape(abstract_state))
+        key = np.asarray(meta["key"], np.uint32)
+        if set(meta["data"]) != set(pipelines):
+            raise ValueError(
+                f"{checkpoints.directory}/{start} was saved by a run with tasks "
+                f"{sorted(meta['data'])}; this config trains {sorted(pipelines)}: resume with "
+                "the same tasks.mix (or use a new workdir)"
+            )
+        for task, pipeline in pipelines.items():
+            try:
+                pipeline.restore(meta["data"][task])
+            except DataError as e:
+                raise DataError(
+                    f"cannot resume the {task} pipeline from {checkpoints.directory}/{start}: "
+                    f"{e.message}"
+                ) from None
+        window = Window(meta["window"])
+        logging.info("resumed from step %d of %d", start, total)
+    else:
+        state = init_state(initial_params(model_cfg, config.seed, config.init_from), settings)
+        logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(state["params"]))
+    history = History(os.path.join(workdir, "metrics.jsonl"), start)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    )
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=total, writer=writer, every_steps=config.log.every_steps or None
+    )
+    schedule = learning_rate(settings.optim)
+
+    def save(step: int) -> None:
+        meta = {
+            "key": np.asarray(key).tolist(),
+            "data": {t: p.state() for t, p in pipelines.items()},
+            "window": window.state(),
+        }
+        checkpoints.save(step, state, meta)
+
+    def validate(step: int) -> dict[str, float]:
+        if val is None:
+            return {}
+        metrics = evaluate(
+            state["params"],
+            val,
+            settings,
+            jax.random.PRNGKey(config.eval.seed),
+            tasks=eval_tasks(has_soft),
+            num_batches=config.eval.num_batches,
+        )
+        writer.write_scalars(step, metrics)
+        history.write(step, metrics)
+        return metrics
+
+    # ---- the loop ---------------------------------------------------------
+    # A step's outputs are read after the next step is dispatched, so the host
+    # never waits for the device between steps; logging, evaluation, saving
+    # and stopping first settle the pending step.
+    pending: tuple[int, str, Any] | None = None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        step, task, out = pending
+        pending = None
+        out = jax.device_get(out)
+        if not out["finite"]:
+            objective, grad_norm = out["metrics"]["objective"][0], out["metrics"]["grad_norm"][0]
+            newest = checkpoints.latest_step()
+            raise NonFiniteError(
+                f"non-finite {'loss' if not np.isfinite(objective) else 'gradient'} at step "
+                f"{step} (task {task}): loss {objective}, gradient norm {grad_norm}; the update "
+                "was not applied; "
+                + (f"the newest checkpoint is step {newest}" if newest else "no checkpoint yet")
+            )
+        window.add(task, out["metrics"])
+
+    status, metrics = "finished", {}
+    logging.info("training %s for %d micro-steps, mix %s", model_cfg, total, mix)
+    try:
+        with _Preemption() as preemption:
+            for step in range(start, total):
+                task = task_for_step(mix, config.seed, step)
+                batch = next(pipelines[task])
+                fields = {k: batch[k] for k in batch_fields(task)}
+                state, out = train_step(state, fields, key, task=task, settings=settings)
+                done = step + 1  # steps are counted as done: logs, checkpoints, errors
+                settle()
+                pending = (done, task, out)
+                progress(done)
+                if every(config.log.every_steps, done):
+                    settle()
+                    scalars = window.flush()
+                    scalars["train/lr"] = float(schedule((done - 1) // settings.optim.accumulation))
+                    writer.write_scalars(done, scalars)
+                    history.write(done, scalars)
+                stop = preemption.requested  # before validation: save within the grace period
+                if every(config.eval.every_steps, done) and not stop:
+                    settle()
+                    metrics = validate(done)
+                if every(config.checkpoint.every_steps, done) or stop or done == total:
+                    settle()
+                    save(done)
+                if on_step is not None:
+                    on_step(done)
+                if stop:
+                    status = "preempted"
+                    logging.warning("stopped at step %d after SIGTERM; checkpoint saved", done)
+                    break
+            settle()
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        writer.flush()
+        for p in (*pipelines.values(), val):
+            if p is not None:
+                p.close()
+
+    report = {
+        "status": status,
+        "step": int(jax.device_get(state["step"])),
+        "total_steps": total,
+        "validation": metrics,
+        "compilations": {f"{kind}/{task}": n for (kind, task), n in sorted(TRACES.items())},
+    }
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
+    if metrics:
+        width = max(map(len, metrics))
+        logging.info(
+            "validation at step %d:\n%s",
+            report["step"],
+            "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())),
+        )
+    return report

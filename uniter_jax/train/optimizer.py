@@ -1,0 +1,95 @@
+"""The optimiser of REFERENCE.md section 3: clipped AdamW on a warm-up/decay schedule.
+
+Weight decay skips biases and LayerNorm parameters, as the original's
+`no_decay` list. With gradient accumulation the micro-step gradients are
+summed (not averaged) before clipping, as the original does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """Hashable, so a jitted step can take it as a static argument."""
+
+    lr: float = 5e-5  # peak learning rate
+    warmup_steps: int = 10_000  # linear warm-up from 0 to `lr` (optimizer updates)
+    total_steps: int = 200_000  # linear decay to 0 at this many updates
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.01  # decoupled (AdamW); not on biases or LayerNorm
+    clip_norm: float = 5.0  # global gradient norm; 0 disables clipping
+    accumulation: int = 1  # micro-steps whose gradients are summed per update
+
+    def __post_init__(self):
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
+            problems.append(
+                f"need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps "
+                f"({self.total_steps}) and total_steps > 0"
+            )
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            problems.append(f"betas must be in [0, 1), got ({self.b1}, {self.b2})")
+        if self.weight_decay < 0 or self.clip_norm < 0 or self.eps <= 0:
+            problems.append("weight_decay and clip_norm must be >= 0 and eps > 0")
+        if self.accumulation < 1:
+            problems.append(f"accumulation must be >= 1, got {self.accumulation}")
+        if problems:
+            raise ValueError("invalid optimiser settings: " + "; ".join(problems))
+
+
+def learning_rate(settings: OptimSettings) -> optax.Schedule:
+    """`lr * min(t / warmup, (total - t) / (total - warmup))`, floored at 0.
+
+    `t` counts updates from 1, as the original (its first update already uses
+    `lr / warmup`); optax passes the count from 0.
+    """
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32) + 1.0
+        warm = t / max(settings.warmup_steps, 1)
+        decay = (settings.total_steps - t) / max(settings.total_steps - settings.warmup_steps, 1)
+        factor = jnp.where(t <= settings.warmup_steps, warm, decay)
+        return settings.lr * jnp.clip(factor, 0.0, 1.0)
+
+    return schedule
+
+
+def decay_mask(params: dict) -> dict:
+    """True where weight decay applies: every leaf but biases and LayerNorm scales."""
+
+    def decays(path, _):
+        return path[-1].key not in ("bias", "scale")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(settings: OptimSettings) -> optax.GradientTransformation:
+    chain = []
+    if settings.clip_norm:
+        chain.append(optax.clip_by_global_norm(settings.clip_norm))
+    chain.append(
+        optax.adamw(
+            learning_rate(settings),
+            b1=settings.b1,
+            b2=settings.b2,
+            eps=settings.eps,
+            weight_decay=settings.weight_decay,
+            mask=decay_mask,
+        )
+    )
+    optimizer = optax.chain(*chain)
+    if settings.accumulation > 1:
+        optimizer = optax.MultiSteps(
+            optimizer, every_k_schedule=settings.accumulation, use_grad_mean=False
+        )
+    return optimizer
