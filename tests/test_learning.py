@@ -1,19 +1,16 @@
 """The learning check: `make run`'s tiny pretraining learns the synthetic world.
 
-Slow (about eight minutes on two cores); `make test-slow` and `.ci/run` run it.
+Slow (about nine minutes on two cores); `make test-slow` and `.ci/run` run it.
 Numbers and timings are recorded in docs/results.md.
 """
 
 import collections
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_main import run_main
 
 
 def token_counts(store: Path) -> collections.Counter:
@@ -31,13 +28,7 @@ def unigram_baseline(texts: Path) -> float:
 
 @pytest.mark.slow
 def test_tiny_pretraining_learns_the_synthetic_world(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "main.py", "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    result = run_main(tmp_path, timeout=1800)  # what `make run` runs
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "pretrain_report.json").read_text())
     val = report["validation"]

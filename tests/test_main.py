@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(tmp_path, *overrides):
+def run_main(tmp_path, *overrides, timeout=600):
+    """`python main.py` on the tiny config in `tmp_path`, with config overrides."""
     return subprocess.run(
         [
             sys.executable,
@@ -20,7 +21,7 @@ def run_main(tmp_path, *overrides):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 
