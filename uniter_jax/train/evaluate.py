@@ -66,9 +66,11 @@ def evaluate(
         for task in tasks:
             task_key = jax.random.fold_in(jax.random.fold_in(key, index), TASKS.index(task))
             fields = {k: batch[k] for k in batch_fields(task)}
-            metrics = eval_step(params, fields, task_key, task=task, settings=settings)
+            metrics = jax.device_get(
+                eval_step(params, fields, task_key, task=task, settings=settings)
+            )
             for name in REPORTED[task]:
-                sums[f"val/{task}/{name}"] += np.asarray(jax.device_get(metrics[name]), np.float64)
+                sums[f"val/{task}/{name}"] += np.asarray(metrics[name], np.float64)
     pipeline.close()
     out = {name: float(s / c) for name, (s, c) in sums.items() if c > 0}
     logging.info(

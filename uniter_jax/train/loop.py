@@ -15,6 +15,7 @@ object per logged step), `checkpoints/`, `pretrain_report.json`.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from flax import nnx
 
 from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
-from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
+from uniter_jax.model import UniterConfig, UniterForPretraining, abstract_params, get_params
 from uniter_jax.objectives.tasks import check_mix, task_for_step
 from uniter_jax.train import inputs
 from uniter_jax.train.checkpoint import Checkpoints
@@ -185,24 +186,27 @@ def train(
         async_save=config.checkpoint.async_save,
     )
 
-    def abstract_state() -> dict:
-        return init_state(get_params(UniterForPretraining(model_cfg, nnx.Rngs(0))), settings)
+    def close_inputs() -> None:
+        for p in (*pipelines.values(), val):
+            if p is not None:
+                p.close()
 
     start = checkpoints.latest_step() or 0
     report_path = os.path.join(workdir, "pretrain_report.json")
     if start >= total and os.path.exists(report_path):
         logging.info("the newest checkpoint is step %d of %d: nothing to train", start, total)
         checkpoints.close()
-        for p in (*pipelines.values(), val):
-            if p is not None:
-                p.close()
+        close_inputs()
         with open(report_path) as f:
             return json.load(f)
     # Masking and dropout keys: apart from nnx.Rngs(seed)'s init stream.
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _TRAIN_STREAM)
     window = Window()
     if start:
-        state, meta = checkpoints.restore(start, jax.eval_shape(abstract_state))
+        abstract = jax.eval_shape(
+            functools.partial(init_state, settings=settings), abstract_params(model_cfg)
+        )
+        state, meta = checkpoints.restore(start, abstract)
         key = np.asarray(meta["key"], np.uint32)
         if set(meta["data"]) != set(pipelines):
             raise ValueError(
@@ -316,9 +320,7 @@ def train(
         checkpoints.wait()
         checkpoints.close()
         writer.flush()
-        for p in (*pipelines.values(), val):
-            if p is not None:
-                p.close()
+        close_inputs()
 
     report = {
         "status": status,
