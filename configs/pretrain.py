@@ -43,6 +43,25 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.model.hidden_dropout = 0.0 if tiny else 0.1
     config.model.attention_dropout = 0.0 if tiny else 0.1
 
+    config.mesh = ml_collections.ConfigDict()
+    # Device mesh ('data', 'fsdp', 'tensor'); one size may be -1 (the rest of the
+    # devices). Batches split over data x fsdp, weights over fsdp x tensor.
+    config.mesh.shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical axis name -> mesh axis (or axes, or None), first match wins and a
+    # mesh axis serves one dimension per array (uniter_jax/sharding.py).
+    config.mesh.rules = (
+        ("batch", ("data", "fsdp")),  # examples: data parallel over data and fsdp
+        ("embed", "fsdp"),  # hidden width of weights: FSDP (ZeRO-3)
+        ("heads", "tensor"),  # attention heads: tensor parallel
+        ("mlp", "tensor"),  # feed-forward width: tensor parallel
+        ("vocab", "tensor"),  # word-piece rows and MLM logits: tensor parallel
+        ("length", None),  # sequence positions: not split
+        ("kv", None),  # width of one head
+        ("layers", None),  # the stacked layer axis
+        ("features", None),  # region feature width (2048)
+        ("classes", None),  # 1601 region classes, 2 ITM classes
+    )
+
     config.data = ml_collections.ConfigDict()
     config.data.images = ""  # image store folder; empty: the synthetic world in workdir
     config.data.texts = ""  # text store folder (captions); empty: the synthetic world

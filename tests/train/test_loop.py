@@ -54,12 +54,8 @@ def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
     whole = loop.train(config, str(tmp_path / "whole"))
     assert whole["status"] == "finished" and whole["step"] == 8
 
-    def interrupt(step):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     split = str(tmp_path / "split")
-    first = loop.train(config, split, on_step=interrupt)
+    first = loop.train(config, split, on_step=interrupt_at_2)
     assert first["status"] == "preempted" and first["step"] == 3
     assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == ["3"]
     second = loop.train(config, split)
@@ -80,11 +76,46 @@ def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
     assert whole["compilations"] == second["compilations"]
 
 
+def interrupt_at_2(step):
+    if step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced) devices")
+def test_a_checkpoint_from_one_mesh_resumes_under_another(world, tmp_path):
+    """Saved on 8-way data parallelism, resumed on fsdp 2 x tensor 4: the run
+    continues as if uninterrupted, up to float reassociation."""
+    config = small_config(world)
+    config.eval.every_steps = 0
+    config.mesh.shape = {"data": 8, "fsdp": 1, "tensor": 1}
+    whole = loop.train(config, str(tmp_path / "whole"))
+    split = str(tmp_path / "split")
+    assert loop.train(config, split, on_step=interrupt_at_2)["step"] == 3
+    config.mesh.shape = {"data": 1, "fsdp": 2, "tensor": 4}
+    second = loop.train(config, split)
+    assert second["status"] == whole["status"] == "finished" and second["step"] == 8
+
+    a, b = saved_state(tmp_path / "whole", 8), saved_state(split, 8)
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+    moved = jax.tree.map(
+        lambda x, y: np.abs(x - y).max(), a["params"], saved_state(split, 3)["params"]
+    )
+    assert max(jax.tree.leaves(moved)) > 1e-3  # steps 4-8 changed the parameters
+    lines_a, lines_b = history(tmp_path / "whole"), history(split)
+    assert [sorted(x) for x in lines_a] == [sorted(x) for x in lines_b]
+    for x, y in zip(lines_a, lines_b, strict=True):
+        for name in x:
+            np.testing.assert_allclose(x[name], y[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def test_non_finite_loss_stops_naming_step_and_task(world, tmp_path, monkeypatch):
     real_step = loop.train_step
 
-    def poisoned(state, batch, key, *, task, settings):
-        state, out = real_step(state, batch, key, task=task, settings=settings)
+    def poisoned(state, batch, key, **kwargs):
+        state, out = real_step(state, batch, key, **kwargs)
         if int(state["step"]) == 6:  # the sixth micro-step
             out = {**out, "finite": np.False_}
         return state, out

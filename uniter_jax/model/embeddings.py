@@ -14,14 +14,17 @@ from flax import nnx
 
 from uniter_jax.model.config import UniterConfig
 from uniter_jax.model.layers import LayerNorm, dense, dropout
+from uniter_jax.sharding import EMBED, FEATURES, VOCAB, annotate, param
 
 
-def embed(num: int, features: int, config: UniterConfig, rngs: nnx.Rngs) -> nnx.Embed:
-    """An embedding table with BERT's normal(initializer_range) init."""
+def embed(
+    num: int, features: int, config: UniterConfig, rngs: nnx.Rngs, row_axis: str | None = None
+) -> nnx.Embed:
+    """An embedding table `[num, features]` with BERT's normal(initializer_range) init."""
     return nnx.Embed(
         num,
         features,
-        embedding_init=nnx.initializers.normal(config.initializer_range),
+        embedding_init=annotate(nnx.initializers.normal(config.initializer_range), row_axis, EMBED),
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.float32,
         rngs=rngs,
@@ -32,7 +35,7 @@ class TextEmbeddings(nnx.Module):
     """Token ids -> `[B, L, H]` embeddings."""
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
-        self.word = embed(config.vocab_size, config.hidden_size, config, rngs)
+        self.word = embed(config.vocab_size, config.hidden_size, config, rngs, VOCAB)
         self.position = embed(config.max_position_embeddings, config.hidden_size, config, rngs)
         # Shared with the image embedder: row 1 marks regions.
         self.token_type = embed(config.type_vocab_size, config.hidden_size, config, rngs)
@@ -57,16 +60,16 @@ class ImageEmbeddings(nnx.Module):
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         hidden = config.hidden_size
-        self.img_linear = dense(config.img_dim, hidden, config, rngs)
+        self.img_linear = dense(config.img_dim, hidden, config, rngs, (FEATURES, EMBED))
         self.img_norm = LayerNorm(hidden, config)
-        self.pos_linear = dense(config.pos_dim, hidden, config, rngs)
+        self.pos_linear = dense(config.pos_dim, hidden, config, rngs, (None, EMBED))
         self.pos_norm = LayerNorm(hidden, config)
         # Row 0 is never used (held at zero, as the original's padding_idx=0);
         # row 1 stands in for the feature of a masked region.
         table = nnx.initializers.normal(config.initializer_range)(
             rngs.params(), (2, config.img_dim), jnp.float32
         )
-        self.mask_embedding = nnx.Param(table.at[0].set(0.0))
+        self.mask_embedding = param(table.at[0].set(0.0), None, FEATURES)
         self.norm = LayerNorm(hidden, config)
         self.dropout_rate = config.hidden_dropout
         self.dtype = jnp.dtype(config.dtype)

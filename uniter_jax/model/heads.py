@@ -13,13 +13,14 @@ from flax import nnx
 
 from uniter_jax.model.config import UniterConfig
 from uniter_jax.model.layers import LayerNorm, dense, gelu
+from uniter_jax.sharding import CLASSES, EMBED, FEATURES, VOCAB, param
 
 
 class Transform(nnx.Module):
     """`LN(gelu(W h + b))`, the shared front of the MLM, MRFR and MRC heads."""
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
-        self.dense = dense(config.hidden_size, config.hidden_size, config, rngs)
+        self.dense = dense(config.hidden_size, config.hidden_size, config, rngs, (EMBED, None))
         self.norm = LayerNorm(config.hidden_size, config)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
@@ -31,7 +32,7 @@ class MLMHead(nnx.Module):
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         self.transform = Transform(config, rngs)
-        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+        self.bias = param(jnp.zeros((config.vocab_size,), jnp.float32), VOCAB)
 
     def __call__(self, hidden: jax.Array, word_embeddings: jax.Array) -> jax.Array:
         """`word_embeddings`: the tied `[vocab, H]` table."""
@@ -47,7 +48,7 @@ class RegionFeatureHead(nnx.Module):
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         self.transform = Transform(config, rngs)
-        self.bias = nnx.Param(jnp.zeros((config.img_dim,), jnp.float32))
+        self.bias = param(jnp.zeros((config.img_dim,), jnp.float32), FEATURES)
 
     def __call__(self, hidden: jax.Array, img_kernel: jax.Array) -> jax.Array:
         """`img_kernel`: the image embedder's `[img_dim, H]` kernel, applied transposed."""
@@ -64,7 +65,12 @@ class RegionClassHead(nnx.Module):
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         self.transform = Transform(config, rngs)
         self.classifier = dense(
-            config.hidden_size, config.num_region_labels, config, rngs, fp32_output=True
+            config.hidden_size,
+            config.num_region_labels,
+            config,
+            rngs,
+            (EMBED, CLASSES),
+            fp32_output=True,
         )
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
@@ -75,7 +81,7 @@ class ITMHead(nnx.Module):
     """Image-text matching: pooled `[B, H]` -> `[B, 2]` fp32 logits (1 = match)."""
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
-        self.dense = dense(config.hidden_size, 2, config, rngs, fp32_output=True)
+        self.dense = dense(config.hidden_size, 2, config, rngs, (EMBED, CLASSES), fp32_output=True)
 
     def __call__(self, pooled: jax.Array) -> jax.Array:
         return self.dense(pooled).astype(jnp.float32)

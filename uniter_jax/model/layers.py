@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from uniter_jax.model.config import UniterConfig
+from uniter_jax.sharding import BATCH, EMBED, HEADS, KV, LENGTH, MLP, annotate, constrain, param
 
 # Added to attention logits of padding positions, as the original (not -inf:
 # keeps parity with its fp32 numbers and is safe in bf16).
@@ -47,19 +48,22 @@ def dense(
     out_features: int,
     config: UniterConfig,
     rngs: nnx.Rngs,
+    axes: tuple[str | None, str | None],
     *,
     fp32_output: bool = False,
 ) -> nnx.Linear:
     """A linear layer with BERT's init: normal(initializer_range) weights, zero bias.
 
-    `fp32_output` accumulates and returns fp32 whatever the compute dtype: for
-    logits and regression outputs that feed a loss.
+    `axes` are the logical names of the kernel's `[in, out]` dimensions (the
+    bias takes the second). `fp32_output` accumulates and returns fp32
+    whatever the compute dtype: for logits and regression outputs that feed a
+    loss.
     """
     return nnx.Linear(
         in_features,
         out_features,
-        kernel_init=nnx.initializers.normal(config.initializer_range),
-        bias_init=nnx.initializers.zeros_init(),
+        kernel_init=annotate(nnx.initializers.normal(config.initializer_range), *axes),
+        bias_init=annotate(nnx.initializers.zeros_init(), axes[1]),
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.float32,
         preferred_element_type=jnp.float32 if fp32_output else None,
@@ -74,8 +78,8 @@ class LayerNorm(nnx.Module):
     """
 
     def __init__(self, features: int, config: UniterConfig):
-        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.scale = param(jnp.ones((features,), jnp.float32), EMBED)
+        self.bias = param(jnp.zeros((features,), jnp.float32), EMBED)
         self.eps = config.layer_norm_eps
         self.dtype = jnp.dtype(config.dtype)
 
@@ -85,6 +89,10 @@ class LayerNorm(nnx.Module):
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+# Per-head activations `[B, L, heads, head_dim]`.
+_HEADS = (BATCH, LENGTH, HEADS, KV)
 
 
 def attention_bias(mask: jax.Array) -> jax.Array:
@@ -97,10 +105,10 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         hidden = config.hidden_size
-        self.query = dense(hidden, hidden, config, rngs)
-        self.key = dense(hidden, hidden, config, rngs)
-        self.value = dense(hidden, hidden, config, rngs)
-        self.out = dense(hidden, hidden, config, rngs)
+        self.query = dense(hidden, hidden, config, rngs, (EMBED, HEADS))
+        self.key = dense(hidden, hidden, config, rngs, (EMBED, HEADS))
+        self.value = dense(hidden, hidden, config, rngs, (EMBED, HEADS))
+        self.out = dense(hidden, hidden, config, rngs, (HEADS, EMBED))
         self.num_heads = config.num_heads
         self.dropout_rate = config.attention_dropout
 
@@ -112,15 +120,15 @@ class SelfAttention(nnx.Module):
         head_dim = hidden // self.num_heads
 
         def heads(y):
-            return y.reshape(batch, length, self.num_heads, head_dim)
+            return constrain(y.reshape(batch, length, self.num_heads, head_dim), *_HEADS)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
         logits = logits / math.sqrt(head_dim) + bias
         probs = jax.nn.softmax(logits, axis=-1)
         probs = dropout(probs, self.dropout_rate, dropout_key).astype(v.dtype)
-        context = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(batch, length, hidden)
-        return self.out(context)
+        context = constrain(jnp.einsum("bnqk,bknd->bqnd", probs, v), *_HEADS)
+        return self.out(context.reshape(batch, length, hidden))
 
 
 class TransformerLayer(nnx.Module):
@@ -129,8 +137,12 @@ class TransformerLayer(nnx.Module):
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         self.attention = SelfAttention(config, rngs)
         self.attention_norm = LayerNorm(config.hidden_size, config)
-        self.intermediate = dense(config.hidden_size, config.intermediate_size, config, rngs)
-        self.output = dense(config.intermediate_size, config.hidden_size, config, rngs)
+        self.intermediate = dense(
+            config.hidden_size, config.intermediate_size, config, rngs, (EMBED, MLP)
+        )
+        self.output = dense(
+            config.intermediate_size, config.hidden_size, config, rngs, (MLP, EMBED)
+        )
         self.output_norm = LayerNorm(config.hidden_size, config)
         self.dropout_rate = config.hidden_dropout
 
@@ -141,5 +153,7 @@ class TransformerLayer(nnx.Module):
         attn_key, attn_out_key, ffn_key = split_key(dropout_key, 3)
         attended = self.attention(x, bias, attn_key)
         x = self.attention_norm(x + dropout(attended, self.dropout_rate, attn_out_key))
-        ffn = self.output(gelu(self.intermediate(x)))
-        return self.output_norm(x + dropout(ffn, self.dropout_rate, ffn_key))
+        ffn = self.output(constrain(gelu(self.intermediate(x)), BATCH, LENGTH, MLP))
+        return constrain(
+            self.output_norm(x + dropout(ffn, self.dropout_rate, ffn_key)), BATCH, LENGTH, EMBED
+        )

@@ -19,6 +19,7 @@ from flax import nnx
 from uniter_jax.model.config import REMAT_FULL, REMAT_NONE, UniterConfig
 from uniter_jax.model.embeddings import ImageEmbeddings, TextEmbeddings
 from uniter_jax.model.layers import TransformerLayer, attention_bias, dense, split_key
+from uniter_jax.sharding import BATCH, EMBED, LAYERS, LENGTH, constrain
 
 
 class Encoder(nnx.Module):
@@ -26,7 +27,7 @@ class Encoder(nnx.Module):
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         @nnx.split_rngs(splits=config.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
         def make_layers(rngs: nnx.Rngs) -> TransformerLayer:
             return TransformerLayer(config, rngs)
 
@@ -69,7 +70,7 @@ class Pooler(nnx.Module):
     """`tanh(W h_0 + b)` on the first ([CLS]) position."""
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
-        self.dense = dense(config.hidden_size, config.hidden_size, config, rngs)
+        self.dense = dense(config.hidden_size, config.hidden_size, config, rngs, (EMBED, None))
 
     def __call__(self, sequence: jax.Array) -> jax.Array:
         """`[B, L, H]` -> `[B, H]`."""
@@ -138,6 +139,7 @@ class Uniter(nnx.Module):
             regions = self.img_embeddings(img_feat, img_pos, type_embeddings, img_masked, img_key)
             hidden = jnp.concatenate([hidden, regions], axis=1)
             mask = jnp.concatenate([text_mask, img_mask.astype(text_mask.dtype)], axis=1)
+        hidden = constrain(hidden, BATCH, LENGTH, EMBED)
         return self.encoder(hidden, mask, encoder_key)
 
     def pool(self, sequence: jax.Array) -> jax.Array:

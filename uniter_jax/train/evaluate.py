@@ -18,6 +18,7 @@ from absl import logging
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.pipeline import Pipeline
 from uniter_jax.objectives.tasks import TASKS
+from uniter_jax.sharding import Layout, to_host
 from uniter_jax.train.step import StepSettings, batch_fields, eval_step
 
 # What validation reports for each task. MRC's batches give both region-class
@@ -43,9 +44,11 @@ def evaluate(
     *,
     tasks: tuple[str, ...],
     num_batches: int = 0,
+    layout: Layout | None = None,
 ) -> dict[str, float]:
     """`{"val/<task>/<metric>": value}` over `num_batches` batches (0: one epoch)."""
     start = time.perf_counter()
+    layout = layout or Layout.single_device()
     pipeline.restore({**pipeline.state(), "epoch": 0, "step": 0})
     plan = pipeline.plan(0)
     if plan.num_steps == 0:
@@ -65,9 +68,9 @@ def evaluate(
         batch = next(pipeline)
         for task in tasks:
             task_key = jax.random.fold_in(jax.random.fold_in(key, index), TASKS.index(task))
-            fields = {k: batch[k] for k in batch_fields(task)}
-            metrics = jax.device_get(
-                eval_step(params, fields, task_key, task=task, settings=settings)
+            fields = layout.global_batch({k: batch[k] for k in batch_fields(task)})
+            metrics = to_host(
+                eval_step(params, fields, task_key, task=task, settings=settings, layout=layout)
             )
             for name in REPORTED[task]:
                 sums[f"val/{task}/{name}"] += np.asarray(metrics[name], np.float64)

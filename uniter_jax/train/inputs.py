@@ -10,12 +10,16 @@ Without configured stores the built-in synthetic world is written once into
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
+import tempfile
 
+import jax
 import ml_collections
 from absl import logging
+from jax.experimental import multihost_utils
 
 from uniter_jax.data import synthetic
 from uniter_jax.data.image_store import ImageStore
@@ -23,6 +27,7 @@ from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
 from uniter_jax.objectives.tasks import TASKS, TaskSettings, needs_soft_labels
+from uniter_jax.sharding import Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +56,22 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
         if data.val_texts and not os.path.isdir(data.val_texts):
             raise FileNotFoundError(f"data.val_texts: no text store at {data.val_texts}")
         return Stores(data.images, data.texts, data.val_images or data.images, data.val_texts)
-    root = os.path.join(workdir, "synthetic")
     world = synthetic.WorldConfig(num_images=data.synthetic_images, seed=config.seed)
-    marker = os.path.join(root, "world.json")
     wanted = json.dumps(dataclasses.asdict(world), sort_keys=True)
-    if not os.path.exists(marker) or pathlib.Path(marker).read_text() != wanted:
+    if "://" in workdir:
+        # A bucket workdir: each host writes the (small, deterministic) world to
+        # its own disk, as the store readers want local files here.
+        digest = hashlib.sha256(wanted.encode()).hexdigest()[:12]
+        root, writer = os.path.join(tempfile.gettempdir(), f"uniter_jax_synthetic_{digest}"), True
+    else:
+        root, writer = os.path.join(workdir, "synthetic"), jax.process_index() == 0
+    marker = os.path.join(root, "world.json")
+    if writer and (not os.path.exists(marker) or pathlib.Path(marker).read_text() != wanted):
         logging.info("writing the synthetic world (%d images) to %s", world.num_images, root)
         synthetic.write_world(root, world, overwrite=True)
         pathlib.Path(marker).write_text(wanted)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("synthetic world written")
     images = os.path.join(root, "images")
     texts = os.path.join(root, "texts")
     return Stores(
@@ -164,6 +177,19 @@ def val_pipeline(
         process_index=process_index,
         process_count=process_count,
     )
+
+
+def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:
+    """Raises ValueError unless every bucket's batch splits evenly over hosts and devices."""
+    ways = layout.batch_shards
+    hosts = jax.process_count()
+    for text_len, num_regions, batch_size in data.buckets:
+        if batch_size % ways or batch_size % hosts:
+            raise ValueError(
+                f"data.buckets: batch size {batch_size} of bucket ({text_len}, {num_regions}) "
+                f"does not divide into {ways} batch shards (mesh {dict(layout.mesh.shape)}) "
+                f"and {hosts} hosts"
+            )
 
 
 def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettings:

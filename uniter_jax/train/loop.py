@@ -15,7 +15,6 @@ object per logged step), `checkpoints/`, `pretrain_report.json`.
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import os
 import signal
@@ -27,17 +26,27 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
-from flax import nnx
+from etils import epath
 
 from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
-from uniter_jax.model import UniterConfig, UniterForPretraining, abstract_params, get_params
+from uniter_jax.model import UniterConfig
 from uniter_jax.objectives.tasks import check_mix, task_for_step
+from uniter_jax.sharding import Layout, check_divisible, make_mesh, to_host
 from uniter_jax.train import inputs
 from uniter_jax.train.checkpoint import Checkpoints
 from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.optimizer import OptimSettings, learning_rate
-from uniter_jax.train.step import TRACES, StepSettings, batch_fields, init_state, train_step
+from uniter_jax.train.step import (
+    TRACES,
+    StepSettings,
+    abstract_state,
+    batch_fields,
+    init_params,
+    init_state,
+    param_shardings,
+    train_step,
+)
 
 _TRAIN_STREAM = 0x7472_6169  # "trai"
 
@@ -49,17 +58,21 @@ class NonFiniteError(FloatingPointError):
 class History:
     """`metrics.jsonl`: one line per logged step; lines past a resumed step are dropped."""
 
-    def __init__(self, path: str, resume_step: int):
-        self.path = path
+    def __init__(self, path: epath.Path, resume_step: int, *, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         kept = []
-        if resume_step and os.path.exists(path):
-            with open(path) as f:
+        if resume_step and path.exists():
+            with path.open() as f:
                 kept = [line for line in f if _logged_step(line) <= resume_step]
-        with open(path, "w") as f:
+        with path.open("w") as f:
             f.writelines(kept)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
-        with open(self.path, "a") as f:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **scalars}, sort_keys=True) + "\n")
 
 
@@ -98,11 +111,22 @@ def optim_settings(section: ml_collections.ConfigDict) -> OptimSettings:
     return OptimSettings(**section.to_dict())
 
 
-def initial_params(config: UniterConfig, seed: int, init_from: str) -> dict:
+def layout_from_config(config: ml_collections.ConfigDict) -> Layout:
+    """The mesh over all devices (all hosts) and the rules of the `mesh` section."""
+    rules = tuple(
+        (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.rules
+    )
+    return Layout(make_mesh(config.shape.to_dict()), rules)
+
+
+def initial_params(
+    config: UniterConfig, seed: int, init_from: str, layout: Layout | None = None
+) -> dict:
     """Fresh parameters, overlaid with `init_from` (a converted UNITER folder, or
-    a UNITER `.pt` / BERT `.bin` / `.safetensors` file) when given."""
-    # One compiled init program: faster than op-by-op, and how sharded init runs.
-    fresh = jax.jit(lambda: get_params(UniterForPretraining(config, nnx.Rngs(seed))))()
+    a UNITER `.pt` / BERT `.bin` / `.safetensors` file) when given, laid out by
+    `layout` (one device by default)."""
+    layout = layout or Layout.single_device()
+    fresh = init_params(config, seed, layout)
     if not init_from:
         return fresh
     if os.path.isdir(init_from):
@@ -114,11 +138,11 @@ def initial_params(config: UniterConfig, seed: int, init_from: str) -> dict:
         logging.info("imported %s: %s", init_from, report)
     else:
         raise FileNotFoundError(f"init_from: no checkpoint file or folder at {init_from}")
-    merged, absent = param_checkpoint.overlay(jax.device_get(fresh), loaded, where=init_from)
+    merged, absent = param_checkpoint.overlay(to_host(fresh), loaded, where=init_from)
     logging.info(
         "initialised from %s; freshly initialised groups: %s", init_from, list(absent) or "none"
     )
-    return jax.tree.map(jax.numpy.asarray, merged)
+    return jax.device_put(merged, param_shardings(config, layout))
 
 
 class _Preemption:
@@ -149,13 +173,18 @@ def train(
 
     `on_step(step)` is called after each micro-step (tests use it to interrupt).
     """
-    os.makedirs(workdir, exist_ok=True)
+    root = epath.Path(workdir)  # a local folder or gs://bucket/...
+    root.mkdir(parents=True, exist_ok=True)
     # ---- configuration --------------------------------------------------
     model_cfg = inputs.model_config(config.model)
     mix = check_mix(config.tasks.mix.to_dict())
     tasks = tuple(sorted(mix))
+    layout = layout_from_config(config.mesh)
+    logging.info("mesh %s, rules %s", dict(layout.mesh.shape), layout.rules)
+    inputs.check_batches(config.data, layout)
     stores = inputs.resolve_stores(config, workdir)
-    pipelines = inputs.train_pipelines(config, stores, tasks)
+    hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    pipelines = inputs.train_pipelines(config, stores, tasks, **hosts)
     any_pipeline = pipelines[tasks[0]]
     inputs.check_compatible(any_pipeline.texts, any_pipeline.images, model_cfg)
     has_soft = bool(any_pipeline.images.num_labels)
@@ -167,6 +196,7 @@ def train(
         model=model_cfg,
         train_vocab=any_pipeline.texts.manifest["vocab"],
         soft_labels=has_soft,
+        **hosts,
     )
     settings = StepSettings(
         model=model_cfg,
@@ -174,6 +204,9 @@ def train(
         optim=optim_settings(config.optim),
     )
     total = settings.optim.total_steps * settings.optim.accumulation  # micro-steps
+    abstract = abstract_state(settings, layout)
+    check_divisible(abstract, jax.tree.map(lambda a: a.sharding, abstract))
+    writes = jax.process_index() == 0  # one process writes logs and reports
 
     def every(n: int, step: int) -> bool:
         """Whether a periodic action with period `n` (0 = never) runs after `step`."""
@@ -181,7 +214,7 @@ def train(
 
     # ---- state: fresh, or the newest checkpoint ---------------------------
     checkpoints = Checkpoints(
-        os.path.join(workdir, "checkpoints"),
+        str(root / "checkpoints"),
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
@@ -192,20 +225,17 @@ def train(
                 p.close()
 
     start = checkpoints.latest_step() or 0
-    report_path = os.path.join(workdir, "pretrain_report.json")
-    if start >= total and os.path.exists(report_path):
+    report_path = root / "pretrain_report.json"
+    if start >= total and report_path.exists():
         logging.info("the newest checkpoint is step %d of %d: nothing to train", start, total)
         checkpoints.close()
         close_inputs()
-        with open(report_path) as f:
-            return json.load(f)
+        return json.loads(report_path.read_text())
     # Masking and dropout keys: apart from nnx.Rngs(seed)'s init stream.
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _TRAIN_STREAM)
     window = Window()
     if start:
-        abstract = jax.eval_shape(
-            functools.partial(init_state, settings=settings), abstract_params(model_cfg)
-        )
+        # Restored straight into this run's shards, whatever mesh saved them.
         state, meta = checkpoints.restore(start, abstract)
         key = np.asarray(meta["key"], np.uint32)
         if set(meta["data"]) != set(pipelines):
@@ -225,9 +255,14 @@ def train(
         window = Window(meta["window"])
         logging.info("resumed from step %d of %d", start, total)
     else:
-        state = init_state(initial_params(model_cfg, config.seed, config.init_from), settings)
-        logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(state["params"]))
-    history = History(os.path.join(workdir, "metrics.jsonl"), start)
+        params = initial_params(model_cfg, config.seed, config.init_from, layout)
+        state = init_state(params, settings, layout)
+        logging.info(
+            "parameters:\n%s",
+            parameter_overview.get_parameter_overview(state["params"], include_stats="sharding"),
+        )
+    key = jax.device_put(np.asarray(key), layout.replicated)
+    history = History(root / "metrics.jsonl", start, enabled=writes)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
@@ -238,7 +273,7 @@ def train(
 
     def save(step: int) -> None:
         meta = {
-            "key": np.asarray(key).tolist(),
+            "key": to_host(key).tolist(),
             "data": {t: p.state() for t, p in pipelines.items()},
             "window": window.state(),
         }
@@ -254,6 +289,7 @@ def train(
             jax.random.PRNGKey(config.eval.seed),
             tasks=eval_tasks(has_soft),
             num_batches=config.eval.num_batches,
+            layout=layout,
         )
         writer.write_scalars(step, metrics)
         history.write(step, metrics)
@@ -271,7 +307,7 @@ def train(
             return
         step, task, out = pending
         pending = None
-        out = jax.device_get(out)
+        out = to_host(out)
         if not out["finite"]:
             objective, grad_norm = out["metrics"]["objective"][0], out["metrics"]["grad_norm"][0]
             newest = checkpoints.latest_step()
@@ -290,8 +326,10 @@ def train(
             for step in range(start, total):
                 task = task_for_step(mix, config.seed, step)
                 batch = next(pipelines[task])
-                fields = {k: batch[k] for k in batch_fields(task)}
-                state, out = train_step(state, fields, key, task=task, settings=settings)
+                fields = layout.global_batch({k: batch[k] for k in batch_fields(task)})
+                state, out = train_step(
+                    state, fields, key, task=task, settings=settings, layout=layout
+                )
                 done = step + 1  # steps are counted as done: logs, checkpoints, errors
                 settle()
                 pending = (done, task, out)
@@ -324,13 +362,13 @@ def train(
 
     report = {
         "status": status,
-        "step": int(jax.device_get(state["step"])),
+        "step": int(to_host(state["step"])),
         "total_steps": total,
         "validation": metrics,
         "compilations": {f"{kind}/{task}": n for (kind, task), n in sorted(TRACES.items())},
     }
-    with open(report_path, "w") as f:
-        json.dump(report, f, indent=2)
+    if writes:
+        report_path.write_text(json.dumps(report, indent=2))
     if metrics:
         width = max(map(len, metrics))
         logging.info(

@@ -3,6 +3,9 @@
 The train state is a plain dict `{"params", "opt_state", "step"}` of arrays,
 which orbax saves as is. Steps take the parameters as a pure dict and bind
 them to the model's graph inside the trace, so nothing stateful crosses jit.
+Every array's place on the device mesh comes from the parameters' logical
+axis names and a `Layout` (mesh + rules); the steps are jitted with those
+shardings as inputs and outputs.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec
 
-from uniter_jax.model import UniterConfig, UniterForPretraining
+from uniter_jax.model import UniterConfig, UniterForPretraining, abstract_params, get_params
 from uniter_jax.objectives.tasks import TASK_FNS, TaskSettings, needs_soft_labels
+from uniter_jax.sharding import Layout, logical_specs
 from uniter_jax.train.optimizer import OptimSettings, make_optimizer
 
 # How many times each (kind, task) step has been traced: tests and logs use it
@@ -42,18 +47,58 @@ def batch_fields(task: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _graphdef(config: UniterConfig) -> nnx.GraphDef:
-    abstract = nnx.eval_shape(lambda: UniterForPretraining(config, nnx.Rngs(0)))
-    return nnx.split(abstract)[0]
+def _abstract_model(config: UniterConfig) -> UniterForPretraining:
+    return nnx.eval_shape(lambda: UniterForPretraining(config, nnx.Rngs(0)))
 
 
 def bind(config: UniterConfig, params: dict) -> UniterForPretraining:
     """A model whose parameters are `params` (a pure dict); cheap inside a trace."""
-    return nnx.merge(_graphdef(config), params)
+    return nnx.merge(nnx.split(_abstract_model(config))[0], params)
 
 
-def init_state(params: dict, settings: StepSettings) -> dict:
-    """The state before the first step: `params`, fresh optimiser state, step 0."""
+# ---- where the state lives ---------------------------------------------------
+
+
+def param_shardings(config: UniterConfig, layout: Layout) -> dict:
+    """`NamedSharding` of every parameter under `layout`, from its logical axis names."""
+    return layout.shardings(logical_specs(_abstract_model(config)))
+
+
+def _specs(settings: StepSettings) -> dict:
+    """Logical `PartitionSpec`s of the train state: optimiser moments follow their
+    parameters, counters are replicated."""
+    param_specs = logical_specs(_abstract_model(settings.model))
+    optimizer = make_optimizer(settings.optim)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params(settings.model))
+    opt_specs = optax.tree_map_params(
+        optimizer,
+        lambda _, spec: spec,
+        abstract_opt,
+        param_specs,
+        transform_non_params=lambda _: PartitionSpec(),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    return {"params": param_specs, "opt_state": opt_specs, "step": PartitionSpec()}
+
+
+def state_shardings(settings: StepSettings, layout: Layout) -> dict:
+    """`NamedSharding` of every train-state array under `layout`."""
+    return layout.shardings(_specs(settings))
+
+
+def abstract_state(settings: StepSettings, layout: Layout) -> dict:
+    """The train state as sharded `ShapeDtypeStruct`s: a restore target."""
+    shapes = jax.eval_shape(
+        functools.partial(_init_state, settings=settings), abstract_params(settings.model)
+    )
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        shapes,
+        state_shardings(settings, layout),
+    )
+
+
+def _init_state(params: dict, settings: StepSettings) -> dict:
     return {
         "params": params,
         "opt_state": make_optimizer(settings.optim).init(params),
@@ -61,22 +106,37 @@ def init_state(params: dict, settings: StepSettings) -> dict:
     }
 
 
-@functools.partial(jax.jit, static_argnames=("task", "settings"), donate_argnames=("state",))
-def train_step(
-    state: dict, batch: dict, key: jax.Array, *, task: str, settings: StepSettings
-) -> tuple[dict, dict]:
-    """One micro-step of `task`: masking, forward, loss, gradient, optimiser update.
+def init_params(config: UniterConfig, seed: int, layout: Layout | None = None) -> dict:
+    """Fresh parameters from `nnx.Rngs(seed)`, created directly in their shards."""
+    layout = layout or Layout.single_device()
+    shardings = param_shardings(config, layout)
+    with layout.active():
+        return jax.jit(
+            lambda: get_params(UniterForPretraining(config, nnx.Rngs(seed))),
+            out_shardings=shardings,
+        )()
 
-    Args:
-      state: `{"params", "opt_state", "step"}`; donated.
-      batch: the arrays of `batch_fields(task)`, `[B, ...]`.
-      key: the run's base PRNG key; the step's key is `fold_in(key, step)`.
 
-    Returns:
-      `(state, metrics)`: metrics are `{name: (sum, count)}` plus `finite`
-      (bool). A non-finite loss or gradient leaves params and optimiser state
-      as they were, so the caller can stop with the last good state.
+def init_state(params: dict, settings: StepSettings, layout: Layout | None = None) -> dict:
+    """The state before the first step: `params`, fresh optimiser state, step 0.
+
+    `params` may live anywhere; the state is laid out by `layout` (one device
+    by default). The optimiser state is created in its shards: without
+    explicit shardings, jit would put all of it on one device.
     """
+    layout = layout or Layout.single_device()
+    shardings = state_shardings(settings, layout)
+    return jax.jit(
+        functools.partial(_init_state, settings=settings),
+        in_shardings=(shardings["params"],),
+        out_shardings=shardings,
+    )(params)
+
+
+# ---- the steps -----------------------------------------------------------------
+
+
+def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings: StepSettings):
     TRACES["train", task] += 1
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(key, state["step"]))
 
@@ -102,12 +162,85 @@ def train_step(
     return new_state, {"metrics": metrics, "finite": finite}
 
 
-@functools.partial(jax.jit, static_argnames=("task", "settings"))
-def eval_step(
-    params: dict, batch: dict, key: jax.Array, *, task: str, settings: StepSettings
-) -> dict:
-    """`task`'s metrics without dropout; `key` drives the masking."""
+def _eval_step(params: dict, batch: dict, key: jax.Array, *, task: str, settings: StepSettings):
     TRACES["eval", task] += 1
     model = bind(settings.model, params)
     _, metrics = TASK_FNS[task](model, batch, key, None, settings.tasks)
     return metrics
+
+
+def _under(layout: Layout, fn):
+    """`fn` traced with `layout`'s mesh and rules active (for the model's constraints)."""
+
+    def traced(*args):
+        with layout.active():
+            return fn(*args)
+
+    return traced
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_train_step(task: str, settings: StepSettings, layout: Layout):
+    shardings = state_shardings(settings, layout)
+    step = functools.partial(_train_step, task=task, settings=settings)
+    return jax.jit(
+        _under(layout, step),
+        in_shardings=(shardings, layout.batch, layout.replicated),
+        out_shardings=(shardings, layout.replicated),
+        donate_argnums=0,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_eval_step(task: str, settings: StepSettings, layout: Layout):
+    shardings = state_shardings(settings, layout)["params"]
+    step = functools.partial(_eval_step, task=task, settings=settings)
+    return jax.jit(
+        _under(layout, step),
+        in_shardings=(shardings, layout.batch, layout.replicated),
+        out_shardings=layout.replicated,
+    )
+
+
+def train_step(
+    state: dict,
+    batch: dict,
+    key: jax.Array,
+    *,
+    task: str,
+    settings: StepSettings,
+    layout: Layout | None = None,
+) -> tuple[dict, dict]:
+    """One micro-step of `task`: masking, forward, loss, gradient, optimiser update.
+
+    Compiled once per (task, settings, layout, batch shape), with the state's
+    shardings as inputs and outputs and the state donated.
+
+    Args:
+      state: `{"params", "opt_state", "step"}`, laid out by `layout`; donated.
+      batch: the arrays of `batch_fields(task)`, `[B, ...]`, split over the
+        batch axis (`Layout.global_batch`) or host arrays on one device.
+      key: the run's base PRNG key; the step's key is `fold_in(key, step)`.
+      layout: mesh and rules; None = one device.
+
+    Returns:
+      `(state, out)`: `out["metrics"]` is `{name: (sum, count)}`, and
+      `out["finite"]` is False when the loss or gradient was not finite; then
+      params and optimiser state are left as they were, so the caller can stop
+      with the last good state.
+    """
+    step = _jitted_train_step(task, settings, layout or Layout.single_device())
+    return step(state, batch, key)
+
+
+def eval_step(
+    params: dict,
+    batch: dict,
+    key: jax.Array,
+    *,
+    task: str,
+    settings: StepSettings,
+    layout: Layout | None = None,
+) -> dict:
+    """`task`'s metrics `{name: (sum, count)}` without dropout; `key` drives the masking."""
+    return _jitted_eval_step(task, settings, layout or Layout.single_device())(params, batch, key)

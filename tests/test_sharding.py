@@ -1,0 +1,221 @@
+"""Meshes, logical rules and sharded steps on 8 forced CPU devices.
+
+The central check: one step of every task on meshes (8,1,1), (2,4,1), (2,2,2)
+and (1,2,4) gives the loss and updated parameters of the same step on one
+device. Dropout is on, so the check also covers sharding-invariant random bits.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs.pretrain import get_config
+from uniter_jax import sharding
+from uniter_jax.model import UniterConfig
+from uniter_jax.objectives.tasks import TASKS, TaskSettings
+from uniter_jax.train.optimizer import OptimSettings
+from uniter_jax.train.step import (
+    StepSettings,
+    abstract_state,
+    batch_fields,
+    init_params,
+    init_state,
+    train_step,
+)
+
+RULES = tuple(tuple(rule) for rule in get_config("tiny").mesh.rules)
+MODEL = UniterConfig.preset(
+    "tiny",
+    vocab_size=160,
+    img_dim=24,
+    num_region_labels=9,
+    hidden_dropout=0.1,
+    attention_dropout=0.1,
+)
+# A large, warm-up-free step so that the updates, not the initial values,
+# dominate the compared parameters.
+SETTINGS = StepSettings(
+    model=MODEL,
+    tasks=TaskSettings(mask_id=103, special_ids=(101, 102, 0), random_range=(104, 160)),
+    optim=OptimSettings(lr=1e-2, warmup_steps=0, total_steps=10, eps=1e-6),
+)
+MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2), "1x2x4": (1, 2, 4)}
+
+needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced) devices")
+
+
+def layout(shape, rules=RULES):
+    devices = jax.devices()[: int(np.prod(shape))]
+    return sharding.Layout(
+        sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape, strict=True)), devices), rules
+    )
+
+
+def make_batch(seed=0, b=16, lt=10, nr=7):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(104, 160, (b, lt)).astype(np.int32)
+    ids[:, 0] = 101
+    lengths = rng.integers(4, lt + 1, b)
+    text_mask = (np.arange(lt) < lengths[:, None]).astype(np.int32)
+    ids = np.where(text_mask, ids, 0)
+    ids[np.arange(b), lengths - 1] = 102
+    img_mask = (np.arange(nr) < rng.integers(2, nr + 1, b)[:, None]).astype(np.int32)
+    soft = rng.dirichlet(np.ones(MODEL.num_region_labels), (b, nr)).astype(np.float16)
+    return {
+        "input_ids": ids,
+        "text_mask": text_mask,
+        "img_feat": rng.normal(size=(b, nr, MODEL.img_dim)).astype(np.float16),
+        "img_pos": rng.uniform(size=(b, nr, 7)).astype(np.float32),
+        "img_mask": img_mask,
+        "itm_label": (rng.uniform(size=b) < 0.6).astype(np.int32),
+        "img_soft_labels": soft,
+    }
+
+
+# ---- mesh and rules ----------------------------------------------------------
+
+
+@needs_8
+def test_make_mesh_fills_in_the_rest_and_rejects_bad_shapes():
+    mesh = sharding.make_mesh({"data": -1, "tensor": 2})
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 1, "tensor": 2}
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    with pytest.raises(ValueError, match="at most one -1"):
+        sharding.make_mesh({"data": -1, "fsdp": -1})
+    with pytest.raises(ValueError, match="needs 6 devices, there are 8"):
+        sharding.make_mesh({"data": 3, "fsdp": 2})
+    with pytest.raises(ValueError, match="not divisible by 3"):
+        sharding.make_mesh({"data": -1, "fsdp": 3})
+    with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
+        sharding.make_mesh({"model": 8})
+
+
+@needs_8
+def test_rules_give_each_mesh_axis_to_one_dimension():
+    lay = layout((2, 2, 2))
+    # Activations: the batch takes data and fsdp, so embed (-> fsdp) stays whole.
+    assert lay.spec(("batch", "length", "embed")) == P(("data", "fsdp"), None, None)
+    # Weights: embed over fsdp, heads over tensor.
+    assert lay.spec(("layers", "embed", "heads")) == P(None, "fsdp", "tensor")
+    assert lay.batch_shards == 4
+
+
+def test_every_parameter_dimension_has_a_name_the_rules_know():
+    from uniter_jax.sharding import logical_specs
+    from uniter_jax.train.step import _abstract_model
+
+    known = {name for name, _ in RULES}
+    abstract = jax.eval_shape(lambda: init_params(MODEL, 0))
+    specs = logical_specs(_abstract_model(MODEL))
+    flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+    for leaf, spec in zip(jax.tree.leaves(abstract), flat_specs, strict=True):
+        assert len(spec) == leaf.ndim
+        assert {name for name in spec if name is not None} <= known
+
+
+@needs_8
+def test_state_is_created_in_its_shards_with_moments_beside_their_parameters():
+    lay = layout((1, 2, 4))
+    state = init_state(init_params(MODEL, 0, lay), SETTINGS, lay)
+    query = state["params"]["uniter"]["encoder"]["layers"]["attention"]["query"]["kernel"]
+    assert query.sharding.spec == P(None, "fsdp", "tensor")
+    assert len(query.addressable_shards) == 8
+    assert query.addressable_shards[0].data.shape == (2, 32, 16)  # [layers, 64/2, 64/4]
+    adam = state["opt_state"][1][0]  # clip, then AdamW's scale_by_adam state
+    mu = adam.mu["uniter"]["encoder"]["layers"]["attention"]["query"]["kernel"]
+    assert mu.sharding == query.sharding
+    assert state["step"].sharding.is_fully_replicated
+    # The abstract restore target carries the same shardings.
+    target = abstract_state(SETTINGS, lay)
+    flat = zip(jax.tree.leaves(target), jax.tree.leaves(state), strict=True)
+    assert all(t.sharding == a.sharding for t, a in flat)
+
+
+@needs_8
+def test_indivisible_dimensions_are_named():
+    odd = MODEL.replace(vocab_size=150)
+    target = abstract_state(StepSettings(odd, SETTINGS.tasks, SETTINGS.optim), layout((1, 2, 4)))
+    with pytest.raises(ValueError, match=r"uniter/embeddings/word/embedding dim 0 \(150\)"):
+        sharding.check_divisible(target, jax.tree.map(lambda a: a.sharding, target))
+
+
+def test_constraints_are_inert_without_a_layout():
+    x = jnp.arange(6.0).reshape(2, 3)
+    assert sharding.constrain(x, "batch", "embed") is x
+    assert sharding.per_example(lambda a: a * 2)(x).tolist() == (x * 2).tolist()
+
+
+@needs_8
+def test_global_batch_splits_rows_over_the_batch_shards():
+    lay = layout((2, 2, 2))
+    rows = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    array = lay.global_batch({"x": rows})["x"]
+    assert array.shape == (8, 3)
+    for shard in array.addressable_shards:
+        np.testing.assert_array_equal(shard.data, rows[shard.index])
+        assert shard.data.shape == (2, 3)  # 8 rows over data x fsdp = 4
+    np.testing.assert_array_equal(sharding.to_host(array), rows)
+
+
+# ---- one step of every task: sharded == one device --------------------------
+
+
+@pytest.fixture(scope="module")
+def single_device():
+    """Per task, computed once: the one-device loss and updated parameters."""
+    params = jax.device_get(init_params(MODEL, 0))
+    batch, key = make_batch(), jax.random.PRNGKey(3)
+    done = {}
+
+    def result(task):
+        if task not in done:
+            fields = {k: batch[k] for k in batch_fields(task)}
+            state = init_state(params, SETTINGS)
+            state, out = train_step(state, fields, key, task=task, settings=SETTINGS)
+            done[task] = jax.device_get((state["params"], out["metrics"]["objective"][0]))
+        return done[task]
+
+    return params, batch, key, result
+
+
+def _sharded_matches_single_device(single_device, mesh, tasks):
+    params, batch, key, expected = single_device
+    lay = layout(MESHES[mesh])
+    for task in tasks:
+        state = init_state(params, SETTINGS, lay)
+        fields = lay.global_batch({k: batch[k] for k in batch_fields(task)})
+        state, result = train_step(state, fields, key, task=task, settings=SETTINGS, layout=lay)
+        assert result["finite"]
+        want_params, want_loss = expected(task)
+        loss = sharding.to_host(result["metrics"]["objective"][0])
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=f"{mesh} {task} loss")
+        got = sharding.to_host(state["params"])
+        moved = 0.0
+        for (path, new), old, want in zip(
+            jax.tree_util.tree_leaves_with_path(got),
+            jax.tree.leaves(params),
+            jax.tree.leaves(want_params),
+            strict=True,
+        ):
+            np.testing.assert_allclose(
+                new, want, atol=1e-5, rtol=0, err_msg=f"{mesh} {task} {jax.tree_util.keystr(path)}"
+            )
+            moved = max(moved, float(np.max(np.abs(want - old))))
+        assert moved > 1e-3, f"{task}: the step hardly changed the parameters ({moved})"
+
+
+# The default suite: ITM (+ WRA under shard_map) and MLM (vocabulary-parallel
+# logits) on the mesh that uses all three axes; the rest of the matrix is slow.
+@needs_8
+def test_itm_and_mlm_steps_on_a_2x2x2_mesh_match_one_device(single_device):
+    _sharded_matches_single_device(single_device, "2x2x2", ("itm", "mlm"))
+
+
+@needs_8
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_one_step_of_every_task_on_every_mesh_matches_one_device(single_device, mesh):
+    tasks = [t for t in TASKS if mesh != "2x2x2" or t not in ("itm", "mlm")]
+    _sharded_matches_single_device(single_device, mesh, tasks)
