@@ -2,9 +2,14 @@
 
 python main.py --config=configs/pretrain.py --workdir=DIR
 python main.py --config=configs/pretrain.py:tiny --workdir=DIR --config.seed=1
+
+On a TPU pod slice, run the same command on every worker (run_tpu.sh does);
+the processes find each other by themselves. Elsewhere, start one process per
+host with --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
 import logging as std_logging
+import os
 import sys
 
 import jax
@@ -13,6 +18,18 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and reports")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "start jax's distributed runtime: auto = when --coordinator_address is given or on a "
+    "multi-host TPU slice",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for runs launched by hand"
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 JOBS = ("pretrain",)
@@ -25,10 +42,31 @@ class _QuietOrbax(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _multi_host_tpu() -> bool:
+    """A TPU VM that is one worker of several (the slice's metadata lists them)."""
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def _start_distributed() -> None:
+    wanted = _DISTRIBUTED.value == "on" or (
+        _DISTRIBUTED.value == "auto" and (_COORDINATOR.value is not None or _multi_host_tpu())
+    )
+    if wanted:
+        # With no arguments jax reads the cluster (TPU metadata, SLURM, ...).
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    _start_distributed()
+    if jax.process_index() > 0:
+        logging.set_verbosity(logging.WARNING)  # process 0 tells the story
     config = _CONFIG.value
     logging.info("config:\n%s", config)
     logging.info(

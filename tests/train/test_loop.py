@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from trees import assert_trees_close
 
 from configs.pretrain import get_config
 from uniter_jax import param_checkpoint
@@ -96,10 +97,7 @@ def test_a_checkpoint_from_one_mesh_resumes_under_another(world, tmp_path):
     assert second["status"] == whole["status"] == "finished" and second["step"] == 8
 
     a, b = saved_state(tmp_path / "whole", 8), saved_state(split, 8)
-    for (path, x), y in zip(
-        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
-    ):
-        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+    assert_trees_close(b, a)
     moved = jax.tree.map(
         lambda x, y: np.abs(x - y).max(), a["params"], saved_state(split, 3)["params"]
     )

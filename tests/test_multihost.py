@@ -1,0 +1,94 @@
+"""Two processes x 4 CPU devices train exactly like one process x 8 devices.
+
+The processes find each other through jax's distributed runtime (gloo
+collectives on CPU), each reads its own half of every global batch, and they
+write one set of checkpoints and logs.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_main import ROOT
+from trees import assert_trees_close
+
+ARGS = [
+    "--config=configs/pretrain.py:tiny",
+    "--config.data.synthetic_images=40",
+    "--config.optim.total_steps=6",
+    "--config.optim.warmup_steps=2",
+    "--config.log.every_steps=3",
+    "--config.eval.every_steps=6",
+    "--config.eval.num_batches=1",
+    "--config.data.buckets=((16, 12, 8),)",
+]
+
+
+def launch(workdir, devices, *extra):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen(
+        [sys.executable, "main.py", f"--workdir={workdir}", *ARGS, *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def restore(workdir):
+    """Step 6's state onto this process's first device, whatever topology saved it."""
+    import jax
+
+    path = os.path.join(workdir, "checkpoints", "6", "state")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            checkpointer.metadata(path).item_metadata,
+        )
+        return checkpointer.restore(path, target)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    port = free_port()
+    pair = [
+        launch(
+            tmp_path / "two",
+            4,
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        )
+        for i in range(2)
+    ]
+    one = launch(tmp_path / "one", 8)
+    for process in (*pair, one):
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output[-3000:]
+    a, b = restore(tmp_path / "one"), restore(tmp_path / "two")
+    assert_trees_close(b, a)
+    lines = [
+        [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("one", "two")
+    ]
+    assert [sorted(x) for x in lines[0]] == [sorted(x) for x in lines[1]]
+    for x, y in zip(*lines, strict=True):
+        for name in x:
+            np.testing.assert_allclose(x[name], y[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    reports = [
+        json.loads((tmp_path / d / "pretrain_report.json").read_text()) for d in ("one", "two")
+    ]
+    assert reports[0]["step"] == reports[1]["step"] == 6
