@@ -21,7 +21,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from uniter_jax.data import synthetic
+from uniter_jax.data import files, synthetic
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
 from uniter_jax.data.text_store import TextStore
@@ -53,7 +53,7 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
     if data.val_images and not data.val_texts:
         raise ValueError("data.val_images is set but data.val_texts is not: set both, or neither")
     if data.images:
-        if data.val_texts and not os.path.isdir(data.val_texts):
+        if data.val_texts and not files.exists(data.val_texts):  # local or gs://
             raise FileNotFoundError(f"data.val_texts: no text store at {data.val_texts}")
         return Stores(data.images, data.texts, data.val_images or data.images, data.val_texts)
     world = synthetic.WorldConfig(num_images=data.synthetic_images, seed=config.seed)

@@ -180,7 +180,7 @@ def _under(layout: Layout, fn):
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_train_step(task: str, settings: StepSettings, layout: Layout):
+def train_step_fn(task: str, settings: StepSettings, layout: Layout):
     shardings = state_shardings(settings, layout)
     step = functools.partial(_train_step, task=task, settings=settings)
     return jax.jit(
@@ -192,7 +192,7 @@ def _jitted_train_step(task: str, settings: StepSettings, layout: Layout):
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_eval_step(task: str, settings: StepSettings, layout: Layout):
+def eval_step_fn(task: str, settings: StepSettings, layout: Layout):
     shardings = state_shardings(settings, layout)["params"]
     step = functools.partial(_eval_step, task=task, settings=settings)
     return jax.jit(
@@ -229,7 +229,7 @@ def train_step(
       params and optimiser state are left as they were, so the caller can stop
       with the last good state.
     """
-    step = _jitted_train_step(task, settings, layout or Layout.single_device())
+    step = train_step_fn(task, settings, layout or Layout.single_device())
     return step(state, batch, key)
 
 
@@ -243,4 +243,4 @@ def eval_step(
     layout: Layout | None = None,
 ) -> dict:
     """`task`'s metrics `{name: (sum, count)}` without dropout; `key` drives the masking."""
-    return _jitted_eval_step(task, settings, layout or Layout.single_device())(params, batch, key)
+    return eval_step_fn(task, settings, layout or Layout.single_device())(params, batch, key)
