@@ -1,6 +1,7 @@
 """`main.py` end to end on the tiny config (the `make run` job)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(tmp_path, *overrides, timeout=600):
-    """`python main.py` on the tiny config in `tmp_path`, with config overrides."""
+def run_main(tmp_path, *overrides, timeout=600, devices=None):
+    """`python main.py` on the tiny config in `tmp_path`, with config overrides.
+
+    `devices`: how many host devices to force (default: the tests' 8).
+    """
+    env = dict(os.environ)
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [
             sys.executable,
@@ -22,6 +29,7 @@ def run_main(tmp_path, *overrides, timeout=600):
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 

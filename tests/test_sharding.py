@@ -35,12 +35,13 @@ MODEL = UniterConfig.preset(
     hidden_dropout=0.1,
     attention_dropout=0.1,
 )
-# A large, warm-up-free step so that the updates, not the initial values,
-# dominate the compared parameters.
+# A warm-up-free step, so the compared parameters move by about lr. (Adam's
+# first update is lr * g / (|g| + eps): for the few weights whose gradient is
+# near eps it amplifies reassociation noise, in proportion to lr.)
 SETTINGS = StepSettings(
     model=MODEL,
     tasks=TaskSettings(mask_id=103, special_ids=(101, 102, 0), random_range=(104, 160)),
-    optim=OptimSettings(lr=1e-2, warmup_steps=0, total_steps=10, eps=1e-6),
+    optim=OptimSettings(lr=1e-3, warmup_steps=0, total_steps=10, eps=1e-6),
 )
 MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2), "1x2x4": (1, 2, 4)}
 
@@ -175,7 +176,10 @@ def single_device():
             fields = {k: batch[k] for k in batch_fields(task)}
             state = init_state(params, SETTINGS)
             state, out = train_step(state, fields, key, task=task, settings=SETTINGS)
-            done[task] = jax.device_get((state["params"], out["metrics"]["objective"][0]))
+            metrics = out["metrics"]
+            done[task] = jax.device_get(
+                (state["params"], metrics["objective"][0], metrics["grad_norm"][0])
+            )
         return done[task]
 
     return params, batch, key, result
@@ -189,14 +193,17 @@ def _sharded_matches_single_device(single_device, mesh, tasks):
         fields = lay.global_batch({k: batch[k] for k in batch_fields(task)})
         state, result = train_step(state, fields, key, task=task, settings=SETTINGS, layout=lay)
         assert result["finite"]
-        want_params, want_loss = expected(task)
+        want_params, want_loss, want_grad_norm = expected(task)
         loss = sharding.to_host(result["metrics"]["objective"][0])
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=f"{mesh} {task} loss")
+        # Adam's first step hardly depends on the gradient's scale; its norm does.
+        grad_norm = sharding.to_host(result["metrics"]["grad_norm"][0])
+        np.testing.assert_allclose(grad_norm, want_grad_norm, rtol=1e-5, err_msg=f"{mesh} {task}")
         assert_trees_close(
             sharding.to_host(state["params"]), want_params, atol=1e-5, rtol=0, what=f"{mesh} {task}"
         )
         moved = jax.tree.map(lambda new, old: np.abs(new - old).max(), want_params, params)
-        assert max(jax.tree.leaves(moved)) > 1e-3, f"{task}: the step hardly changed the params"
+        assert max(jax.tree.leaves(moved)) > 5e-4, f"{task}: the step hardly changed the params"
 
 
 # The default suite: ITM (+ WRA under shard_map) and MLM (vocabulary-parallel
