@@ -9,6 +9,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# A six-step tiny run on a 40-image world: logs at 3 and 6, validates and saves at 6.
+SIX_STEPS = (
+    "--config.data.synthetic_images=40",
+    "--config.optim.total_steps=6",
+    "--config.optim.warmup_steps=2",
+    "--config.log.every_steps=3",
+    "--config.eval.every_steps=6",
+    "--config.eval.num_batches=1",
+    "--config.data.buckets=((16, 12, 8),)",
+)
+
+
 def run_main(tmp_path, *overrides, timeout=600, devices=None):
     """`python main.py` on the tiny config in `tmp_path`, with config overrides.
 
@@ -34,16 +46,7 @@ def run_main(tmp_path, *overrides, timeout=600, devices=None):
 
 
 def test_tiny_pretraining_runs_and_reports(tmp_path):
-    result = run_main(
-        tmp_path,
-        "--config.data.synthetic_images=40",
-        "--config.optim.total_steps=6",
-        "--config.optim.warmup_steps=2",
-        "--config.log.every_steps=3",
-        "--config.eval.every_steps=6",
-        "--config.eval.num_batches=1",
-        "--config.data.buckets=((16, 12, 8),)",
-    )
+    result = run_main(tmp_path, *SIX_STEPS)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "pretrain_report.json").read_text())
     assert report["status"] == "finished" and report["step"] == 6

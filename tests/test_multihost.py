@@ -14,19 +14,10 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_main import ROOT
+from test_main import ROOT, SIX_STEPS
 from trees import assert_trees_close
 
-ARGS = [
-    "--config=configs/pretrain.py:tiny",
-    "--config.data.synthetic_images=40",
-    "--config.optim.total_steps=6",
-    "--config.optim.warmup_steps=2",
-    "--config.log.every_steps=3",
-    "--config.eval.every_steps=6",
-    "--config.eval.num_batches=1",
-    "--config.data.buckets=((16, 12, 8),)",
-]
+ARGS = ["--config=configs/pretrain.py:tiny", *SIX_STEPS]
 
 
 def launch(workdir, devices, *extra):
