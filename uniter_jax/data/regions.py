@@ -137,3 +137,18 @@ def num_kept(conf: np.ndarray, conf_th: float, min_bb: int, max_bb: int) -> int:
     """The original's region count: `clip(#(conf > conf_th), min_bb, max_bb)`, at most n."""
     n = len(conf)
     return int(min(n, max(min_bb, min(max_bb, int((np.asarray(conf) > conf_th).sum())))))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of `[..., 4]` boxes `(x1, y1, x2, y2)`, broadcast against each other; 0
+    where the union is empty. Any units, as long as both use the same."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    union = _area(a) + _area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _area(box: np.ndarray) -> np.ndarray:
+    return np.clip(box[..., 2] - box[..., 0], 0, None) * np.clip(box[..., 3] - box[..., 1], 0, None)

@@ -109,6 +109,9 @@ class TextStoreWriter:
     def __len__(self) -> int:
         return len(self._image_ids)
 
+    def __contains__(self, text_id: str) -> bool:
+        return text_id in self._text_ids
+
     def __exit__(self, exc_type, exc, tb) -> None:
         close_atomic(self._context, exc_type, exc, tb, self._finish)
 
@@ -188,6 +191,17 @@ class TextStore:
         if offsets is None:
             return self.arrays[name][i]
         return self.arrays[name][offsets[i] : offsets[i + 1]]
+
+    def ragged(self, name: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The values of ragged field `name` for examples `index` `[b]`, flat:
+        `(row [M], values [M])`, where `row` says which of the `b` each value is of."""
+        offsets = self.arrays[name + OFFSETS]
+        starts, lengths = offsets[index], offsets[index + 1] - offsets[index]
+        rows = np.repeat(np.arange(len(index)), lengths)
+        # Position inside each example's run, added to that example's start.
+        first = np.cumsum(lengths) - lengths
+        within = np.arange(int(lengths.sum())) - np.repeat(first, lengths)
+        return rows, self.arrays[name][np.repeat(starts, lengths) + within]
 
     def input_ids(self, i: int) -> np.ndarray:
         return self.field("input_ids", i)

@@ -14,6 +14,17 @@
       --vocab vocab.txt --out data/txt/vqa_train
   python -m uniter_jax.data.convert uniter-txt-lmdb txt_db/vqa_train.db --task vqa \\
       --images data/coco_img --out data/txt/vqa_train
+  python -m uniter_jax.data.convert snli-ve snli_ve_train.jsonl --vocab vocab.txt \\
+      --images data/flickr30k_img --out data/txt/ve_train
+  python -m uniter_jax.data.convert nlvr2 train.json --vocab vocab.txt \\
+      --images data/nlvr2_img --out data/txt/nlvr2_train
+  python -m uniter_jax.data.convert refcoco "refcoco/refs(unc).p" refcoco/instances.json \\
+      --split train [--boxes gt] --vocab vocab.txt --images data/coco_img \\
+      --out data/txt/refcoco_train
+  python -m uniter_jax.data.convert karpathy dataset_coco.json --split train+restval \\
+      --vocab vocab.txt --images data/coco_img --out data/txt/coco_karpathy_train
+  python -m uniter_jax.data.convert vcr train.jsonl --mode qa --vocab vocab.txt \\
+      --images data/vcr_img --out data/txt/vcr_qa_train  # --mode qar: QA->R
 
 Region formats: --feature-dim (2048). All: --skip-bad (skip and list bad records
 instead of failing), --force (replace an existing store), --no-progress.
@@ -32,13 +43,19 @@ from typing import Any
 
 from uniter_jax.data.convert.butd_tsv import convert_butd_tsv
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
+from uniter_jax.data.convert.karpathy import SPLIT_CHOICES, convert_karpathy
 from uniter_jax.data.convert.lxmert_tsv import convert_lxmert_tsv
+from uniter_jax.data.convert.nlvr2 import convert_nlvr2
 from uniter_jax.data.convert.npz_dir import convert_npz_dir
+from uniter_jax.data.convert.refcoco import convert_refcoco
+from uniter_jax.data.convert.snli_ve import convert_snli_ve
 from uniter_jax.data.convert.uniter_lmdb import (
     TEXT_TASKS,
     convert_uniter_img_lmdb,
     convert_uniter_txt_lmdb,
 )
+from uniter_jax.data.convert.vcr import MODES as VCR_MODES
+from uniter_jax.data.convert.vcr import convert_vcr
 from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
 from uniter_jax.data.errors import DataError
 
@@ -169,6 +186,20 @@ def _add_vqa(subparsers: Any) -> None:
     p.set_defaults(convert=convert)
 
 
+def _add_snli_ve(subparsers: Any) -> None:
+    p = subparsers.add_parser("snli-ve", help="SNLI-VE JSON Lines -> visual entailment text store")
+    p.add_argument("jsonl", help="snli_ve_<split>.jsonl")
+    _text_arguments(p)
+    p.set_defaults(convert=lambda a: convert_snli_ve(a.jsonl, a.out, **_text_options(a)))
+
+
+def _add_nlvr2(subparsers: Any) -> None:
+    p = subparsers.add_parser("nlvr2", help="NLVR2 JSON Lines -> grouped text store (2 images)")
+    p.add_argument("jsonl", help="train.json, dev.json or test1.json (one object per line)")
+    _text_arguments(p)
+    p.set_defaults(convert=lambda a: convert_nlvr2(a.jsonl, a.out, **_text_options(a)))
+
+
 def _add_uniter_txt_lmdb(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "uniter-txt-lmdb", help="the original UNITER text db (LMDB, already tokenized)"
@@ -195,6 +226,52 @@ def _add_uniter_txt_lmdb(subparsers: Any) -> None:
     )
 
 
+def _add_refcoco(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "refcoco", help="RefCOCO/+/g (refer toolkit: refs pickle + instances.json) -> refexp store"
+    )
+    p.add_argument("refs", help="refs(unc).p, refs(umd).p or refs(google).p")
+    p.add_argument("instances", help="the same dataset folder's instances.json")
+    p.add_argument("--split", required=True, help="train, val, test, testA or testB")
+    p.add_argument(
+        "--boxes",
+        choices=("detected", "gt"),
+        default="detected",
+        help="gt: --images holds the ground-truth boxes, each target must match (IoU >= 0.99)",
+    )
+    _text_arguments(p)
+
+    def convert(a: argparse.Namespace):
+        if a.images is None:
+            p.error("refcoco needs --images: the image store whose regions are the targets")
+        return convert_refcoco(
+            a.refs, a.instances, a.out, split=a.split, boxes=a.boxes, **_text_options(a)
+        )
+
+    p.set_defaults(convert=convert)
+
+
+def _add_karpathy(subparsers: Any) -> None:
+    p = subparsers.add_parser("karpathy", help="Karpathy caption splits -> captions text store")
+    p.add_argument("json", help="dataset_coco.json or dataset_flickr30k.json")
+    p.add_argument("--split", required=True, choices=SPLIT_CHOICES, help="the split to write")
+    _text_arguments(p)
+    p.set_defaults(
+        convert=lambda a: convert_karpathy(a.json, a.out, split=a.split, **_text_options(a))
+    )
+
+
+def _add_vcr(subparsers: Any) -> None:
+    p = subparsers.add_parser("vcr", help="VCR jsonl -> grouped text store (4 candidates)")
+    p.add_argument("jsonl", help="train.jsonl, val.jsonl or test.jsonl")
+    p.add_argument("--mode", required=True, choices=VCR_MODES, help="qa: Q->A, qar: QA->R")
+    _text_arguments(p)
+    p.set_defaults(
+        max_txt_len=120,
+        convert=lambda a: convert_vcr(a.jsonl, a.out, mode=a.mode, **_text_options(a)),
+    )
+
+
 _ADDERS = (
     _add_butd_tsv,
     _add_lxmert_tsv,
@@ -203,6 +280,11 @@ _ADDERS = (
     _add_coco_captions,
     _add_vqa,
     _add_uniter_txt_lmdb,
+    _add_snli_ve,
+    _add_nlvr2,
+    _add_refcoco,
+    _add_karpathy,
+    _add_vcr,
 )
 
 

@@ -38,7 +38,12 @@ class TextRecord:
 
     file: str
     where: str  # e.g. "annotation 12"
-    parse: Callable[[], Text]
+    # One Text, or several (a group: an NLVR2 statement with each of its two
+    # images, a VCR question with each candidate) that are all checked before
+    # any is written, so a bad record never leaves half a group behind. The
+    # Texts of a list get the fields `group` (the group's index among those
+    # written: 0, 0, 1, 1, ...) and `slot` (the position in the list).
+    parse: Callable[[], Text | list[Text]]
 
 
 @dataclasses.dataclass
@@ -91,26 +96,22 @@ def write_text_store(
         source=source,
         overwrite=overwrite,
     )
+    groups = 0
     with writer, tqdm(total=total, unit="text", disable=not progress) as bar:
         for record in records:
             bar.update()
             try:
-                text = record.parse()
-                if text.input_ids is None and not text.text.strip():
-                    raise DataError("empty text", field="text")
-                if images is not None and text.image_id not in images:
-                    raise DataError(
-                        f"image {text.image_id!r} is not in the image store", field="image_id"
-                    )
-                if text.input_ids is not None:
-                    ids = text.input_ids
-                elif tokenizer is None:
-                    raise ValueError(f"{record.where}: no tokenizer for an untokenized text")
-                else:
-                    ids = tokenizer.encode(text.text)
-                    if not ids:
-                        raise DataError("the text has no tokens", field="text")
-                summary.truncated += writer.add(text.text_id, text.image_id, ids, **text.fields)
+                parsed = record.parse()
+                group = parsed if isinstance(parsed, list) else [parsed]
+                checked = [_checked_ids(text, record, tokenizer, images) for text in group]
+                ids = [text.text_id for text in group]
+                if len(set(ids)) < len(ids) or any(i in writer for i in ids):
+                    raise DataError("duplicate text id", field="text_id")
+                for slot, (text, ids) in enumerate(zip(group, checked, strict=True)):
+                    fields = text.fields
+                    if isinstance(parsed, list):  # numbered here, so skipped groups leave no gap
+                        fields = {**fields, "group": groups, "slot": slot}
+                    summary.truncated += writer.add(text.text_id, text.image_id, ids, **fields)
             except DataError as e:
                 located = DataError(e.message, file=record.file, record=record.where, field=e.field)
                 if not skip_bad:
@@ -119,7 +120,26 @@ def write_text_store(
                     Skipped(located.file, located.record, located.field, located.message)
                 )
                 continue
-            summary.texts += 1
+            summary.texts += len(group)
+            groups += isinstance(parsed, list)
         if not summary.texts:
             raise DataError("no good texts to write", file=out_dir)
     return summary
+
+
+def _checked_ids(
+    text: Text, record: TextRecord, tokenizer: Tokenizer | None, images: ImageStore | None
+) -> Sequence[int]:
+    """The token ids of one parsed text, after the checks every converter shares."""
+    if text.input_ids is None and not text.text.strip():
+        raise DataError("empty text", field="text")
+    if images is not None and text.image_id not in images:
+        raise DataError(f"image {text.image_id!r} is not in the image store", field="image_id")
+    if text.input_ids is not None:
+        return text.input_ids
+    if tokenizer is None:
+        raise ValueError(f"{record.where}: no tokenizer for an untokenized text")
+    ids = tokenizer.encode(text.text)
+    if not ids:
+        raise DataError("the text has no tokens", field="text")
+    return ids
