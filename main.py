@@ -2,6 +2,8 @@
 
 python main.py --config=configs/pretrain.py --workdir=DIR
 python main.py --config=configs/pretrain.py:tiny --workdir=DIR --config.seed=1
+python main.py --config=configs/finetune_vqa.py --workdir=DIR --config.init_from=PRETRAINED
+python main.py --config=configs/finetune_vqa.py --workdir=DIR --mode=predict
 
 On a TPU pod slice, run the same command on every worker (run_tpu.sh does);
 the processes find each other by themselves. Elsewhere, start one process per
@@ -30,9 +32,16 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "predict"],
+    "train: run (or resume) the config's job; predict: write a fine-tuned model's "
+    "results file for data.test_texts (fine-tuning configs only)",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
-JOBS = ("pretrain",)
+JOBS = ("pretrain", "finetune")
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -77,14 +86,20 @@ def main(argv):
         jax.device_count(),
         jax.devices(),
     )
-    if config.job == "pretrain":
-        from uniter_jax.train import loop
-
-        report = loop.train(config, _WORKDIR.value)
-        if report["status"] == "preempted":
-            sys.exit(143)  # as if killed by SIGTERM: schedulers requeue, shells see it
-    else:
+    if config.job not in JOBS:
         raise app.UsageError(f"unknown job {config.job!r}; known: {JOBS}")
+    if _MODE.value == "predict":
+        if config.job != "finetune":
+            raise app.UsageError("--mode=predict needs a fine-tuning config (finetune_<task>.py)")
+        from uniter_jax.downstream import finetune
+
+        finetune.run_predict(config, _WORKDIR.value)
+        return
+    from uniter_jax.train import loop
+
+    report = loop.train(config, _WORKDIR.value)
+    if report["status"] == "preempted":
+        sys.exit(143)  # as if killed by SIGTERM: schedulers requeue, shells see it
 
 
 if __name__ == "__main__":

@@ -76,17 +76,27 @@ def load(directory: str) -> tuple[dict, UniterConfig, dict[str, Any]]:
     return params, config, source
 
 
-def overlay(fresh: dict, loaded: dict, where: str = "") -> tuple[dict, tuple[str, ...]]:
+def overlay(
+    fresh: dict,
+    loaded: dict,
+    where: str = "",
+    *,
+    optional: tuple[str, ...] = OPTIONAL_GROUPS,
+    unused: tuple[str, ...] = (),
+) -> tuple[dict, tuple[str, ...]]:
     """`fresh` with every leaf that `loaded` holds replaced by the loaded value.
 
     Returns the merged tree and the groups kept from `fresh` (absent from
-    `loaded`). Raises ParamCheckpointError naming every required group that
-    is absent, every loaded path the model lacks and every shape that differs.
+    `loaded`; only the `optional` groups may be). Top-level `unused` groups of
+    `loaded` that the model lacks (pretraining heads, when fine-tuning) are
+    dropped. Raises ParamCheckpointError naming every required group that is
+    absent, every other loaded path the model lacks and every shape that differs.
     """
     problems: list[str] = []
+    loaded = {k: v for k, v in loaded.items() if k in fresh or k not in unused}
     missing = set(param_groups(fresh)) - set(param_groups(loaded))
-    problems += [f"{g}: required, but absent" for g in sorted(missing - set(OPTIONAL_GROUPS))]
-    absent = tuple(g for g in OPTIONAL_GROUPS if g in missing)
+    problems += [f"{g}: required, but absent" for g in sorted(missing - set(optional))]
+    absent = tuple(g for g in optional if g in missing)
     merged = _overlay(fresh, loaded, (), problems)
     if problems:
         raise ParamCheckpointError(
@@ -112,7 +122,21 @@ def _overlay(fresh: Any, loaded: Any, path: tuple[str, ...], problems: list[str]
     if isinstance(fresh, dict):
         problems.append(f"{name}: the model has a subtree here, the checkpoint an array")
         return fresh
+    if path[-2:] == ("token_type", "embedding") and _more_rows(fresh, loaded):
+        # A downstream model with more segment types (NLVR2's second image):
+        # the new rows start as copies of the last pretrained type (image), as
+        # the original's `init_type_embedding` does.
+        extra = np.repeat(np.asarray(loaded)[-1:], fresh.shape[0] - loaded.shape[0], axis=0)
+        return np.concatenate([np.asarray(loaded), extra]).astype(fresh.dtype)
     if tuple(fresh.shape) != tuple(loaded.shape):
         problems.append(f"{name}: shape {list(loaded.shape)}, model expects {list(fresh.shape)}")
         return fresh
     return np.asarray(loaded, dtype=fresh.dtype)
+
+
+def _more_rows(fresh: Any, loaded: Any) -> bool:
+    return (
+        len(fresh.shape) == len(loaded.shape) == 2
+        and fresh.shape[1] == loaded.shape[1]
+        and fresh.shape[0] > loaded.shape[0]
+    )

@@ -210,8 +210,36 @@ def test_vectorized_plan_equals_the_reference_loop(shuffle):
     plan = plan_epoch(text_lens, text_images, kept, config, epoch=2)
     steps, rows = reference_plan(text_lens, text_images, kept, config, epoch=2)
     np.testing.assert_array_equal(plan.bucket, steps)
-    np.testing.assert_array_equal(plan.rows, rows)
+    np.testing.assert_array_equal(plan.rows[:, :3], rows)
+    assert (plan.rows[:, 3] == 1).all()  # no fillers without keep_partial
     assert set(plan.rows[:, 1]) <= set(text_images.tolist())  # negatives stay in the split
+
+
+def test_keep_partial_fills_last_batches_and_marks_fillers():
+    rng = np.random.default_rng(4)
+    n, num_images = 203, 30
+    text_lens, text_images = rng.integers(3, 40, n), rng.integers(0, num_images, n)
+    kept = rng.integers(2, 30, num_images).astype(np.int32)
+    buckets = (Bucket(20, 16, 8), Bucket(42, 16, 4), Bucket(20, 30, 6), Bucket(42, 30, 5))
+    config = PipelineConfig(buckets=buckets, keep_partial=True, seed=2)
+    plan = plan_epoch(text_lens, text_images, kept, config, epoch=0)
+    assert plan.dropped == 0
+    sizes = np.diff(plan.offsets)
+    np.testing.assert_array_equal(sizes, [buckets[k].batch_size for k in plan.bucket])
+    valid = plan.rows[:, 3] == 1
+    # Every example exactly once among the real rows; fillers copy a real row
+    # of the same batch, and each bucket has at most one batch with fillers.
+    np.testing.assert_array_equal(np.sort(plan.rows[valid, 0]), np.arange(n))
+    for s in range(plan.num_steps):
+        batch = plan.rows[plan.offsets[s] : plan.offsets[s + 1]]
+        fill = batch[batch[:, 3] == 0]
+        assert set(fill[:, 0]) <= set(batch[batch[:, 3] == 1, 0])
+    with_fillers = [
+        plan.bucket[s]
+        for s in range(plan.num_steps)
+        if not plan.rows[plan.offsets[s] : plan.offsets[s + 1], 3].all()
+    ]
+    assert len(with_fillers) == len(set(with_fillers))
 
 
 def test_default_buckets_pad_at_most_15_percent_on_a_coco_like_mix():
@@ -263,3 +291,40 @@ def test_soft_labels_need_a_store_that_has_them(tmp_path):
     texts = synthetic.write_world(str(tmp_path / "w"), WORLD)["captions_train"]
     with pytest.raises(DataError, match="has none"):
         Pipeline(TextStore(texts), ImageStore(str(tmp_path / "i")), CONFIG)
+
+
+@pytest.mark.parametrize("keep_partial", [False, True])
+def test_groups_stay_together_in_a_bucket_that_fits_all_members(keep_partial):
+    rng = np.random.default_rng(5)
+    g, groups, num_images = 4, 61, 40
+    text_lens = rng.integers(3, 40, g * groups)
+    text_images = rng.integers(0, num_images, g * groups)
+    kept = rng.integers(2, 30, num_images).astype(np.int32)
+    buckets = (Bucket(20, 16, 8), Bucket(42, 16, 4), Bucket(20, 30, 12), Bucket(42, 30, 8))
+    config = PipelineConfig(buckets=buckets, group_size=g, keep_partial=keep_partial, seed=1)
+    plan = plan_epoch(text_lens, text_images, kept, config, epoch=3)
+    for s in range(plan.num_steps):
+        rows = plan.rows[plan.offsets[s] : plan.offsets[s + 1]]
+        b = buckets[plan.bucket[s]]
+        assert len(rows) == b.batch_size
+        texts = rows[:, 0].reshape(-1, g)
+        # Each run of g rows is one whole group, in slot order.
+        np.testing.assert_array_equal(texts, texts[:, :1] + np.arange(g))
+        assert (texts[:, 0] % g == 0).all()
+        assert (text_lens[rows[:, 0]] + 2 <= b.text_len).all()
+        assert (kept[rows[:, 1]] <= b.num_regions).all()
+        assert (rows[:, 3].reshape(-1, g) == rows[::g, 3:4]).all()  # validity per group
+    valid = plan.rows[plan.rows[:, 3] == 1, 0]
+    assert len(set(valid.tolist())) == len(valid)
+    if keep_partial:
+        np.testing.assert_array_equal(np.sort(valid), np.arange(g * groups))
+    else:
+        assert len(valid) + plan.dropped == g * groups
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        plan_epoch(
+            text_lens,
+            text_images,
+            kept,
+            PipelineConfig(buckets=(Bucket(42, 30, 6),), group_size=g),
+            0,
+        )

@@ -51,6 +51,13 @@ class PipelineConfig:
     seed: int = 0
     soft_labels: bool = False  # also emit `img_soft_labels` (MRC / MRC-kl)
     prefetch: int = 2
+    # Evaluation: fill each bucket's last, partial batch with copies of its
+    # first example, emitted with `valid` 0, instead of dropping it.
+    keep_partial: bool = False
+    # Grouped stores (NLVR2's two images, VCR's four candidates): the texts come
+    # in consecutive groups of this size that stay together, in one batch and
+    # on one host. Batch sizes must be multiples of it.
+    group_size: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +66,7 @@ class EpochPlan:
 
     bucket: np.ndarray  # [S] bucket index of each step
     offsets: np.ndarray  # [S + 1] where each step's rows start
-    rows: np.ndarray  # [M, 3] (text index, image position, itm label), step after step
+    rows: np.ndarray  # [M, 4] (text index, image position, itm label, valid), step after step
     dropped: int  # examples left in partial batches
     waste: dict[int, float]  # per bucket: padded fraction of its text + region positions
 
@@ -90,10 +97,19 @@ def plan_epoch(
       kept: `[num_images]` regions each image keeps after selection.
       config: buckets, negatives, seed.
       epoch: which epoch; it seeds the permutation and negatives.
+
+    With `config.group_size` g > 1 the plan is made over groups (texts
+    `g*u .. g*u + g - 1` form group `u`), each bucketed by its longest text
+    and largest image, then expanded back to texts.
     """
-    n = len(text_lens)
+    n, g = len(text_lens), config.group_size
+    if n % g:
+        raise DataError(f"{n} texts do not split into groups of {g}")
+    if g > 1 and config.itm_neg_prob:
+        raise ValueError("ITM negatives are not drawn for grouped texts (group_size > 1)")
+    units = n // g
     rng = np.random.default_rng([config.seed, epoch])
-    order = rng.permutation(n) if config.shuffle else np.arange(n)
+    order = rng.permutation(units) if config.shuffle else np.arange(units)
     # Negatives: per example, uniformly one of the *other* images of these
     # texts (never an image of another split that shares the store).
     negative = rng.random(n) < config.itm_neg_prob
@@ -105,9 +121,10 @@ def plan_epoch(
     images = np.where(negative, pool[np.minimum(draw, len(pool) - 1)], text_images)
     labels = (~negative).astype(np.int64)
 
-    lengths, regions = text_lens + 2, kept[images]
+    lengths = (text_lens + 2).reshape(units, g).max(1)
+    regions = kept[images].reshape(units, g).max(1)
     cost = [b.text_len + b.num_regions for b in config.buckets]
-    choice = np.full(n, -1)
+    choice = np.full(units, -1)
     for k in np.argsort(cost, kind="stable")[::-1]:  # the cheapest fitting bucket wins
         b = config.buckets[k]
         choice[(lengths <= b.text_len) & (regions <= b.num_regions)] = k
@@ -116,29 +133,37 @@ def plan_epoch(
         raise DataError(
             f"text of {lengths[i]} tokens with {regions[i]} regions fits no bucket "
             f"{[(b.text_len, b.num_regions) for b in config.buckets]}",
-            record=int(i),
+            record=int(i) * g,
         )
 
     # Walking `order`, a bucket's queue fills at every batch_size-th member:
     # batches are consecutive runs of each bucket's members, and steps are
     # ordered by the position at which each batch became full.
-    position = np.empty(n, np.int64)
-    position[order] = np.arange(n)
+    position = np.empty(units, np.int64)
+    position[order] = np.arange(units)
     members, completes, step_bucket, waste, dropped = [], [], [], {}, 0
+    filler: dict[int, int] = {}  # per bucket: copies appended to fill its last batch
     for k, b in enumerate(config.buckets):
+        if b.batch_size % g:
+            raise ValueError(f"bucket batch {b.batch_size} is not a multiple of the group size {g}")
+        size = b.batch_size // g  # groups per batch
         mine = order[choice[order] == k]
-        full = len(mine) // b.batch_size * b.batch_size
-        dropped += len(mine) - full
-        batches = mine[:full].reshape(-1, b.batch_size)
+        partial = len(mine) % size
+        if config.keep_partial and partial:
+            mine = np.concatenate([mine, np.full(size - partial, mine[len(mine) - partial])])
+            filler[k] = size - partial
+        full = len(mine) // size * size
+        dropped += (len(mine) - full) * g
+        batches = mine[:full].reshape(-1, size)
         members.append(batches)
         completes.append(position[batches[:, -1]] if full else np.zeros(0, np.int64))
         step_bucket.append(np.full(len(batches), k))
         if full:
-            used = lengths[mine[:full]].sum() + regions[mine[:full]].sum()
+            used = lengths[mine[:full]].sum() + regions[mine[:full]].sum()  # per group
             waste[k] = float(1.0 - used / (full * (b.text_len + b.num_regions)))
     step_order = np.argsort(np.concatenate(completes), kind="stable")
     bucket = np.concatenate(step_bucket)[step_order].astype(np.int32)
-    sizes = np.array([config.buckets[k].batch_size for k in bucket], np.int64)
+    sizes = np.array([config.buckets[k].batch_size // g for k in bucket], np.int64)
     flat = np.concatenate([m.ravel() for m in members])
     batch_starts = np.concatenate(
         [[0], np.cumsum([m.size for m in members])[:-1]]
@@ -149,11 +174,18 @@ def plan_epoch(
             for start, m in zip(batch_starts, members, strict=True)
         ]
     )[step_order]
-    texts = flat[_gather_ranges(starts, sizes)]
+    valid = np.concatenate(
+        [
+            np.arange(m.size) < m.size - filler.get(k, 0)
+            for k, m in enumerate(members)  # fillers are each bucket's last entries
+        ]
+    )
+    picked = _gather_ranges(starts, sizes)
+    texts = (flat[picked][:, None] * g + np.arange(g)).ravel()  # groups -> their texts
     return EpochPlan(
         bucket=bucket,
-        offsets=np.concatenate([[0], np.cumsum(sizes)]),
-        rows=np.stack([texts, images[texts], labels[texts]], axis=1),
+        offsets=np.concatenate([[0], np.cumsum(sizes * g)]),
+        rows=np.stack([texts, images[texts], labels[texts], np.repeat(valid[picked], g)], axis=1),
         dropped=int(dropped),
         waste=waste,
     )
@@ -165,7 +197,8 @@ class Pipeline:
     Iterate for dicts of numpy arrays (this host's rows of each global batch):
       input_ids `[b, L]` int32 ([CLS] text [SEP], 0-padded), text_mask `[b, L]`,
       img_feat `[b, N, D]` float16, img_pos `[b, N, 7]` float32, img_mask `[b, N]`,
-      itm_label `[b]` (1 = the text's own image), text_index / image_index `[b]`,
+      itm_label `[b]` (1 = the text's own image), valid `[b]` (0 = a filler of a
+      partial batch, `keep_partial`), text_index / image_index `[b]`,
       step `[b]`, and img_soft_labels `[b, N, L]` float16 when configured.
     `state()` / `restore(state)` carry the position for checkpoints.
     """
@@ -182,8 +215,13 @@ class Pipeline:
         self.texts, self.images, self.config = texts, images, config
         self.process_index, self.process_count = process_index, process_count
         for b in config.buckets:
-            if b.batch_size % process_count:
-                raise ValueError(f"bucket batch {b.batch_size} not divisible by {process_count}")
+            if b.batch_size % (process_count * config.group_size):
+                raise ValueError(
+                    f"bucket batch {b.batch_size} not divisible by {process_count} hosts x "
+                    f"groups of {config.group_size}"
+                )
+        if config.group_size > 1:
+            check_groups(texts, config.group_size)
         if config.soft_labels and not images.num_labels:
             raise DataError(
                 "soft_labels requested but the image store has none", file=images.directory
@@ -268,6 +306,7 @@ class Pipeline:
                 "text_index": rows[:, 0],
                 "image_index": rows[:, 1],
                 "itm_label": rows[:, 2].astype(np.int32),
+                "valid": rows[:, 3].astype(np.int32),
                 "num_boxes": num_boxes,
                 "kept": self.kept[rows[:, 1]],
                 "shape": shape_table[plan.bucket[step_of_row]],
@@ -306,6 +345,7 @@ class Pipeline:
             "input_ids": tf.pad(ids, [[0, text_pad]], constant_values=self.pad_id),
             "text_mask": tf.pad(tf.ones_like(ids), [[0, text_pad]]),
             "itm_label": e["itm_label"],
+            "valid": e["valid"],
             "text_index": e["text_index"],
             "image_index": e["image_index"],
         }
@@ -332,6 +372,33 @@ class Pipeline:
                 out[_OUTPUT_NAMES[field.name]] = tf.pad(value, region_pad)
         out["img_mask"] = tf.cast(tf.range(num_regions, dtype=tf.int64) < k, tf.int32)
         return out
+
+
+def check_groups(texts: TextStore, group_size: int) -> None:
+    """Raises DataError unless the store holds consecutive groups of `group_size`
+    (its `group` and `slot` fields, as the NLVR2 and VCR converters write them)."""
+    missing = sorted({"group", "slot"} - set(texts.fields))
+    if missing:
+        raise DataError(f"a grouped store needs fields {missing}", file=texts.directory)
+    n = len(texts)
+    recorded = (texts.manifest.get("source") or {}).get("group_size")
+    if recorded is not None and recorded != group_size:
+        raise DataError(
+            f"the store holds groups of {recorded}, the pipeline expects {group_size}",
+            file=texts.directory,
+        )
+    index = np.arange(n)
+    bad = (texts.arrays["group"] != index // group_size) | (
+        texts.arrays["slot"] != index % group_size
+    )
+    if n % group_size or bad.any():
+        first = int(np.argmax(bad)) if bad.any() else n - 1
+        raise DataError(
+            f"texts are not in consecutive groups of {group_size}",
+            file=texts.directory,
+            record=str(texts.text_ids[first]),
+            field="group",
+        )
 
 
 def _fingerprint(config: PipelineConfig, texts: TextStore, images: ImageStore) -> str:

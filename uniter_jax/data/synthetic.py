@@ -18,19 +18,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import pickle
 import shutil
 import time
 
 import numpy as np
 
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
+from uniter_jax.data.convert.karpathy import convert_karpathy
+from uniter_jax.data.convert.nlvr2 import convert_nlvr2
 from uniter_jax.data.convert.npz_dir import convert_npz_dir
+from uniter_jax.data.convert.refcoco import convert_refcoco
+from uniter_jax.data.convert.snli_ve import convert_snli_ve
+from uniter_jax.data.convert.vcr import convert_vcr
 from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
 from uniter_jax.data.files import write_json
-from uniter_jax.data.text_store import TextStoreWriter
-from uniter_jax.data.tokenizer import Tokenizer, build_vocab
+from uniter_jax.data.tokenizer import build_vocab
 
+# Bumped whenever the world gains stores or changes: runs rewrite older worlds.
+WORLD_VERSION = 3
 SHAPES = ("cube", "sphere", "cylinder", "cone", "ring", "star", "pyramid", "disc")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZES = ("small", "large")
@@ -67,6 +75,9 @@ class WorldConfig:
     background_regions: int = 0  # regions on no object (label 0, low confidence)
     captions_per_image: int = 5
     questions_per_image: int = 3
+    statements_per_image: int = 3  # SNLI-VE
+    nlvr2_pairs_per_image: float = 0.1  # NLVR2 image pairs (each copies two images)
+    nlvr2_statements_per_pair: int = 6
     feature_noise: float = 0.3
     seed: int = 0
 
@@ -193,6 +204,34 @@ def questions(
     return out
 
 
+NEUTRAL_WORDS = ("heavy", "new", "old", "wet")  # what the pixels cannot tell
+
+
+def entailment(
+    objects: list[SceneObject], rng: np.random.Generator, count: int
+) -> list[tuple[str, str]]:
+    """(statement, SNLI-VE label): entailed by a present object, contradicted by an
+    absent (shape, colour), or neutral (an attribute the picture cannot show)."""
+    present = {(o.shape, o.colour) for o in objects}
+    absent = [(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))]
+    absent = [sc for sc in absent if sc not in present]
+    out = []
+    for _ in range(count):
+        kind = rng.integers(3)
+        obj = objects[rng.integers(len(objects))]
+        if kind == 0:
+            out.append(
+                (f"a {COLOURS[obj.colour]} {SHAPES[obj.shape]} is in the picture.", "entailment")
+            )
+        elif kind == 1:
+            shape, colour = absent[rng.integers(len(absent))]
+            out.append((f"a {COLOURS[colour]} {SHAPES[shape]} is in the picture.", "contradiction"))
+        else:
+            word = NEUTRAL_WORDS[rng.integers(len(NEUTRAL_WORDS))]
+            out.append((f"the {COLOURS[obj.colour]} {SHAPES[obj.shape]} is {word}.", "neutral"))
+    return out
+
+
 def referring(objects: list[SceneObject]) -> list[tuple[str, int]]:
     """(expression, region index) for each object its words single out."""
     out = []
@@ -215,7 +254,9 @@ def corpus(config: WorldConfig) -> list[str]:
     """Every word the templates can produce, for building the vocabulary."""
     words = [*SHAPES, *(s + "s" for s in SHAPES), *COLOURS, *SIZES]
     words += ["a", "and", "on", "the", "left", "right", "there", "is", "are", "what"]
-    words += ["colour", "how", "many", "yes", "no"]
+    words += ["colour", "how", "many", "yes", "no", "in", "picture", *NEUTRAL_WORDS]
+    # NLVR2 and VCR templates.
+    words += ["image", "images", "both", "contain", "has", "more", "than", "it", "because"]
     words += [str(n) for n in range(config.max_objects + 1)] + [".", "?"]
     return [" ".join(words)] * 3
 
@@ -232,11 +273,13 @@ def write_world(
     converters users run, and returns the paths of the vocabulary and stores.
 
     Regions go through the npz-folder converter, captions through the COCO
-    caption converter, questions through the VQA v2 converter. Referring
-    expressions are written to their store directly (their public format, the
-    refer toolkit's, arrives with the downstream work). `keep_raw` keeps the
-    public-format files.
+    caption converter, questions through the VQA v2 converter, statements
+    through the SNLI-VE converter and referring expressions through the
+    RefCOCO converter (refer toolkit pickle + instances JSON). `keep_raw`
+    keeps the public-format files.
     """
+    from uniter_jax.data import synthetic_downstream as downstream  # it imports this module
+
     os.makedirs(out, exist_ok=True)
     vocab_path = build_vocab(corpus(config), os.path.join(out, "vocab.txt"), vocab_size=400)
     raw = os.path.join(out, "raw")
@@ -246,10 +289,15 @@ def write_world(
     coco = {split: {"images": [], "annotations": []} for split in splits}
     vqa_questions = {split: [] for split in splits}
     vqa_answers = {split: [] for split in splits}
-    refexp: list[tuple[str, str, str, int]] = []
+    ve_lines: dict[str, list[str]] = {split: [] for split in splits}
+    refs: list[dict] = []
+    instances: dict[str, list] = {"images": [], "annotations": [], "categories": []}
+    scenes: list = []
+    captions_of: dict[str, list[str]] = {}
     num_val = max(1, config.num_images // 10)
     for i, (image_id, objects, feats, boxes, soft) in enumerate(generate(config)):
         split = "val" if i < num_val else "train"
+        scenes.append(downstream.Scene(image_id, objects, split))
         conf = soft[:, 1:].max(axis=1)
         np.savez(
             os.path.join(raw, "regions", f"{image_id}.npz"),
@@ -262,7 +310,8 @@ def write_world(
         )
         coco[split]["images"].append({"id": i, "width": WIDTH, "height": HEIGHT})
         rng = np.random.default_rng([config.seed, 3, i])
-        for text in captions(objects, rng, config.captions_per_image):
+        captions_of[image_id] = captions(objects, rng, config.captions_per_image)
+        for text in captions_of[image_id]:
             n = len(coco["train"]["annotations"]) + len(coco["val"]["annotations"])
             coco[split]["annotations"].append({"id": n, "image_id": i, "caption": text})
         for question, answer in questions(objects, rng, config.questions_per_image):
@@ -276,11 +325,64 @@ def write_world(
                     "answers": [{"answer": answer, "answer_id": k} for k in range(10)],
                 }
             )
-        # The store sorts regions by confidence: find each object's row there.
-        row = {int(old): new for new, old in enumerate(np.argsort(-conf, kind="stable"))}
-        for expression, index in referring(objects):  # the object's own (first) box
-            refexp.append((split, image_id, expression, row[index * config.regions_per_object]))
+        for statement, label in entailment(objects, rng, config.statements_per_image):
+            n = len(ve_lines["train"]) + len(ve_lines["val"])
+            record = {
+                "pairID": f"ve{n}",
+                "Flikr30kID": f"{image_id}.jpg",
+                "sentence2": statement,
+                "gold_label": label,
+            }
+            ve_lines[split].append(json.dumps(record))
+        # Referring expressions, in the refer toolkit's layout: one annotation
+        # per object (its true box), one ref per object its words single out.
+        instances["images"].append({"id": i, "width": WIDTH, "height": HEIGHT})
+        first_ann = len(instances["annotations"])
+        for k, obj in enumerate(objects):
+            x1, y1, x2, y2 = obj.box
+            instances["annotations"].append(
+                {
+                    "id": first_ann + k,
+                    "image_id": i,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "category_id": class_label(obj),
+                }
+            )
+        for expression, index in referring(objects):
+            ref_id = len(refs)
+            refs.append(
+                {
+                    "ref_id": ref_id,
+                    "ann_id": first_ann + index,
+                    "image_id": i,
+                    "split": split,
+                    "category_id": class_label(objects[index]),
+                    "file_name": f"{image_id}.jpg",
+                    "sent_ids": [ref_id],
+                    "sentences": [
+                        {
+                            "sent": expression,
+                            "raw": expression,
+                            "tokens": expression.split(),
+                            "sent_id": ref_id,
+                        }
+                    ],
+                }
+            )
 
+    # NLVR2 names its two images after the statement: copy the scenes' regions.
+    nlvr2 = {}
+    for split in splits:
+        pairs = max(1, int(config.nlvr2_pairs_per_image * sum(s.split == split for s in scenes)))
+        rng = np.random.default_rng([config.seed, 4, splits.index(split)])
+        nlvr2[split], copies = downstream.nlvr2_lines(
+            scenes, split, pairs, config.nlvr2_statements_per_pair, rng
+        )
+        for name, source in copies:
+            shutil.copyfile(
+                os.path.join(raw, "regions", f"{source}.npz"),
+                os.path.join(raw, "regions", f"{name}.npz"),
+            )
     paths = {"vocab": vocab_path, "images": os.path.join(out, "images")}
     quiet = {"overwrite": overwrite, "progress": False}
     convert_npz_dir(
@@ -290,6 +392,9 @@ def write_world(
         num_labels=config.num_labels,
         feature_dim=config.feature_dim,
         **quiet,
+    )
+    write_json(
+        os.path.join(raw, "dataset_synthetic.json"), downstream.karpathy(scenes, captions_of)
     )
     ids = {"image_id_format": "synth{id:06d}", "images": paths["images"]}
     text = {"vocab": vocab_path, "max_txt_len": max_txt_len, **ids, **quiet}
@@ -314,34 +419,60 @@ def write_world(
             num_answers=len(COLOURS) + 2 + config.max_objects + 1,
             **text,
         )
-        paths[f"refexp_{split}"] = _write_refexp(
-            [r for r in refexp if r[0] == split],
-            os.path.join(out, "texts", f"refexp_{split}"),
-            vocab_path,
-            max_txt_len,
-            overwrite,
-            config,
+        write_lines(os.path.join(raw, f"snli_ve_{split}.jsonl"), ve_lines[split])
+        paths[f"ve_{split}"] = os.path.join(out, "texts", f"ve_{split}")
+        convert_snli_ve(
+            os.path.join(raw, f"snli_ve_{split}.jsonl"),
+            paths[f"ve_{split}"],
+            **{**text, "image_id_format": "{id}"},
+        )
+        write_lines(os.path.join(raw, f"nlvr2_{split}.json"), nlvr2[split])
+        paths[f"nlvr2_{split}"] = os.path.join(out, "texts", f"nlvr2_{split}")
+        convert_nlvr2(
+            os.path.join(raw, f"nlvr2_{split}.json"),
+            paths[f"nlvr2_{split}"],
+            **{**text, "image_id_format": "{id}"},
+        )
+        rng = np.random.default_rng([config.seed, 5, splits.index(split)])
+        write_lines(
+            os.path.join(raw, f"vcr_{split}.jsonl"), downstream.vcr_lines(scenes, split, rng)
+        )
+        for mode in ("qa", "qar"):
+            paths[f"vcr_{mode}_{split}"] = os.path.join(out, "texts", f"vcr_{mode}_{split}")
+            convert_vcr(
+                os.path.join(raw, f"vcr_{split}.jsonl"),
+                paths[f"vcr_{mode}_{split}"],
+                mode=mode,
+                **{**text, "image_id_format": "{id}"},
+            )
+        paths[f"retrieval_{split}"] = os.path.join(out, "texts", f"retrieval_{split}")
+        convert_karpathy(
+            os.path.join(raw, "dataset_synthetic.json"),
+            paths[f"retrieval_{split}"],
+            split=split,
+            **{**text, "image_id_format": "{id}"},
+        )
+    with open(os.path.join(raw, "refs(synthetic).p"), "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    write_json(os.path.join(raw, "instances.json"), instances)
+    for split in splits:
+        paths[f"refexp_{split}"] = os.path.join(out, "texts", f"refexp_{split}")
+        convert_refcoco(
+            os.path.join(raw, "refs(synthetic).p"),
+            os.path.join(raw, "instances.json"),
+            paths[f"refexp_{split}"],
+            split=split,
+            boxes="gt",  # every object's first region is its true box
+            **text,
         )
     if not keep_raw:
         shutil.rmtree(raw)
     return paths
 
 
-def _write_refexp(rows, path, vocab_path, max_txt_len, overwrite, config) -> str:
-    tokenizer = Tokenizer(vocab_path)
-    source = {"generator": "uniter_jax.data.synthetic", **dataclasses.asdict(config)}
-    with TextStoreWriter(
-        path,
-        task="refexp",
-        vocab=tokenizer.vocab.to_json(),
-        max_txt_len=max_txt_len,
-        source=source,
-        overwrite=overwrite,
-    ) as writer:
-        encoded = tokenizer.encode_batch([r[2] for r in rows])
-        for n, ((split, image_id, _, target), ids) in enumerate(zip(rows, encoded, strict=True)):
-            writer.add(f"refexp-{split}-{n}", image_id, ids, target=target)
-    return path
+def write_lines(path: str, lines: list[str]) -> None:
+    with open(path, "w") as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,3 +85,36 @@ class ITMHead(nnx.Module):
 
     def __call__(self, pooled: jax.Array) -> jax.Array:
         return self.dense(pooled).astype(jnp.float32)
+
+
+class ClassifierHead(nnx.Module):
+    """The downstream answer classifier (VQA, SNLI-VE): `[B, H]` -> `[B, n]` fp32.
+
+    `dense H->2H, GELU, LayerNorm, dense 2H->n` on the pooled output
+    (REFERENCE.md section 4).
+    """
+
+    def __init__(
+        self, config: UniterConfig, num_classes: int, rngs: nnx.Rngs, *, relu: bool = False
+    ):
+        wide = 2 * config.hidden_size
+        self.dense = dense(config.hidden_size, wide, config, rngs, (EMBED, None))
+        self.norm = LayerNorm(wide, config)
+        self.out = dense(wide, num_classes, config, rngs, (None, CLASSES), fp32_output=True)
+        self.activation = jax.nn.relu if relu else gelu  # VCR's head uses ReLU
+
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        return self.out(self.norm(self.activation(self.dense(pooled)))).astype(jnp.float32)
+
+
+class RegionScoreHead(nnx.Module):
+    """Referring expressions: one score per region, `[..., H]` -> `[...]` fp32.
+
+    A linear layer on each region's output, the original's default (`mlp=1`).
+    """
+
+    def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
+        self.out = dense(config.hidden_size, 1, config, rngs, (EMBED, None), fp32_output=True)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        return self.out(hidden)[..., 0].astype(jnp.float32)

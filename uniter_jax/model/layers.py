@@ -101,7 +101,8 @@ def attention_bias(mask: jax.Array) -> jax.Array:
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention with BERT's output projection."""
+    """Multi-head attention with BERT's output projection: self-attention, or
+    cross-attention when a `context` gives the keys and values (NLVR2 pair-attn)."""
 
     def __init__(self, config: UniterConfig, rngs: nnx.Rngs):
         hidden = config.hidden_size
@@ -113,16 +114,22 @@ class SelfAttention(nnx.Module):
         self.dropout_rate = config.attention_dropout
 
     def __call__(
-        self, x: jax.Array, bias: jax.Array, dropout_key: jax.Array | None = None
+        self,
+        x: jax.Array,
+        bias: jax.Array,
+        dropout_key: jax.Array | None = None,
+        context: jax.Array | None = None,
     ) -> jax.Array:
-        """`x` `[B, L, H]`, `bias` `[B, 1, 1, L]` -> `[B, L, H]` (before residual)."""
+        """`x` `[B, L, H]`, `bias` `[B, 1, 1, Lc]` -> `[B, L, H]` (before residual);
+        keys and values come from `context` `[B, Lc, H]` (default: `x`)."""
         batch, length, hidden = x.shape
         head_dim = hidden // self.num_heads
+        context = x if context is None else context
 
         def heads(y):
-            return constrain(y.reshape(batch, length, self.num_heads, head_dim), *_HEADS)
+            return constrain(y.reshape(*y.shape[:2], self.num_heads, head_dim), *_HEADS)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        q, k, v = heads(self.query(x)), heads(self.key(context)), heads(self.value(context))
         logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
         logits = logits / math.sqrt(head_dim) + bias
         probs = jax.nn.softmax(logits, axis=-1)

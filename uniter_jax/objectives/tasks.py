@@ -17,13 +17,16 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from uniter_jax.model import UniterConfig, UniterForPretraining
 from uniter_jax.objectives import losses
 from uniter_jax.objectives.masking import gather_chosen, mlm_mask, mrm_mask
 from uniter_jax.objectives.wra import wra_distance, wra_loss
 
 TASKS = ("itm", "mlm", "mrfr", "mrc", "mrc_kl")
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
+INPUT_FIELDS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "itm_label")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +42,24 @@ class TaskSettings:
     wra_epsilon: float = 0.1  # Sinkhorn entropic regularisation
     wra_iterations: int = 50  # Sinkhorn iterations (fixed)
 
+    # The step's `Objective` interface (uniter_jax/train/step.py).
+    def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterForPretraining:
+        return UniterForPretraining(config, rngs)
+
+    def loss(self, task: str, model, batch, mask_key, dropout_key) -> tuple[jax.Array, Metrics]:
+        return TASK_FNS[task](model, batch, mask_key, dropout_key, self)
+
+    def fields(self, task: str) -> tuple[str, ...]:
+        return batch_fields(task)
+
 
 def max_masked(batch: int, length: int, fraction: float) -> int:
     """Static gather size for `[batch, length]` positions: at least one per example."""
     return max(batch, math.ceil(fraction * batch * length))
 
 
-def _encode(model, batch: Mapping[str, jax.Array], dropout_key, **overrides) -> jax.Array:
+def encode(model, batch: Mapping[str, jax.Array], dropout_key, **overrides) -> jax.Array:
+    """The sequence output `[B, Lt + Nr, H]` of a batch's text and regions."""
     inputs = {k: batch[k] for k in ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")}
     inputs.update(overrides)
     return model(**inputs, dropout_key=dropout_key)
@@ -70,7 +84,7 @@ def _positive(batch: Mapping[str, jax.Array]) -> jax.Array:
 def itm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array, Metrics]:
     """Image-text matching on the pooled output, plus word-region alignment."""
     del mask_key
-    sequence = _encode(model, batch, dropout_key)
+    sequence = encode(model, batch, dropout_key)
     labels = batch["itm_label"]
     weights = jnp.ones(labels.shape, jnp.float32)
     logits = model.itm_logits(sequence)
@@ -109,7 +123,7 @@ def mlm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array
         prob=s.mask_prob,
     )
     chosen &= _positive(batch)
-    sequence = _encode(model, batch, dropout_key, input_ids=masked_ids)
+    sequence = encode(model, batch, dropout_key, input_ids=masked_ids)
     hidden, index, valid = _gather(sequence[:, : ids.shape[1]], chosen, s.max_masked_fraction)
     logits = model.mlm_logits(hidden)
     labels = ids.reshape(-1)[index]
@@ -124,7 +138,7 @@ def mlm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array
 
 def _masked_regions(model, batch, mask_key, dropout_key, s: TaskSettings):
     chosen = mrm_mask(mask_key, batch["img_mask"], prob=s.mask_prob) & _positive(batch)
-    sequence = _encode(model, batch, dropout_key, img_masked=chosen)
+    sequence = encode(model, batch, dropout_key, img_masked=chosen)
     lt = batch["input_ids"].shape[1]
     hidden, index, valid = _gather(sequence[:, lt:], chosen, s.max_masked_fraction)
     return chosen, hidden, index, valid
@@ -177,6 +191,11 @@ TASK_FNS: dict[str, Callable] = {
 
 def needs_soft_labels(task: str) -> bool:
     return task in ("mrc", "mrc_kl")
+
+
+def batch_fields(task: str) -> tuple[str, ...]:
+    """The batch entries a pretraining task's step reads (the rest stays on the host)."""
+    return INPUT_FIELDS + (("img_soft_labels",) if needs_soft_labels(task) else ())
 
 
 def check_mix(mix: Mapping[str, float]) -> dict[str, float]:

@@ -56,8 +56,23 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
         if data.val_texts and not files.exists(data.val_texts):  # local or gs://
             raise FileNotFoundError(f"data.val_texts: no text store at {data.val_texts}")
         return Stores(data.images, data.texts, data.val_images or data.images, data.val_texts)
-    world = synthetic.WorldConfig(num_images=data.synthetic_images, seed=config.seed)
-    wanted = json.dumps(dataclasses.asdict(world), sort_keys=True)
+    root = synthetic_world(config, workdir)
+    images = os.path.join(root, "images")
+    texts = os.path.join(root, "texts")
+    return Stores(
+        images, os.path.join(texts, "captions_train"), images, os.path.join(texts, "captions_val")
+    )
+
+
+def synthetic_world(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The folder of the built-in synthetic world of `config.data.synthetic_images`
+    images, written on first use (by process 0, or by each host when the
+    workdir is remote)."""
+    world = synthetic.WorldConfig(num_images=config.data.synthetic_images, seed=config.seed)
+    # The generator's version too: a world written by an older one lacks stores.
+    wanted = json.dumps(
+        {**dataclasses.asdict(world), "version": synthetic.WORLD_VERSION}, sort_keys=True
+    )
     if "://" in workdir:
         # A bucket workdir: each host writes the (small, deterministic) world to
         # its own disk, as the store readers want local files here.
@@ -72,11 +87,7 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
         pathlib.Path(marker).write_text(wanted)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("synthetic world written")
-    images = os.path.join(root, "images")
-    texts = os.path.join(root, "texts")
-    return Stores(
-        images, os.path.join(texts, "captions_train"), images, os.path.join(texts, "captions_val")
-    )
+    return root
 
 
 def pipeline_config(

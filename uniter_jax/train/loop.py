@@ -15,6 +15,7 @@ object per logged step), `checkpoints/`, `pretrain_report.json`.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from etils import epath
 
 from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
-from uniter_jax.model import UniterConfig
+from uniter_jax.model import OPTIONAL_GROUPS, UniterConfig
 from uniter_jax.objectives.tasks import check_mix, task_for_step
 from uniter_jax.sharding import Layout, check_divisible, make_mesh, to_host
 from uniter_jax.train import inputs
@@ -39,6 +40,7 @@ from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.optimizer import OptimSettings, learning_rate
 from uniter_jax.train.step import (
     TRACES,
+    Objective,
     StepSettings,
     abstract_state,
     batch_fields,
@@ -49,6 +51,8 @@ from uniter_jax.train.step import (
 )
 
 _TRAIN_STREAM = 0x7472_6169  # "trai"
+PRETRAINING_HEADS = ("mlm", "mrfr", "mrc", "itm")
+MODEL_DIR = "model"  # workdir/model: the final parameters, a parameter checkpoint
 
 
 class NonFiniteError(FloatingPointError):
@@ -120,13 +124,19 @@ def layout_from_config(config: ml_collections.ConfigDict) -> Layout:
 
 
 def initial_params(
-    config: UniterConfig, seed: int, init_from: str, layout: Layout | None = None
+    config: UniterConfig,
+    seed: int,
+    init_from: str,
+    layout: Layout | None = None,
+    objective: Objective | None = None,
 ) -> dict:
-    """Fresh parameters, overlaid with `init_from` (a converted UNITER folder, or
-    a UNITER `.pt` / BERT `.bin` / `.safetensors` file) when given, laid out by
-    `layout` (one device by default)."""
+    """Fresh parameters of `objective`'s model (pretraining when None), overlaid
+    with `init_from` (a parameter checkpoint folder such as a run's
+    `workdir/model` or a converted UNITER, or a UNITER `.pt` / BERT `.bin` /
+    `.safetensors` file) when given, laid out by `layout` (one device by
+    default). Fine-tuning keeps its fresh head and drops pretraining heads."""
     layout = layout or Layout.single_device()
-    fresh = init_params(config, seed, layout)
+    fresh = init_params(config, seed, layout, objective)
     if not init_from:
         return fresh
     if os.path.isdir(init_from):
@@ -138,11 +148,18 @@ def initial_params(
         logging.info("imported %s: %s", init_from, report)
     else:
         raise FileNotFoundError(f"init_from: no checkpoint file or folder at {init_from}")
-    merged, absent = param_checkpoint.overlay(to_host(fresh), loaded, where=init_from)
+    heads = getattr(objective, "head_groups", ())
+    merged, absent = param_checkpoint.overlay(
+        to_host(fresh),
+        loaded,
+        where=init_from,
+        optional=(*OPTIONAL_GROUPS, *heads),
+        unused=PRETRAINING_HEADS if objective is not None else (),
+    )
     logging.info(
         "initialised from %s; freshly initialised groups: %s", init_from, list(absent) or "none"
     )
-    return jax.device_put(merged, param_shardings(config, layout))
+    return jax.device_put(merged, param_shardings(config, layout, objective))
 
 
 class _Preemption:
@@ -163,24 +180,31 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Runs (or resumes) pretraining; returns the report also written to the workdir.
+@dataclasses.dataclass
+class Job:
+    """What one training run trains: the part that differs between pretraining and
+    each fine-tuning task; `train` runs any job the same way.
 
-    `on_step(step)` is called after each micro-step (tests use it to interrupt).
+    `pipelines` maps each task to an iterator of host batches with
+    `state()` / `restore(state)` / `close()` (a `Pipeline` or a wrapper);
+    `validate(params)` returns `{"val/...": value}`; `initial_params()`
+    creates (or loads) the parameters of a fresh run.
     """
-    root = epath.Path(workdir)  # a local folder or gs://bucket/...
-    root.mkdir(parents=True, exist_ok=True)
-    # ---- configuration --------------------------------------------------
+
+    name: str  # the report is `<name>_report.json`
+    settings: StepSettings
+    mix: dict[str, float]
+    pipelines: dict[str, Any]
+    validate: Callable[[dict], dict[str, float]] | None
+    initial_params: Callable[[], dict]
+    close: Callable[[], None]
+
+
+def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Job:
+    """The pretraining tasks of `config.tasks.mix` on the configured (or synthetic) stores."""
     model_cfg = inputs.model_config(config.model)
     mix = check_mix(config.tasks.mix.to_dict())
     tasks = tuple(sorted(mix))
-    layout = layout_from_config(config.mesh)
-    logging.info("mesh %s, rules %s", dict(layout.mesh.shape), layout.rules)
     inputs.check_batches(config.data, layout)
     stores = inputs.resolve_stores(config, workdir)
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -203,6 +227,63 @@ def train(
         tasks=inputs.task_settings(config.tasks, any_pipeline.texts.manifest["vocab"]),
         optim=optim_settings(config.optim),
     )
+
+    def validate(params: dict) -> dict[str, float]:
+        return evaluate(
+            params,
+            val,
+            settings,
+            jax.random.PRNGKey(config.eval.seed),
+            tasks=eval_tasks(has_soft),
+            num_batches=config.eval.num_batches,
+            layout=layout,
+        )
+
+    def close() -> None:
+        for p in (*pipelines.values(), val):
+            if p is not None:
+                p.close()
+
+    return Job(
+        name="pretrain",
+        settings=settings,
+        mix=mix,
+        pipelines=pipelines,
+        validate=validate if val is not None else None,
+        initial_params=lambda: initial_params(model_cfg, config.seed, config.init_from, layout),
+        close=close,
+    )
+
+
+def make_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Job:
+    """The job `config.job` names: pretraining or fine-tuning on a downstream task."""
+    if config.job == "pretrain":
+        return pretraining_job(config, workdir, layout)
+    if config.job == "finetune":
+        from uniter_jax.downstream import finetune
+
+        return finetune.finetuning_job(config, workdir, layout)
+    raise ValueError(f"unknown job {config.job!r}; known: pretrain, finetune")
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) the config's job; returns the report also written to the workdir.
+
+    `on_step(step)` is called after each micro-step (tests use it to interrupt).
+    """
+    root = epath.Path(workdir)  # a local folder or gs://bucket/...
+    root.mkdir(parents=True, exist_ok=True)
+    # ---- configuration --------------------------------------------------
+    layout = layout_from_config(config.mesh)
+    logging.info("mesh %s, rules %s", dict(layout.mesh.shape), layout.rules)
+    job = make_job(config, workdir, layout)
+    settings, mix, pipelines = job.settings, job.mix, job.pipelines
+    model_cfg = settings.model
     total = settings.optim.total_steps * settings.optim.accumulation  # micro-steps
     abstract = abstract_state(settings, layout)
     check_divisible(abstract, jax.tree.map(lambda a: a.sharding, abstract))
@@ -219,17 +300,12 @@ def train(
         async_save=config.checkpoint.async_save,
     )
 
-    def close_inputs() -> None:
-        for p in (*pipelines.values(), val):
-            if p is not None:
-                p.close()
-
     start = checkpoints.latest_step() or 0
-    report_path = root / "pretrain_report.json"
+    report_path = root / f"{job.name}_report.json"
     if start >= total and report_path.exists():
         logging.info("the newest checkpoint is step %d of %d: nothing to train", start, total)
         checkpoints.close()
-        close_inputs()
+        job.close()
         return json.loads(report_path.read_text())
     # Masking and dropout keys: apart from nnx.Rngs(seed)'s init stream.
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _TRAIN_STREAM)
@@ -255,8 +331,7 @@ def train(
         window = Window(meta["window"])
         logging.info("resumed from step %d of %d", start, total)
     else:
-        params = initial_params(model_cfg, config.seed, config.init_from, layout)
-        state = init_state(params, settings, layout)
+        state = init_state(job.initial_params(), settings, layout)
         logging.info(
             "parameters:\n%s",
             parameter_overview.get_parameter_overview(state["params"], include_stats="sharding"),
@@ -280,17 +355,9 @@ def train(
         checkpoints.save(step, state, meta)
 
     def validate(step: int) -> dict[str, float]:
-        if val is None:
+        if job.validate is None:
             return {}
-        metrics = evaluate(
-            state["params"],
-            val,
-            settings,
-            jax.random.PRNGKey(config.eval.seed),
-            tasks=eval_tasks(has_soft),
-            num_batches=config.eval.num_batches,
-            layout=layout,
-        )
+        metrics = job.validate(state["params"])
         writer.write_scalars(step, metrics)
         history.write(step, metrics)
         return metrics
@@ -326,7 +393,9 @@ def train(
             for step in range(start, total):
                 task = task_for_step(mix, config.seed, step)
                 batch = next(pipelines[task])
-                fields = layout.global_batch({k: batch[k] for k in batch_fields(task)})
+                fields = layout.global_batch(
+                    {k: batch[k] for k in batch_fields(task, settings.tasks)}
+                )
                 state, out = train_step(
                     state, fields, key, task=task, settings=settings, layout=layout
                 )
@@ -358,8 +427,18 @@ def train(
         checkpoints.wait()
         checkpoints.close()
         writer.flush()
-        close_inputs()
+        job.close()
 
+    if status == "finished":
+        # The trained parameters alone, in the `init_from` format: fine-tuning
+        # and prediction start from `workdir/model`.
+        param_checkpoint.save(
+            str(root / MODEL_DIR),
+            to_host(state["params"]),
+            model_cfg,
+            source={"job": job.name, "workdir": workdir, "step": total},
+            overwrite=True,
+        )
     report = {
         "status": status,
         "step": int(to_host(state["step"])),

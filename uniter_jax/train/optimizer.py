@@ -27,6 +27,10 @@ class OptimSettings:
     weight_decay: float = 0.01  # decoupled (AdamW); not on biases or LayerNorm
     clip_norm: float = 5.0  # global gradient norm; 0 disables clipping
     accumulation: int = 1  # micro-steps whose gradients are summed per update
+    # Fine-tuning: the new head's parameters (top-level groups `head_groups`)
+    # learn `head_lr_mul` times faster, as the original's `lr_mul`.
+    head_lr_mul: float = 1.0
+    head_groups: tuple[str, ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -41,6 +45,8 @@ class OptimSettings:
             problems.append(f"betas must be in [0, 1), got ({self.b1}, {self.b2})")
         if self.weight_decay < 0 or self.clip_norm < 0 or self.eps <= 0:
             problems.append("weight_decay and clip_norm must be >= 0 and eps > 0")
+        if not self.head_lr_mul > 0:
+            problems.append(f"head_lr_mul must be positive, got {self.head_lr_mul}")
         if self.accumulation < 1:
             problems.append(f"accumulation must be >= 1, got {self.accumulation}")
         if problems:
@@ -87,6 +93,18 @@ def make_optimizer(settings: OptimSettings) -> optax.GradientTransformation:
             mask=decay_mask,
         )
     )
+    if settings.head_lr_mul != 1.0 and settings.head_groups:
+        # Scaling AdamW's whole update (step and decoupled decay) is the same as
+        # a parameter group with `head_lr_mul` times the learning rate.
+        heads = set(settings.head_groups)
+        chain.append(
+            optax.masked(
+                optax.scale(settings.head_lr_mul),
+                lambda params: {
+                    k: jax.tree.map(lambda _, k=k: k in heads, v) for k, v in params.items()
+                },
+            )
+        )
     optimizer = optax.chain(*chain)
     if settings.accumulation > 1:
         optimizer = optax.MultiSteps(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,8 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from uniter_jax.model import UniterConfig, UniterForPretraining, abstract_params, get_params
-from uniter_jax.objectives.tasks import TASK_FNS, TaskSettings, needs_soft_labels
+from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
+from uniter_jax.objectives import tasks as pretraining
 from uniter_jax.sharding import Layout, logical_specs
 from uniter_jax.train.optimizer import OptimSettings, make_optimizer
 
@@ -29,47 +30,74 @@ from uniter_jax.train.optimizer import OptimSettings, make_optimizer
 # to show that each task compiles once per batch shape.
 TRACES: collections.Counter = collections.Counter()
 
-INPUT_FIELDS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "itm_label")
+
+class Objective(Protocol):
+    """What a step trains: the model it builds and the losses of its tasks.
+
+    Implemented by the pretraining `TaskSettings` and by each downstream task
+    (`uniter_jax/downstream`). Must be hashable (a frozen dataclass): steps are
+    compiled once per objective.
+    """
+
+    def build(self, config: UniterConfig, rngs: nnx.Rngs) -> nnx.Module:
+        """A fresh model: the encoder and this objective's heads."""
+
+    def loss(
+        self, task: str, model: Any, batch: dict, mask_key: jax.Array, dropout_key: jax.Array | None
+    ) -> tuple[jax.Array, dict]:
+        """`(scalar training loss, {metric: (sum, count)})` of `task` on `batch`."""
+
+    def fields(self, task: str) -> tuple[str, ...]:
+        """The batch entries `task`'s step reads (the rest stays on the host)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-    """The static part of a step: model, task and optimiser settings (hashable)."""
+    """The static part of a step: model, objective and optimiser settings (hashable)."""
 
     model: UniterConfig
-    tasks: TaskSettings
+    tasks: Objective  # pretraining's TaskSettings or a downstream task
     optim: OptimSettings
 
 
-def batch_fields(task: str) -> tuple[str, ...]:
-    """The batch entries a task's step reads (the rest stays on the host)."""
-    return INPUT_FIELDS + (("img_soft_labels",) if needs_soft_labels(task) else ())
+def batch_fields(task: str, objective: Objective | None = None) -> tuple[str, ...]:
+    """The batch entries `task`'s step reads; pretraining when `objective` is None."""
+    return objective.fields(task) if objective is not None else pretraining.batch_fields(task)
 
 
-@functools.lru_cache(maxsize=8)
-def _abstract_model(config: UniterConfig) -> UniterForPretraining:
-    return nnx.eval_shape(lambda: UniterForPretraining(config, nnx.Rngs(0)))
+@functools.lru_cache(maxsize=16)
+def _abstract_model(config: UniterConfig, objective: Objective | None = None) -> nnx.Module:
+    if objective is None:
+        return nnx.eval_shape(lambda: UniterForPretraining(config, nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: objective.build(config, nnx.Rngs(0)))
 
 
-def bind(config: UniterConfig, params: dict) -> UniterForPretraining:
+def abstract_params(config: UniterConfig, objective: Objective | None = None) -> dict:
+    """The parameter tree of `objective`'s model (pretraining when None), as shapes."""
+    return nnx.to_pure_dict(nnx.state(_abstract_model(config, objective), nnx.Param))
+
+
+def bind(config: UniterConfig, params: dict, objective: Objective | None = None) -> nnx.Module:
     """A model whose parameters are `params` (a pure dict); cheap inside a trace."""
-    return nnx.merge(nnx.split(_abstract_model(config))[0], params)
+    return nnx.merge(nnx.split(_abstract_model(config, objective))[0], params)
 
 
 # ---- where the state lives ---------------------------------------------------
 
 
-def param_shardings(config: UniterConfig, layout: Layout) -> dict:
+def param_shardings(
+    config: UniterConfig, layout: Layout, objective: Objective | None = None
+) -> dict:
     """`NamedSharding` of every parameter under `layout`, from its logical axis names."""
-    return layout.shardings(logical_specs(_abstract_model(config)))
+    return layout.shardings(logical_specs(_abstract_model(config, objective)))
 
 
 def _specs(settings: StepSettings) -> dict:
     """Logical `PartitionSpec`s of the train state: optimiser moments follow their
     parameters, counters are replicated."""
-    param_specs = logical_specs(_abstract_model(settings.model))
+    param_specs = logical_specs(_abstract_model(settings.model, settings.tasks))
     optimizer = make_optimizer(settings.optim)
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params(settings.model))
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params(settings.model, settings.tasks))
     opt_specs = optax.tree_map_params(
         optimizer,
         lambda _, spec: spec,
@@ -89,7 +117,8 @@ def state_shardings(settings: StepSettings, layout: Layout) -> dict:
 def abstract_state(settings: StepSettings, layout: Layout) -> dict:
     """The train state as sharded `ShapeDtypeStruct`s: a restore target."""
     shapes = jax.eval_shape(
-        functools.partial(_init_state, settings=settings), abstract_params(settings.model)
+        functools.partial(_init_state, settings=settings),
+        abstract_params(settings.model, settings.tasks),
     )
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -106,13 +135,20 @@ def _init_state(params: dict, settings: StepSettings) -> dict:
     }
 
 
-def init_params(config: UniterConfig, seed: int, layout: Layout | None = None) -> dict:
-    """Fresh parameters from `nnx.Rngs(seed)`, created directly in their shards."""
+def init_params(
+    config: UniterConfig,
+    seed: int,
+    layout: Layout | None = None,
+    objective: Objective | None = None,
+) -> dict:
+    """Fresh parameters of `objective`'s model (pretraining when None) from
+    `nnx.Rngs(seed)`, created directly in their shards."""
     layout = layout or Layout.single_device()
-    shardings = param_shardings(config, layout)
+    shardings = param_shardings(config, layout, objective)
+    build = objective.build if objective is not None else UniterForPretraining
     with layout.active():
         return jax.jit(
-            lambda: get_params(UniterForPretraining(config, nnx.Rngs(seed))),
+            lambda: get_params(build(config, nnx.Rngs(seed))),
             out_shardings=shardings,
         )()
 
@@ -141,8 +177,8 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(key, state["step"]))
 
     def loss_fn(params):
-        model = bind(settings.model, params)
-        return TASK_FNS[task](model, batch, mask_key, dropout_key, settings.tasks)
+        model = bind(settings.model, params, settings.tasks)
+        return settings.tasks.loss(task, model, batch, mask_key, dropout_key)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     grad_norm = optax.tree.norm(grads)
@@ -164,8 +200,8 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
 
 def _eval_step(params: dict, batch: dict, key: jax.Array, *, task: str, settings: StepSettings):
     TRACES["eval", task] += 1
-    model = bind(settings.model, params)
-    _, metrics = TASK_FNS[task](model, batch, key, None, settings.tasks)
+    model = bind(settings.model, params, settings.tasks)
+    _, metrics = settings.tasks.loss(task, model, batch, key, None)
     return metrics
 
 
@@ -200,6 +236,30 @@ def eval_step_fn(task: str, settings: StepSettings, layout: Layout):
         in_shardings=(shardings, layout.batch, layout.replicated),
         out_shardings=layout.replicated,
     )
+
+
+def _predict_step(params: dict, batch: dict, *, settings: StepSettings):
+    TRACES["predict", type(settings.tasks).__name__] += 1
+    return settings.tasks.predict(bind(settings.model, params, settings.tasks), batch)
+
+
+@functools.lru_cache(maxsize=16)
+def predict_step_fn(settings: StepSettings, layout: Layout):
+    shardings = state_shardings(settings, layout)["params"]
+    step = functools.partial(_predict_step, settings=settings)
+    return jax.jit(
+        _under(layout, step),
+        in_shardings=(shardings, layout.batch),
+        out_shardings=layout.batch,
+    )
+
+
+def predict_step(
+    params: dict, batch: dict, settings: StepSettings, layout: Layout | None = None
+) -> dict:
+    """A downstream objective's per-example predictions `{name: [B, ...]}` (no dropout),
+    split over the batch axis like the batch."""
+    return predict_step_fn(settings, layout or Layout.single_device())(params, batch)
 
 
 def train_step(

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation on the downstream tasks of REFERENCE.md section 4."""

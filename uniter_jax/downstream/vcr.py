@@ -1,0 +1,140 @@
+"""VCR: multiple choice Q->A, QA->R and their product Q->AR (REFERENCE.md section 4).
+
+Two grouped stores (uniter_jax/data/convert/vcr.py), four candidates per
+question: `vcr_qa` rows are `question [SEP] answer k`, `vcr_qar` rows are
+`question [SEP] correct answer [SEP] rationale k`. One model scores every
+candidate from the pooled output (`dense H->2H, ReLU, LayerNorm, dense
+2H->2`, the original's head) and trains on both stores, mixed 1:1, with
+cross-entropy on "is this the right candidate"; a question's choice is its
+candidate with the highest "right" logit. Metrics: Q->A and QA->R accuracy,
+and Q->AR, both right for the same question. Results file: JSON
+`[{"annot_id", "answer", "rationale"}]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.text_store import TextStore
+from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.model import UniterConfig
+from uniter_jax.model.heads import ClassifierHead
+from uniter_jax.objectives import losses
+from uniter_jax.objectives.tasks import encode
+
+INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "valid")
+GROUP_SIZE = 4
+# The two stores trained together: sub-task -> suffix of its `data.*_texts` fields.
+SUBTASKS = {"vcr_qa": "", "vcr_qar": "_qar"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Vcr:
+    """The VCR objective (a step's `Objective`), for both sub-tasks."""
+
+    head_groups: tuple[str, ...] = ("vcr",)
+    group_size: int = GROUP_SIZE
+
+    def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterWithHead:
+        return UniterWithHead(config, rngs, "vcr", lambda c, r: ClassifierHead(c, 2, r, relu=True))
+
+    def fields(self, task: str) -> tuple[str, ...]:
+        return (*INPUTS, "label")
+
+    def logits(self, model: UniterWithHead, batch: dict, dropout_key) -> jax.Array:
+        """`[B, 2]` per candidate: (wrong, right)."""
+        return model.head(model.uniter.pool(encode(model, batch, dropout_key)))
+
+    def loss(self, task, model, batch, mask_key, dropout_key):
+        del task, mask_key
+        logits = self.logits(model, batch, dropout_key)
+        labels = batch["label"]
+        weight = batch["valid"].astype(jnp.float32) * (labels >= 0)
+        ce = losses.cross_entropy(logits, jnp.maximum(labels, 0), weight)
+        # Question accuracy: the group's best "right" logit is its labelled candidate.
+        right = logits[:, 1].reshape(-1, GROUP_SIZE)
+        chosen = jnp.argmax(right, -1)
+        truth = jnp.argmax(labels.reshape(-1, GROUP_SIZE), -1)
+        group_weight = weight.reshape(-1, GROUP_SIZE)[:, 0]
+        correct = jnp.sum((chosen == truth) * group_weight)
+        out = {"loss": ce, "accuracy": (correct, jnp.sum(group_weight))}
+        return ce[0] / jnp.maximum(ce[1], 1), out
+
+    def predict(self, model, batch) -> dict[str, jax.Array]:
+        return {"score": self.logits(model, batch, None)[:, 1]}
+
+
+def objective(texts: TextStore) -> Vcr:
+    return Vcr()
+
+
+def check(texts: TextStore, train: TextStore | None = None) -> None:
+    if texts.manifest.get("task") not in SUBTASKS:
+        raise DataError(
+            f"not a VCR text store (task {texts.manifest.get('task')!r})", file=texts.directory
+        )
+
+
+def targets(texts: TextStore, text_index: np.ndarray) -> dict[str, np.ndarray]:
+    return {"label": texts.arrays["label"][text_index].astype(np.int32)}
+
+
+def choices(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """`[Q]` the chosen candidate of each group."""
+    return np.argmax(outputs["score"].reshape(-1, GROUP_SIZE), -1)
+
+
+def _annot_ids(texts: TextStore) -> np.ndarray:
+    return np.array([str(t).split("#", 1)[0] for t in texts.text_ids[::GROUP_SIZE]])
+
+
+def evaluate_joint(
+    outputs: dict[str, dict[str, np.ndarray]], texts: dict[str, TextStore]
+) -> dict[str, float]:
+    """Q->A, QA->R and Q->AR accuracy over labelled questions."""
+    out, right = {}, {}
+    for task, name in (("vcr_qa", "qa_accuracy"), ("vcr_qar", "qar_accuracy")):
+        if task not in outputs:
+            continue
+        labels = texts[task].arrays["label"].reshape(-1, GROUP_SIZE)
+        labelled = (labels >= 0).all(1)
+        if not labelled.any():
+            continue
+        hit = choices(outputs[task]) == np.argmax(labels, -1)
+        out[name] = float(hit[labelled].mean())
+        right[task] = dict(zip(_annot_ids(texts[task])[labelled], hit[labelled], strict=True))
+    if len(right) == 2:
+        both = [right["vcr_qa"][a] and right["vcr_qar"].get(a, False) for a in right["vcr_qa"]]
+        out["q_ar_accuracy"] = float(np.mean(both))
+    return out
+
+
+def write_results_joint(
+    outputs: dict[str, dict[str, np.ndarray]], texts: dict[str, TextStore], path: str
+) -> None:
+    """`[{"annot_id", "answer", "rationale"}]`: the chosen answer, and the chosen
+    rationale given it (for unlabelled QA->R stores, from the group of the chosen
+    answer; else the store's single group per question)."""
+    answers = dict(
+        zip(_annot_ids(texts["vcr_qa"]), choices(outputs["vcr_qa"]).tolist(), strict=True)
+    )
+    rationales: dict[str, int] = {}
+    if "vcr_qar" in outputs:
+        ids = texts["vcr_qar"].text_ids[::GROUP_SIZE]
+        for text_id, choice in zip(ids, choices(outputs["vcr_qar"]).tolist(), strict=True):
+            annot, _, rest = str(text_id).split("#", 2)
+            given = rest.split("#")[0]  # "a<j>" when conditioned on answer j, else "k"
+            if not given.startswith("a") or int(given[1:]) == answers.get(annot):
+                rationales[annot] = choice
+    results = [
+        {"annot_id": a, "answer": answers[a], "rationale": rationales.get(a)} for a in answers
+    ]
+    epath.Path(path).write_text(json.dumps(results))
