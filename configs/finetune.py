@@ -24,7 +24,8 @@ def finetune_config(
     `recipe` holds the original's values for base and large: lr, head_lr_mul,
     warmup_steps, total_steps, accumulation, clip_norm, global_batch (examples
     of the largest bucket shape per micro-step), eval_every, and optionally
-    conf_th, max_bb, max_text_len (longest bucket) and tiny_buckets.
+    conf_th, max_bb, max_text_len (longest bucket), buckets (instead of the
+    default shapes) and tiny_buckets.
     `options` become `task_options` (e.g. NLVR2's variant); `store_suffixes`
     name a task's text stores (VCR: `train_texts` and `train_texts_qar`).
     """
@@ -45,6 +46,8 @@ def finetune_config(
     config.mesh = base.mesh
     if options:
         config.task_options = ml_collections.ConfigDict(options)  # the task's own knobs
+        for name, value in recipe.get("tiny_options", {}).items() if tiny else ():
+            config.task_options[name] = value
 
     config.data = ml_collections.ConfigDict()
     config.data.images = ""  # image store of the training texts; empty: synthetic world
@@ -58,7 +61,8 @@ def finetune_config(
     config.data.buckets = (
         recipe.get("tiny_buckets", ((16, 12, 32),))
         if tiny
-        else tuple(
+        else recipe.get("buckets")
+        or tuple(
             (b.text_len, b.num_regions, b.batch_size)
             for b in default_buckets(
                 recipe["global_batch"], max_text_len=recipe.get("max_text_len", 62)
@@ -87,6 +91,10 @@ def finetune_config(
     config.eval = ml_collections.ConfigDict()
     # Micro-steps between validations (also at the end); the whole split each time.
     config.eval.every_steps = 500 if tiny else recipe["eval_every"]
+    if "two_stage_k" in recipe:
+        # Retrieval: also rank in two stages, cross-encoding each text's k best
+        # dual-encoder images only; 0 = full ranking alone.
+        config.eval.two_stage_k = recipe["two_stage_k"]
 
     config.log = ml_collections.ConfigDict()
     config.log.every_steps = 100

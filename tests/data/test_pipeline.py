@@ -328,3 +328,26 @@ def test_groups_stay_together_in_a_bucket_that_fits_all_members(keep_partial):
             PipelineConfig(buckets=(Bucket(42, 30, 6),), group_size=g),
             0,
         )
+
+
+def test_negatives_per_text_rows_are_own_image_then_other_images():
+    rng = np.random.default_rng(6)
+    n, num_images, p = 90, 25, 3
+    text_lens, text_images = rng.integers(3, 40, n), rng.integers(0, num_images, n)
+    kept = rng.integers(2, 30, num_images + 3).astype(np.int32)  # 3 images with no text
+    buckets = (Bucket(20, 30, 8), Bucket(42, 30, 4))
+    config = PipelineConfig(buckets=buckets, negatives_per_text=p, keep_partial=True, seed=4)
+    plan = plan_epoch(text_lens, text_images, kept, config, epoch=0)
+    rows = plan.rows.reshape(-1, 1 + p, 4)
+    # One text per unit, its own image first (label 1), then p images of other texts.
+    assert (rows[:, :, 0] == rows[:, :1, 0]).all()
+    np.testing.assert_array_equal(rows[:, 0, 1], text_images[rows[:, 0, 0]])
+    np.testing.assert_array_equal(rows[:, :, 2], np.tile([1] + [0] * p, (len(rows), 1)))
+    negatives = rows[:, 1:, 1]
+    assert (negatives != rows[:, :1, 1]).all()
+    assert set(negatives.ravel()) <= set(text_images.tolist())
+    valid = rows[rows[:, 0, 3] == 1, 0, 0]
+    np.testing.assert_array_equal(np.sort(valid), np.arange(n))
+    for s in range(plan.num_steps):  # the bucket holds the unit's largest image
+        batch = plan.rows[plan.offsets[s] : plan.offsets[s + 1]]
+        assert (kept[batch[:, 1]] <= buckets[plan.bucket[s]].num_regions).all()

@@ -10,7 +10,7 @@ from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 
 
-@pytest.mark.parametrize("task", ["captions", "vqa", "refexp"])
+@pytest.mark.parametrize("task", ["captions", "vqa", "refexp", "ve"])
 def test_tfds_dataset_equals_the_stores(tmp_path, task):
     world = synthetic.WorldConfig(num_images=12, feature_dim=8, num_labels=61, seed=2)
     paths = synthetic.write_world(str(tmp_path / "world"), world)

@@ -5,20 +5,13 @@ import numpy as np
 import pytest
 from flax import nnx
 from scipy.special import expit, log_softmax
+from tiny_model import tiny_config
 
 from uniter_jax.downstream.refexp import ReferringExpressions
 from uniter_jax.downstream.ve import VisualEntailment
 from uniter_jax.downstream.vqa import Vqa
-from uniter_jax.model import UniterConfig
 
-CONFIG = UniterConfig.preset(
-    "tiny",
-    vocab_size=64,
-    img_dim=16,
-    num_region_labels=5,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-)
+CONFIG = tiny_config()
 B, LT, NR, NUM_ANSWERS = 6, 7, 8, 9
 TEXT_LEN = np.array([7, 5, 4, 7, 3, 6])
 NUM_REGIONS = np.array([8, 5, 3, 8, 6, 2])  # rows 1, 2, 4, 5 have padded regions

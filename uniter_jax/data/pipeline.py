@@ -58,6 +58,10 @@ class PipelineConfig:
     # in consecutive groups of this size that stay together, in one batch and
     # on one host. Batch sizes must be multiples of it.
     group_size: int = 1
+    # Retrieval fine-tuning: each text comes with its own image and this many
+    # other images (uniform over the texts' images, drawn with replacement),
+    # as consecutive rows (label 1, then 0s) that stay together.
+    negatives_per_text: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +106,15 @@ def plan_epoch(
     `g*u .. g*u + g - 1` form group `u`), each bucketed by its longest text
     and largest image, then expanded back to texts.
     """
-    n, g = len(text_lens), config.group_size
+    n, g, p = len(text_lens), config.group_size, config.negatives_per_text
     if n % g:
         raise DataError(f"{n} texts do not split into groups of {g}")
-    if g > 1 and config.itm_neg_prob:
-        raise ValueError("ITM negatives are not drawn for grouped texts (group_size > 1)")
+    if (g > 1 or p) and config.itm_neg_prob:
+        raise ValueError("ITM negatives are not drawn for grouped texts or retrieval negatives")
+    if g > 1 and p:
+        raise ValueError("group_size and negatives_per_text cannot be combined")
     units = n // g
+    width = g * (1 + p)  # rows per unit
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(units) if config.shuffle else np.arange(units)
     # Negatives: per example, uniformly one of the *other* images of these
@@ -120,9 +127,21 @@ def plan_epoch(
     draw = draw + (draw >= np.searchsorted(pool, text_images))
     images = np.where(negative, pool[np.minimum(draw, len(pool) - 1)], text_images)
     labels = (~negative).astype(np.int64)
+    # Each unit's rows: a group's texts, or a text with its image and negatives.
+    unit_texts = np.arange(n).reshape(units, g)
+    unit_images = images.reshape(units, g)
+    unit_labels = labels.reshape(units, g)
+    if p:
+        if len(pool) < 2:
+            raise DataError("retrieval negatives need texts of at least two images")
+        draw = rng.integers(0, len(pool) - 1, (n, p))
+        draw = draw + (draw >= np.searchsorted(pool, text_images)[:, None])
+        unit_texts = np.repeat(unit_texts, 1 + p, axis=1)
+        unit_images = np.concatenate([text_images[:, None], pool[draw]], axis=1)
+        unit_labels = np.concatenate([np.ones((n, 1), np.int64), np.zeros((n, p), np.int64)], 1)
 
-    lengths = (text_lens + 2).reshape(units, g).max(1)
-    regions = kept[images].reshape(units, g).max(1)
+    lengths = text_lens[unit_texts].max(1) + 2
+    regions = kept[unit_images].max(1)
     cost = [b.text_len + b.num_regions for b in config.buckets]
     choice = np.full(units, -1)
     for k in np.argsort(cost, kind="stable")[::-1]:  # the cheapest fitting bucket wins
@@ -144,9 +163,11 @@ def plan_epoch(
     members, completes, step_bucket, waste, dropped = [], [], [], {}, 0
     filler: dict[int, int] = {}  # per bucket: copies appended to fill its last batch
     for k, b in enumerate(config.buckets):
-        if b.batch_size % g:
-            raise ValueError(f"bucket batch {b.batch_size} is not a multiple of the group size {g}")
-        size = b.batch_size // g  # groups per batch
+        if b.batch_size % width:
+            raise ValueError(
+                f"bucket batch {b.batch_size} is not a multiple of the group size {width}"
+            )
+        size = b.batch_size // width  # units per batch
         mine = order[choice[order] == k]
         partial = len(mine) % size
         if config.keep_partial and partial:
@@ -163,7 +184,7 @@ def plan_epoch(
             waste[k] = float(1.0 - used / (full * (b.text_len + b.num_regions)))
     step_order = np.argsort(np.concatenate(completes), kind="stable")
     bucket = np.concatenate(step_bucket)[step_order].astype(np.int32)
-    sizes = np.array([config.buckets[k].batch_size // g for k in bucket], np.int64)
+    sizes = np.array([config.buckets[k].batch_size // width for k in bucket], np.int64)
     flat = np.concatenate([m.ravel() for m in members])
     batch_starts = np.concatenate(
         [[0], np.cumsum([m.size for m in members])[:-1]]
@@ -181,11 +202,19 @@ def plan_epoch(
         ]
     )
     picked = _gather_ranges(starts, sizes)
-    texts = (flat[picked][:, None] * g + np.arange(g)).ravel()  # groups -> their texts
+    chosen = flat[picked]  # units, step after step -> their rows
     return EpochPlan(
         bucket=bucket,
-        offsets=np.concatenate([[0], np.cumsum(sizes * g)]),
-        rows=np.stack([texts, images[texts], labels[texts], np.repeat(valid[picked], g)], axis=1),
+        offsets=np.concatenate([[0], np.cumsum(sizes * width)]),
+        rows=np.stack(
+            [
+                unit_texts[chosen].ravel(),
+                unit_images[chosen].ravel(),
+                unit_labels[chosen].ravel(),
+                np.repeat(valid[picked], width),
+            ],
+            axis=1,
+        ),
         dropped=int(dropped),
         waste=waste,
     )
@@ -215,10 +244,11 @@ class Pipeline:
         self.texts, self.images, self.config = texts, images, config
         self.process_index, self.process_count = process_index, process_count
         for b in config.buckets:
-            if b.batch_size % (process_count * config.group_size):
+            width = config.group_size * (1 + config.negatives_per_text)
+            if b.batch_size % (process_count * width):
                 raise ValueError(
                     f"bucket batch {b.batch_size} not divisible by {process_count} hosts x "
-                    f"groups of {config.group_size}"
+                    f"groups of {width}"
                 )
         if config.group_size > 1:
             check_groups(texts, config.group_size)
@@ -257,6 +287,29 @@ class Pipeline:
     def close(self) -> None:
         """Stops the background reads (also before the store folder goes away)."""
         self._iterator = None
+
+    def batches(self, plan: EpochPlan) -> Iterator[dict[str, np.ndarray]]:
+        """This host's batches of any `plan` (e.g. `plan_pairs`), outside the
+        pipeline's own position (which `state()` keeps)."""
+        try:
+            yield from self._dataset(plan, 0).as_numpy_iterator()
+        except tf.errors.OpError as e:
+            raise DataError(
+                f"reading region blobs failed: {e.message}", file=self.images.directory
+            ) from None
+
+    def plan_pairs(self, texts: np.ndarray, images: np.ndarray) -> EpochPlan:
+        """A plan that reads exactly the `(text index, image position)` pairs given
+        (`[M]` each; e.g. every text against every image for ranking), bucketed,
+        in order, partial batches filled (`valid` 0)."""
+        config = dataclasses.replace(
+            self.config, shuffle=False, keep_partial=True, itm_neg_prob=0.0, group_size=1
+        )
+        config = dataclasses.replace(config, negatives_per_text=0)
+        plan = plan_epoch(self.text_lens[texts], images, self.kept, config, 0)
+        rows = plan.rows.copy()
+        rows[:, 0] = texts[rows[:, 0]]  # pair index -> text index
+        return dataclasses.replace(plan, rows=rows)
 
     # -- iteration --------------------------------------------------------
     def __iter__(self) -> Pipeline:

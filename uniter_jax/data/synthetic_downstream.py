@@ -37,7 +37,8 @@ def nlvr2_lines(
     pool = [s for s in scenes if s.split == split]
     lines, copies = [], []
     for n in range(pairs):
-        left, right = (pool[k] for k in rng.choice(len(pool), 2, replace=False))
+        # Two different scenes, unless the split has only one (tiny test worlds).
+        left, right = (pool[k] for k in rng.choice(len(pool), 2, replace=len(pool) < 2))
         for sentence in range(per_pair):
             statement, truth = _pair_statement(left.objects, right.objects, rng)
             record = {"identifier": f"{split}-{n}-0-{sentence}", "sentence": statement}

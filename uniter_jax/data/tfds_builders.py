@@ -33,7 +33,12 @@ from uniter_jax.data.text_store import TextStore
 TASK_FIELDS: dict[str, dict[str, tuple[tuple, np.dtype]]] = {
     "captions": {},
     "vqa": {"answers": ((None,), np.int64), "scores": ((None,), np.float64)},
-    "refexp": {"target": ((), np.int64)},
+    "refexp": {
+        "target": ((), np.int64),
+        "gt_box": ((4,), np.float32),
+        "target_iou": ((), np.float32),
+    },
+    "ve": {"label": ((), np.int64)},
 }
 
 

@@ -28,7 +28,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Pipeline
 from uniter_jax.data.text_store import TextStore
-from uniter_jax.downstream import nlvr2, refexp, vcr, ve, vqa
+from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
 from uniter_jax.sharding import Layout, to_host
 from uniter_jax.train import inputs
 from uniter_jax.train.step import StepSettings, predict_step
@@ -42,6 +42,7 @@ TASKS: dict[str, ModuleType] = {
     "refexp": refexp,
     "nlvr2": nlvr2,
     "vcr": vcr,
+    "retrieval": retrieval,
 }
 
 
@@ -128,9 +129,12 @@ def _pipeline(
     images: str,
     *,
     train: bool,
-    group_size: int = 1,
+    options: dict | None = None,
     stream: int = 0,
 ) -> Pipeline:
+    """A pipeline over one text store: shuffled for training, in order with partial
+    batches filled for evaluation. `options` (an objective's `pipeline_options`)
+    apply to training; evaluation keeps only `group_size`."""
     settings = inputs.pipeline_config(
         config.data,
         seed=config.seed * 16 + stream,  # each trained store its own order
@@ -138,7 +142,10 @@ def _pipeline(
         soft_labels=False,
         shuffle=train,
     )
-    settings = dataclasses.replace(settings, keep_partial=not train, group_size=group_size)
+    options = dict(options or {})
+    if not train:
+        options = {k: v for k, v in options.items() if k == "group_size"}
+    settings = dataclasses.replace(settings, keep_partial=not train, **options)
     return Pipeline(
         texts,
         ImageStore(images),
@@ -258,18 +265,18 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
         task.check(texts)
     first = next(iter(train_texts.values()))
     objective, model_cfg = make_objective(config, task, first)
-    group = getattr(objective, "group_size", 1)
+    options = getattr(objective, "pipeline_options", {})
     train, val = {}, {}
     for index, (name, texts) in enumerate(train_texts.items()):
         pipeline = _pipeline(
-            config, texts, stores.images, train=True, group_size=group, stream=index
+            config, texts, stores.images, train=True, options=options, stream=index
         )
         inputs.check_compatible(texts, pipeline.images, model_cfg)
         train[name] = WithTargets(pipeline, _add_targets(task, texts, objective))
     for name, path in stores.val.items():
         texts = TextStore(path)
         task.check(texts, train_texts.get(name))
-        val[name] = _pipeline(config, texts, stores.val_images, train=False, group_size=group)
+        val[name] = _pipeline(config, texts, stores.val_images, train=False, options=options)
         inputs.check_compatible(texts, val[name].images, model_cfg)
     if not val:
         logging.warning("no validation data (data.val_texts is empty): no validation metrics")
@@ -280,6 +287,11 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     settings = StepSettings(model=model_cfg, tasks=objective, optim=optim)
 
     def validate(params: dict) -> dict[str, float]:
+        if task is retrieval:
+            (pipeline,) = val.values()
+            two_stage = config.eval.get("two_stage_k", 0)
+            scores, _ = retrieval.rank(params, pipeline, settings, layout, two_stage_k=two_stage)
+            return {f"val/{config.task}/{k}": v for k, v in scores.items()}
         outputs = _predict_all(params, val, settings, layout, "validation")
         scores = _score(task, outputs, {n: p.texts for n, p in val.items()})
         return {f"val/{config.task}/{k}": v for k, v in scores.items()}
@@ -368,16 +380,15 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     for store in texts.values():
         task.check(store)
     objective, model_cfg = make_objective(config, task, next(iter(texts.values())))
-    group = getattr(objective, "group_size", 1)
+    options = getattr(objective, "pipeline_options", {})
     pipelines = {
-        name: _pipeline(config, store, images, train=False, group_size=group)
+        name: _pipeline(config, store, images, train=False, options=options)
         for name, store in texts.items()
     }
     for name, pipeline in pipelines.items():
         inputs.check_compatible(texts[name], pipeline.images, model_cfg)
     settings = StepSettings(model_cfg, objective, loop.optim_settings(config.optim))
     params, source = _trained_params(config, workdir, settings, layout)
-    outputs = _predict_all(params, pipelines, settings, layout, "prediction")
     root = epath.Path(workdir)
     split = os.path.basename(os.path.normpath(next(iter(paths.values()))))
     results = root / f"results_{split}.{getattr(task, 'RESULTS_FORMAT', 'json')}"
@@ -387,8 +398,25 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         "examples": {name: len(store) for name, store in texts.items()},
         "params": source,
         "results": str(results),
-        "metrics": _score(task, outputs, texts),
     }
+    if task is retrieval:
+        (pipeline,) = pipelines.values()
+        report["metrics"], scores = retrieval.rank(
+            params,
+            pipeline,
+            settings,
+            layout,
+            two_stage_k=config.eval.get("two_stage_k", 0),
+            cache_dir=str(root / f"ranking_{split}"),
+            fingerprint=source,
+        )
+        if jax.process_index() == 0:
+            retrieval.write_ranking(scores, pipeline, str(results))
+            (root / "predict_report.json").write_text(json.dumps(report, indent=2))
+        logging.info("ranked %s: %s; results in %s", report["examples"], report["metrics"], results)
+        return report
+    outputs = _predict_all(params, pipelines, settings, layout, "prediction")
+    report["metrics"] = _score(task, outputs, texts)
     if jax.process_index() == 0:
         if hasattr(task, "write_results_joint"):
             task.write_results_joint(outputs, texts, str(results))

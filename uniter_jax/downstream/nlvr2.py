@@ -110,6 +110,10 @@ class Nlvr2:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown NLVR2 variant {self.variant!r}; choose from {VARIANTS}")
 
+    @property
+    def pipeline_options(self) -> dict:
+        return {"group_size": self.group_size}
+
     def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterWithHead:
         if config.type_vocab_size < 3:
             raise ValueError("NLVR2 needs type_vocab_size >= 3 (model_overrides)")

@@ -43,6 +43,10 @@ class Vcr:
     head_groups: tuple[str, ...] = ("vcr",)
     group_size: int = GROUP_SIZE
 
+    @property
+    def pipeline_options(self) -> dict:
+        return {"group_size": self.group_size}
+
     def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterWithHead:
         return UniterWithHead(config, rngs, "vcr", lambda c, r: ClassifierHead(c, 2, r, relu=True))
 
