@@ -12,7 +12,7 @@
 The recipe is the original's train-vcr-base-4gpu: lr 6e-5, 800 warm-up and
 8000 updates, gradient clip 2.0, 5 accumulated micro-steps of about 4 x 4000
 positions. The original starts from a second-stage pretraining on VCR
-(pretrain with data.texts a VCR "text" store, see the VCR converter).
+(configs/pretrain.py with data.texts a `convert vcr --mode text` store).
 Batch sizes count candidate rows: four per question.
 """
 

@@ -14,7 +14,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStoreWriter
 from uniter_jax.data.regions import make_regions
 from uniter_jax.data.text_store import TextStore
-from uniter_jax.data.tokenizer import build_vocab
+from uniter_jax.data.tokenizer import Tokenizer, build_vocab
 
 CAPTIONS = [
     "A man riding a horse on the beach.",
@@ -667,3 +667,33 @@ def test_fuzzed_input_raises_only_data_errors(tmp_path, vocab, karpathy, vcr, mo
         else:
             TextStore(str(out))  # whatever was accepted is a readable store
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_vcr_text_mode_is_one_pretraining_text_per_labelled_question(tmp_path):
+    objects = ["person", "dog"]
+    record = {
+        "annot_id": "train-7",
+        "img_fn": "movie/clip_1.jpg",
+        "objects": objects,
+        "question": ["Why", "is", [0], "happy", "?"],
+        "answer_choices": [["a", str(k)] for k in range(4)],
+        "rationale_choices": [["because", [1], str(k)] for k in range(4)],
+        "answer_label": 2,
+        "rationale_label": 1,
+    }
+    src = tmp_path / "train.jsonl"
+    src.write_text(json.dumps(record) + "\n")
+    vocab = build_vocab(["Why is person happy ? a 0 1 2 3 because dog"], str(tmp_path / "v.txt"))
+    convert_vcr(str(src), tmp_path / "out", mode="text", vocab=vocab, progress=False)
+    store = TextStore(str(tmp_path / "out"))
+    assert store.manifest["task"] == "captions" and store.fields == []
+    assert list(store.text_ids) == ["train-7#text"] and list(store.image_ids) == ["clip_1"]
+    tokenizer = Tokenizer(vocab)
+    sep = tokenizer.vocab.sep_id
+    pieces = ["Why is person happy ?", "a 2", "because dog 1"]
+    want = [i for n, p in enumerate(pieces) for i in ([sep] if n else []) + tokenizer.encode(p)]
+    np.testing.assert_array_equal(store.input_ids(0), want)
+    del record["answer_label"], record["rationale_label"]
+    src.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match="text mode needs labelled records"):
+        convert_vcr(str(src), tmp_path / "out2", mode="text", vocab=vocab, progress=False)

@@ -13,8 +13,10 @@ import pytest
 from uniter_jax import param_checkpoint
 from uniter_jax.data import synthetic
 from uniter_jax.data.convert.snli_ve import LABELS
+from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import finetune, vqa
+from uniter_jax.downstream.metrics import recall_at_k
 from uniter_jax.model import OPTIONAL_GROUPS
 from uniter_jax.train import inputs, loop
 from uniter_jax.train.step import init_params
@@ -87,6 +89,27 @@ def test_finetune_then_predict_writes_results_matching_validation(
         assert value == pytest.approx(validation[name], abs=1e-9), name
     results = predicted["results"]
     check_results(task, results, world)
+    if task == "retrieval":
+        check_ranking_resumes_from_its_chunks(config, workdir, predicted["metrics"])
+
+
+def check_ranking_resumes_from_its_chunks(config, workdir, metrics):
+    """A second predict reads the saved chunks of scores instead of scoring again."""
+    chunks = sorted(os.listdir(os.path.join(workdir, "ranking_retrieval_val")))
+    assert "meta.json" in chunks and "chunk_000000.npy" in chunks
+    path = os.path.join(workdir, "ranking_retrieval_val", "chunk_000000.npy")
+    scores = np.load(path)
+    texts = TextStore(config.data.val_texts)
+    assert scores.shape[0] == len(texts)  # one chunk holds the whole split
+    positions = ImageStore(config.data.images).positions(texts.image_ids)
+    text_image = np.searchsorted(np.unique(positions), positions)
+    assert metrics["t2i_r1"] == pytest.approx(recall_at_k(scores, text_image)["t2i_r1"])
+    # Reverse every text's ranking in the saved chunk: the rerun must read it.
+    np.save(path, -scores)
+    again = finetune.run_predict(config, workdir)["metrics"]
+    reversed_ = recall_at_k(-scores, text_image)
+    for name in ("t2i_r1", "i2t_r1", "t2i_r5", "i2t_r5"):
+        assert again[name] == pytest.approx(reversed_[name]), name
 
 
 def check_results(task, path, world):

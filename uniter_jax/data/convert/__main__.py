@@ -264,7 +264,12 @@ def _add_karpathy(subparsers: Any) -> None:
 def _add_vcr(subparsers: Any) -> None:
     p = subparsers.add_parser("vcr", help="VCR jsonl -> grouped text store (4 candidates)")
     p.add_argument("jsonl", help="train.jsonl, val.jsonl or test.jsonl")
-    p.add_argument("--mode", required=True, choices=VCR_MODES, help="qa: Q->A, qar: QA->R")
+    p.add_argument(
+        "--mode",
+        required=True,
+        choices=VCR_MODES,
+        help="qa: Q->A, qar: QA->R, text: one text per question for pretraining",
+    )
     _text_arguments(p)
     p.set_defaults(
         max_txt_len=120,

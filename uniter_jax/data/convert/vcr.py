@@ -16,6 +16,10 @@ grouped-store contract, `source["group_size"] == 4`), one per candidate k:
   "vcr_qar". Without labels (the test split) the correct answer is unknown,
   so each annotation gets 4 groups, the rationales conditioned on answer j
   in group j (what the leaderboard's Q->AR submission scores).
+- mode "text": one text per labelled question, not a group: question [SEP]
+  correct answer [SEP] correct rationale, text id `<annot_id>#text`; task
+  "captions", the store pretraining reads (the original's second-stage
+  pretraining on VCR: `configs/pretrain.py` with `data.texts` this store).
 
 Each piece is tokenized on its own and the ids joined with the vocabulary's
 `[SEP]` id (the pipeline adds `[CLS]` before and `[SEP]` after). Text ids are
@@ -56,9 +60,10 @@ from uniter_jax.data.files import read_bytes
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.tokenizer import Tokenizer
 
-MODES = ("qa", "qar")
+MODES = ("qa", "qar", "text")
 GROUP_SIZE = 4
-TASKS = {"qa": "vcr_qa", "qar": "vcr_qar"}
+# "text" stores are plain caption-like stores: what pretraining reads.
+TASKS = {"qa": "vcr_qa", "qar": "vcr_qar", "text": "captions"}
 
 
 @dataclasses.dataclass
@@ -154,7 +159,7 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
     if not isinstance(record, dict):
         raise DataError(f"expected an object, got {type(record).__name__}")
     needed = ["annot_id", "img_fn", "objects", "question", "answer_choices"]
-    if c.mode == "qar":
+    if c.mode in ("qar", "text"):
         needed.append("rationale_choices")
     missing = [key for key in needed if key not in record]
     if missing:
@@ -173,7 +178,9 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
     labelled = condition is None and "answer_label" in record
     answer = _label(record, "answer_label") if labelled else None
     rationale = None
-    if c.mode == "qar":
+    if c.mode == "text" and not labelled:
+        raise DataError("text mode needs labelled records (train or val)", field="answer_label")
+    if c.mode in ("qar", "text"):
         if labelled and "rationale_label" not in record:
             raise DataError("answer_label without rationale_label", field="rationale_label")
         if not labelled and "rationale_label" in record:
@@ -186,7 +193,8 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
 
     question = _words(record["question"], objects, "question", "question")
     answers = _choices(record, "answer_choices", objects)
-    rationales = _choices(record, "rationale_choices", objects) if c.mode == "qar" else []
+    with_rationales = c.mode in ("qar", "text")
+    rationales = _choices(record, "rationale_choices", objects) if with_rationales else []
     texts = [question, *answers, *rationales]
     encoded = c.tokenizer.encode_batch(texts)
     for n, ids in enumerate(encoded):
@@ -197,6 +205,8 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
                 what = f"{field.split('_')[0]} choice {(n - 1) % GROUP_SIZE}"
             raise DataError(f"{what} has no tokens (empty text)", field=field)
     q_ids, a_ids, r_ids = encoded[0], encoded[1:5], encoded[5:]
+    if c.mode == "text":
+        return _text(c, annot_id, image_id, [q_ids, a_ids[answer], r_ids[rationale]])
 
     if c.mode == "qa":
         prefix, correct = "qa", answer
@@ -222,6 +232,17 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
     c.cut += cut
     c.text_ids.update(text_ids)
     return out
+
+
+def _text(c: _Conversion, annot_id: str, image_id: str, pieces: list[list[int]]) -> Text:
+    """Mode "text": the question with its right answer and rationale, one text."""
+    text_id = f"{annot_id}#text"
+    if text_id in c.text_ids:
+        raise DataError(f"duplicate annot_id {annot_id!r}", field="annot_id")
+    ids, was_cut = fit_pieces(pieces, c.tokenizer.vocab.sep_id, c.max_txt_len)
+    c.cut += was_cut
+    c.text_ids.add(text_id)
+    return Text(text_id, image_id, "", {}, input_ids=ids)
 
 
 def _line_records(path: str, n: int, line: str, c: _Conversion) -> list[TextRecord]:
@@ -290,7 +311,7 @@ def convert_vcr(
             "format": "vcr",
             "file": path,
             "mode": mode,
-            "group_size": GROUP_SIZE,
+            **({} if mode == "text" else {"group_size": GROUP_SIZE}),
             "image_id_format": image_id_format,
         },
         skip_bad=skip_bad,
