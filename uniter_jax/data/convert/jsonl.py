@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
-from uniter_jax.data.convert.texts import Text, TextRecord
+from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.tokenizer import Tokenizer
 
 
 def jsonl_records(
@@ -34,6 +37,39 @@ def jsonl_records(
         for n, line in enumerate(content.split("\n"), start=1)
         if line.strip()
     ]
+
+
+def convert_jsonl(
+    jsonl_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    parse: Callable[..., Text | list[Text]],
+    *,
+    task: str,
+    source: dict[str, Any],
+    vocab: str,
+    images: str | None,
+    image_id_format: str,
+    max_txt_len: int,
+    skip_bad: bool,
+    overwrite: bool,
+    progress: bool,
+) -> TextSummary:
+    """A JSON Lines file -> a text store: `parse(record, image_id_format=...)` per line."""
+    path = os.fspath(jsonl_path)
+    records = jsonl_records(path, functools.partial(parse, image_id_format=image_id_format))
+    return write_text_store(
+        records,
+        out_dir,
+        task=task,
+        tokenizer=Tokenizer(vocab),
+        max_txt_len=max_txt_len,
+        images=ImageStore(images) if images else None,
+        source={"file": path, "image_id_format": image_id_format, **source},
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        progress=progress,
+        total=len(records),
+    )
 
 
 def _parse_line(

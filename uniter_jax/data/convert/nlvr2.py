@@ -25,7 +25,6 @@ dropped with both its rows, so the store never holds half a group.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from typing import Any
@@ -33,11 +32,9 @@ from typing import Any
 import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.jsonl import jsonl_records, string_field
-from uniter_jax.data.convert.texts import Text, TextSummary, write_text_store
+from uniter_jax.data.convert.jsonl import convert_jsonl, string_field
+from uniter_jax.data.convert.texts import Text, TextSummary
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStore
-from uniter_jax.data.tokenizer import Tokenizer
 
 GROUP_SIZE = 2
 # `<split>-<set>-<pair>-<sentence>`: the images are named after all but the last part.
@@ -93,23 +90,17 @@ def convert_nlvr2(
     overwrite: bool = False,
     progress: bool = True,
 ) -> TextSummary:
-    path = os.fspath(jsonl_path)
-    records = jsonl_records(path, functools.partial(_parse, image_id_format=image_id_format))
-    return write_text_store(
-        records,
+    return convert_jsonl(
+        jsonl_path,
         out_dir,
+        _parse,
         task="nlvr2",
-        tokenizer=Tokenizer(vocab),
+        source={"format": "nlvr2", "group_size": GROUP_SIZE},
+        vocab=vocab,
+        images=images,
+        image_id_format=image_id_format,
         max_txt_len=max_txt_len,
-        images=ImageStore(images) if images else None,
-        source={
-            "format": "nlvr2",
-            "file": path,
-            "image_id_format": image_id_format,
-            "group_size": GROUP_SIZE,
-        },
         skip_bad=skip_bad,
         overwrite=overwrite,
         progress=progress,
-        total=len(records),
     )

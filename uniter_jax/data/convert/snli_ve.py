@@ -16,18 +16,15 @@ majority) is bad.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
 import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.jsonl import jsonl_records, string_field
-from uniter_jax.data.convert.texts import Text, TextSummary, write_text_store
+from uniter_jax.data.convert.jsonl import convert_jsonl, string_field
+from uniter_jax.data.convert.texts import Text, TextSummary
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStore
-from uniter_jax.data.tokenizer import Tokenizer
 
 LABELS = ("entailment", "neutral", "contradiction")
 
@@ -86,23 +83,17 @@ def convert_snli_ve(
     overwrite: bool = False,
     progress: bool = True,
 ) -> TextSummary:
-    path = os.fspath(jsonl_path)
-    records = jsonl_records(path, functools.partial(_parse, image_id_format=image_id_format))
-    return write_text_store(
-        records,
+    return convert_jsonl(
+        jsonl_path,
         out_dir,
+        _parse,
         task="snli_ve",
-        tokenizer=Tokenizer(vocab),
+        source={"format": "snli-ve", "labels": list(LABELS)},
+        vocab=vocab,
+        images=images,
+        image_id_format=image_id_format,
         max_txt_len=max_txt_len,
-        images=ImageStore(images) if images else None,
-        source={
-            "format": "snli-ve",
-            "file": path,
-            "image_id_format": image_id_format,
-            "labels": list(LABELS),
-        },
         skip_bad=skip_bad,
         overwrite=overwrite,
         progress=progress,
-        total=len(records),
     )
