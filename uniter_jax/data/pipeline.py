@@ -303,9 +303,13 @@ class Pipeline:
         (`[M]` each; e.g. every text against every image for ranking), bucketed,
         in order, partial batches filled (`valid` 0)."""
         config = dataclasses.replace(
-            self.config, shuffle=False, keep_partial=True, itm_neg_prob=0.0, group_size=1
+            self.config,
+            shuffle=False,
+            keep_partial=True,
+            itm_neg_prob=0.0,
+            group_size=1,
+            negatives_per_text=0,
         )
-        config = dataclasses.replace(config, negatives_per_text=0)
         plan = plan_epoch(self.text_lens[texts], images, self.kept, config, 0)
         rows = plan.rows.copy()
         rows[:, 0] = texts[rows[:, 0]]  # pair index -> text index

@@ -13,6 +13,7 @@ batches filled, fillers dropped) and scores them with the task's metric.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -29,11 +30,11 @@ from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Pipeline
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
-from uniter_jax.sharding import Layout, to_host
+from uniter_jax.downstream.prediction import predict_batches
+from uniter_jax.sharding import Layout
 from uniter_jax.train import inputs
-from uniter_jax.train.step import StepSettings, predict_step
+from uniter_jax.train.step import StepSettings
 
-MODEL_INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")
 # Task name -> module with `objective(texts)`, `check(texts, train)`,
 # `targets(texts, index)`, `evaluate(outputs, texts)`, `write_results(...)`.
 TASKS: dict[str, ModuleType] = {
@@ -167,12 +168,6 @@ def make_objective(
     return objective, dataclasses.replace(model_cfg, **overrides) if overrides else model_cfg
 
 
-def _add_targets(task: ModuleType, texts: TextStore, objective: Any):
-    if task is vqa:
-        return lambda index: vqa.targets(texts, index, objective.num_answers)
-    return lambda index: task.targets(texts, index)
-
-
 def predict(
     params: dict,
     pipeline: Pipeline,
@@ -189,19 +184,14 @@ def predict(
     outputs: dict[str, np.ndarray] = {}
     seen = np.zeros(len(texts), bool)
     report_every = max(1, plan.num_steps // 10)
-    for index in range(plan.num_steps):
-        batch = next(pipeline)
-        fields = {k: batch[k] for k in MODEL_INPUTS}
-        out = to_host(predict_step(params, layout.global_batch(fields), settings, layout))
-        # This host's rows are a contiguous slice of the gathered global batch.
-        rows = len(batch["text_index"])
-        mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+    batches = (next(pipeline) for _ in range(plan.num_steps))
+    for index, (batch, out) in enumerate(predict_batches(params, batches, settings, layout)):
         keep = batch["valid"] > 0
         where = batch["text_index"][keep]
         for name, value in out.items():
             if name not in outputs:
                 outputs[name] = np.zeros((len(texts), *value.shape[1:]), value.dtype)
-            outputs[name][where] = value[mine][keep]
+            outputs[name][where] = value[keep]
         seen[where] = True
         if (index + 1) % report_every == 0 or index + 1 == plan.num_steps:
             logging.info("%s: %d of %d batches", what, index + 1, plan.num_steps)
@@ -272,7 +262,7 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
             config, texts, stores.images, train=True, options=options, stream=index
         )
         inputs.check_compatible(texts, pipeline.images, model_cfg)
-        train[name] = WithTargets(pipeline, _add_targets(task, texts, objective))
+        train[name] = WithTargets(pipeline, functools.partial(task.targets, texts))
     for name, path in stores.val.items():
         texts = TextStore(path)
         task.check(texts, train_texts.get(name))

@@ -33,9 +33,10 @@ from uniter_jax.downstream.model import UniterWithHead
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.layers import SelfAttention, attention_bias, dense, dropout, split_key
 from uniter_jax.objectives import losses
+from uniter_jax.objectives.tasks import MODEL_INPUTS
 from uniter_jax.sharding import CLASSES, EMBED
 
-INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "valid")
+INPUTS = (*MODEL_INPUTS, "valid")
 VARIANTS = ("pair", "triplet", "pair-attn")
 GROUP_SIZE = 2
 RESULTS_FORMAT = "csv"

@@ -40,12 +40,12 @@ from uniter_jax.data.pipeline import EpochPlan, Pipeline
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.downstream.prediction import predict_batches
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import ITMHead
-from uniter_jax.objectives.tasks import encode
-from uniter_jax.sharding import Layout, to_host
+from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
+from uniter_jax.sharding import Layout
 
-MODEL_INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")
 MODES = ("cross", "text", "image")
 RESULTS_FORMAT = "json"
 
@@ -232,15 +232,8 @@ def _run(
     layout: Layout,
 ):
     """Yields `(batch, outputs)` for this host's rows of every batch of `plan`."""
-    from uniter_jax.train.step import predict_step
-
     settings = dataclasses.replace(settings, tasks=objective)
-    for batch in pipeline.batches(plan):
-        fields = layout.global_batch({k: batch[k] for k in MODEL_INPUTS})
-        out = to_host(predict_step(params, fields, settings, layout))
-        rows = len(batch["valid"])
-        mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
-        yield batch, {k: v[mine] for k, v in out.items()}
+    return predict_batches(params, pipeline.batches(plan), settings, layout)
 
 
 def pair_scores(

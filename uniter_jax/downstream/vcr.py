@@ -28,9 +28,9 @@ from uniter_jax.downstream.model import UniterWithHead
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import ClassifierHead
 from uniter_jax.objectives import losses
-from uniter_jax.objectives.tasks import encode
+from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
 
-INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "valid")
+INPUTS = (*MODEL_INPUTS, "valid")
 GROUP_SIZE = 4
 # The two stores trained together: sub-task -> suffix of its `data.*_texts` fields.
 SUBTASKS = {"vcr_qa": "", "vcr_qar": "_qar"}

@@ -25,9 +25,9 @@ from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import ClassifierHead
-from uniter_jax.objectives.tasks import encode
+from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
 
-INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "valid")
+INPUTS = (*MODEL_INPUTS, "valid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +90,9 @@ def check(texts: TextStore, train: TextStore | None = None) -> None:
         )
 
 
-def targets(texts: TextStore, text_index: np.ndarray, num_answers: int) -> dict[str, np.ndarray]:
-    """Dense soft-score targets `[b, num_answers]` float32 of the given examples."""
+def targets(texts: TextStore, text_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Dense soft-score targets `[b, answers]` float32 of the given examples."""
+    num_answers = len(answer_vocab(texts))
     rows, answers = texts.ragged("answers", text_index)
     _, scores = texts.ragged("scores", text_index)
     out = np.zeros((len(text_index), num_answers), np.float32)

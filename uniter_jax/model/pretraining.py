@@ -15,7 +15,8 @@ from uniter_jax.model.uniter import Uniter
 
 # Parameter groups a checkpoint may lack (a downstream or BERT file); the
 # encoder groups `uniter/embeddings` and `uniter/encoder` are always required.
-OPTIONAL_GROUPS = ("uniter/img_embeddings", "uniter/pooler", "mlm", "mrfr", "mrc", "itm")
+HEADS = ("mlm", "mrfr", "mrc", "itm")  # the pretraining heads' parameter groups
+OPTIONAL_GROUPS = ("uniter/img_embeddings", "uniter/pooler", *HEADS)
 
 
 class UniterForPretraining(nnx.Module):

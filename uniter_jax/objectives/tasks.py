@@ -26,7 +26,9 @@ from uniter_jax.objectives.wra import wra_distance, wra_loss
 
 TASKS = ("itm", "mlm", "mrfr", "mrc", "mrc_kl")
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-INPUT_FIELDS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask", "itm_label")
+# What the encoder reads from a batch (`encode`), and what pretraining steps read.
+MODEL_INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")
+INPUT_FIELDS = (*MODEL_INPUTS, "itm_label")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +62,7 @@ def max_masked(batch: int, length: int, fraction: float) -> int:
 
 def encode(model, batch: Mapping[str, jax.Array], dropout_key, **overrides) -> jax.Array:
     """The sequence output `[B, Lt + Nr, H]` of a batch's text and regions."""
-    inputs = {k: batch[k] for k in ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")}
+    inputs = {k: batch[k] for k in MODEL_INPUTS}
     inputs.update(overrides)
     return model(**inputs, dropout_key=dropout_key)
 

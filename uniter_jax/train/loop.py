@@ -32,6 +32,7 @@ from etils import epath
 from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
 from uniter_jax.model import OPTIONAL_GROUPS, UniterConfig
+from uniter_jax.model.pretraining import HEADS as PRETRAINING_HEADS
 from uniter_jax.objectives.tasks import check_mix, task_for_step
 from uniter_jax.sharding import Layout, check_divisible, make_mesh, to_host
 from uniter_jax.train import inputs
@@ -51,7 +52,6 @@ from uniter_jax.train.step import (
 )
 
 _TRAIN_STREAM = 0x7472_6169  # "trai"
-PRETRAINING_HEADS = ("mlm", "mrfr", "mrc", "itm")
 MODEL_DIR = "model"  # workdir/model: the final parameters, a parameter checkpoint
 
 
