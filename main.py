@@ -56,7 +56,8 @@ def _multi_host_tpu() -> bool:
     return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
-def _start_distributed() -> None:
+def _start_distributed() -> bool:
+    """Starts jax's distributed runtime when wanted; True if it was started."""
     wanted = _DISTRIBUTED.value == "on" or (
         _DISTRIBUTED.value == "auto" and (_COORDINATOR.value is not None or _multi_host_tpu())
     )
@@ -67,16 +68,30 @@ def _start_distributed() -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
+    return wanted
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    _start_distributed()
+    distributed = _start_distributed()
+    code = _run(_CONFIG.value, _WORKDIR.value)
+    if distributed:
+        # Every process waits here for the others before process 0 takes the
+        # coordination service down; without it a process still leaving
+        # Python finds the service gone and aborts (SIGABRT) after a run that
+        # succeeded. A failed run raises before this, so its peers are not
+        # kept waiting at the barrier.
+        jax.distributed.shutdown()
+    if code:
+        sys.exit(code)
+
+
+def _run(config, workdir: str) -> int:
+    """Runs the config's job; returns the process exit code."""
     if jax.process_index() > 0:
         logging.set_verbosity(logging.WARNING)  # process 0 tells the story
-    config = _CONFIG.value
     logging.info("config:\n%s", config)
     logging.info(
         "process %d of %d; %d local / %d global devices: %s",
@@ -93,13 +108,13 @@ def main(argv):
             raise app.UsageError("--mode=predict needs a fine-tuning config (finetune_<task>.py)")
         from uniter_jax.downstream import finetune
 
-        finetune.run_predict(config, _WORKDIR.value)
-        return
+        finetune.run_predict(config, workdir)
+        return 0
     from uniter_jax.train import loop
 
-    report = loop.train(config, _WORKDIR.value)
-    if report["status"] == "preempted":
-        sys.exit(143)  # as if killed by SIGTERM: schedulers requeue, shells see it
+    report = loop.train(config, workdir)
+    # 143 = as if killed by SIGTERM: schedulers requeue, shells see it.
+    return 143 if report["status"] == "preempted" else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,17 @@ def launch(workdir, devices, *extra):
     )
 
 
+def crash_excerpt(output: str, size: int = 4000) -> str:
+    """The part of a failed run's output that says why: the log before a fatal error
+    and the error's own lines (the list of loaded extension modules after it is noise)."""
+    fatal = output.find("Fatal Python error")
+    if fatal < 0:
+        return output[-size:]
+    modules = output.find("Extension modules:", fatal)
+    end = modules if modules > 0 else len(output)
+    return output[max(0, fatal - size // 2) : min(end, fatal + size // 2)]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -66,9 +77,11 @@ def test_two_processes_train_like_one(tmp_path):
         for i in range(2)
     ]
     one = launch(tmp_path / "one", 8)
-    for process in (*pair, one):
+    for name, process in zip(("process 0", "process 1", "one process"), (*pair, one), strict=True):
         output, _ = process.communicate(timeout=900)
-        assert process.returncode == 0, output[-3000:]
+        assert process.returncode == 0, (
+            f"{name} exited {process.returncode}:\n{crash_excerpt(output)}"
+        )
     a, b = restore(tmp_path / "one"), restore(tmp_path / "two")
     assert_trees_close(b, a)
     lines = [
