@@ -39,12 +39,12 @@ $(VENV)/.run-deps: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) -r requirements.txt $(QUIET)
 	$(PIP) --no-deps -e . $(QUIET)
 	# Every runtime module imports with the runtime requirements alone (no test extras yet).
-	$(PY) -c "import ott, optax; import uniter_jax.train.loop, uniter_jax.convert.__main__, uniter_jax.data.convert.__main__, uniter_jax.data.tfds_builders"
+	$(PY) -c "import ott, optax; import uniter_jax.train.loop, uniter_jax.convert.__main__, uniter_jax.data.convert.__main__, uniter_jax.data.tfds_builders, uniter_jax.tools.visualize"
 	touch $@
 
 $(VENV)/.test-deps: requirements-test.txt $(VENV)/.run-deps
 	$(PIP) -r requirements-test.txt $(QUIET)
-	$(PY) -c "import torch, transformers, ot; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "import torch, transformers, ot, nbclient, ipykernel; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
 clean:

@@ -18,6 +18,16 @@ from uniter_jax.model import (
 )
 from uniter_jax.param_checkpoint import overlay
 
+# A small BERT: odd sizes catch transposed or mis-split weights.
+SMALL = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
+
 
 def perturbed_bert(cls, std=0.05, **sizes):
     """A BERT whose every parameter is random, LayerNorms and biases included."""
@@ -45,14 +55,7 @@ def load_into_ours(state, config):
 @pytest.mark.parametrize(
     "sizes",
     [
-        dict(
-            vocab_size=99,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=64,
-        ),
+        SMALL,
         # bert-base-cased shapes at BERT's init scale: the sizes users import.
         dict(vocab_size=28996, std=0.02),
     ],
@@ -89,16 +92,8 @@ def test_bert_model_outputs_match(tmp_path, sizes):
 
 def test_bert_for_pretraining_mlm_head_matches(tmp_path):
     """`bert.`-prefixed file: encoder and MLM head load, NSP head is dropped."""
-    sizes = dict(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
     bert, hf_config = perturbed_bert(
-        transformers.BertForPreTraining, attn_implementation="eager", **sizes
+        transformers.BertForPreTraining, attn_implementation="eager", **SMALL
     )
     (tmp_path / "bert_config.json").write_text(json.dumps(hf_config.to_dict()))
     config = UniterConfig.from_json(tmp_path / "bert_config.json")
@@ -112,3 +107,32 @@ def test_bert_for_pretraining_mlm_head_matches(tmp_path):
     seq = model(ids.astype(np.int32), np.ones_like(ids))
     diff = np.abs(np.asarray(model.mlm_logits(seq)) - hf.prediction_logits.numpy()).max()
     assert diff < 1e-5, diff
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+def test_attention_probabilities_match_output_attentions(tmp_path, scan_layers):
+    """`return_attention` gives HuggingFace's per-layer attention maps, and the
+    same hidden states as a plain call."""
+    sizes = {**SMALL, "num_hidden_layers": 3}
+    bert, hf_config = perturbed_bert(transformers.BertModel, attn_implementation="eager", **sizes)
+    hf_config.to_json_file(tmp_path / "config.json")
+    config = UniterConfig.from_json(tmp_path / "config.json", scan_layers=scan_layers)
+    model, _ = load_into_ours({k: v.numpy() for k, v in bert.state_dict().items()}, config)
+    rng = np.random.default_rng(1)
+    lengths = np.array([11, 6])
+    ids = rng.integers(1, config.vocab_size, (2, 11))
+    mask = (np.arange(11)[None] < lengths[:, None]).astype(np.int64)
+    with torch.no_grad():
+        hf = bert(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            output_attentions=True,
+        )
+    seq, attention = model(ids.astype(np.int32), mask, return_attention=True)
+    assert attention.shape == (3, 2, 4, 11, 11)
+    np.testing.assert_array_equal(np.asarray(seq), np.asarray(model(ids.astype(np.int32), mask)))
+    for layer, theirs in enumerate(hf.attentions):
+        for b, n in enumerate(lengths):
+            ours = np.asarray(attention[layer, b])[:, :n]  # valid queries
+            np.testing.assert_allclose(ours, theirs.numpy()[b][:, :n], atol=2e-6)
+            assert not np.any(ours[:, :, n:])  # padded keys get nothing

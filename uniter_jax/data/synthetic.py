@@ -96,6 +96,17 @@ def class_label(obj: SceneObject) -> int:
     return 1 + obj.shape * len(COLOURS) + obj.colour
 
 
+def label_names(num_labels: int = 1601) -> list[str]:
+    """Names of the world's detector classes ("red cube"), background first;
+    classes no object uses are "class k"."""
+    names = ["background"] + [f"class {k}" for k in range(1, num_labels)]
+    for shape, shape_name in enumerate(SHAPES):
+        for colour, colour_name in enumerate(COLOURS):
+            obj = SceneObject(shape, colour, 0, (0.0, 0.0, 1.0, 1.0))
+            names[class_label(obj)] = f"{colour_name} {shape_name}"
+    return names
+
+
 def make_scene(rng: np.random.Generator, config: WorldConfig) -> list[SceneObject]:
     objects = []
     for _ in range(rng.integers(config.min_objects, config.max_objects + 1)):

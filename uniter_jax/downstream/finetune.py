@@ -183,9 +183,11 @@ def predict(
     texts = pipeline.texts
     outputs: dict[str, np.ndarray] = {}
     seen = np.zeros(len(texts), bool)
-    report_every = max(1, plan.num_steps // 10)
     batches = (next(pipeline) for _ in range(plan.num_steps))
-    for index, (batch, out) in enumerate(predict_batches(params, batches, settings, layout)):
+    predicted = predict_batches(
+        params, batches, settings, layout, progress=what, total=plan.num_steps
+    )
+    for batch, out in predicted:
         keep = batch["valid"] > 0
         where = batch["text_index"][keep]
         for name, value in out.items():
@@ -193,8 +195,6 @@ def predict(
                 outputs[name] = np.zeros((len(texts), *value.shape[1:]), value.dtype)
             outputs[name][where] = value[keep]
         seen[where] = True
-        if (index + 1) % report_every == 0 or index + 1 == plan.num_steps:
-            logging.info("%s: %d of %d batches", what, index + 1, plan.num_steps)
     pipeline.close()
     if jax.process_count() > 1:
         outputs = _merge_hosts(outputs, seen)

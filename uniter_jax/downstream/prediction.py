@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from uniter_jax.objectives.tasks import MODEL_INPUTS
 from uniter_jax.sharding import Layout, to_host
@@ -18,10 +19,24 @@ from uniter_jax.train.step import StepSettings, predict_step
 
 
 def predict_batches(
-    params: dict, batches: Iterable[dict[str, np.ndarray]], settings: StepSettings, layout: Layout
+    params: dict,
+    batches: Iterable[dict[str, np.ndarray]],
+    settings: StepSettings,
+    layout: Layout,
+    *,
+    progress: str = "",
+    total: int | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Yields `(host batch, outputs of this host's rows)` for each batch."""
-    for batch in batches:
+    """Yields `(host batch, outputs of this host's rows)` for each batch; a
+    `progress` label shows a progress bar of `total` batches on process 0."""
+    bar = tqdm(
+        batches,
+        total=total,
+        desc=progress,
+        unit="batch",
+        disable=not progress or jax.process_index() > 0,
+    )
+    for batch in bar:
         fields = layout.global_batch({k: batch[k] for k in MODEL_INPUTS})
         out = to_host(predict_step(params, fields, settings, layout))
         rows = len(batch["valid"])

@@ -233,7 +233,14 @@ def _run(
 ):
     """Yields `(batch, outputs)` for this host's rows of every batch of `plan`."""
     settings = dataclasses.replace(settings, tasks=objective)
-    return predict_batches(params, pipeline.batches(plan), settings, layout)
+    return predict_batches(
+        params,
+        pipeline.batches(plan),
+        settings,
+        layout,
+        progress=f"scoring ({objective.mode})",
+        total=plan.num_steps,
+    )
 
 
 def pair_scores(

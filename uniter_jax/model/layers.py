@@ -119,9 +119,14 @@ class SelfAttention(nnx.Module):
         bias: jax.Array,
         dropout_key: jax.Array | None = None,
         context: jax.Array | None = None,
-    ) -> jax.Array:
+        *,
+        return_probs: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """`x` `[B, L, H]`, `bias` `[B, 1, 1, Lc]` -> `[B, L, H]` (before residual);
-        keys and values come from `context` `[B, Lc, H]` (default: `x`)."""
+        keys and values come from `context` `[B, Lc, H]` (default: `x`).
+
+        With `return_probs`, also the attention probabilities `[B, heads, L, Lc]`
+        (fp32, before dropout), for inspection."""
         batch, length, hidden = x.shape
         head_dim = hidden // self.num_heads
         context = x if context is None else context
@@ -133,9 +138,10 @@ class SelfAttention(nnx.Module):
         logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
         logits = logits / math.sqrt(head_dim) + bias
         probs = jax.nn.softmax(logits, axis=-1)
-        probs = dropout(probs, self.dropout_rate, dropout_key).astype(v.dtype)
-        context = constrain(jnp.einsum("bnqk,bknd->bqnd", probs, v), *_HEADS)
-        return self.out(context.reshape(batch, length, hidden))
+        dropped = dropout(probs, self.dropout_rate, dropout_key).astype(v.dtype)
+        context = constrain(jnp.einsum("bnqk,bknd->bqnd", dropped, v), *_HEADS)
+        out = self.out(context.reshape(batch, length, hidden))
+        return (out, probs) if return_probs else out
 
 
 class TransformerLayer(nnx.Module):
@@ -154,13 +160,20 @@ class TransformerLayer(nnx.Module):
         self.dropout_rate = config.hidden_dropout
 
     def __call__(
-        self, x: jax.Array, bias: jax.Array, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """`x` `[B, L, H]` -> `[B, L, H]`."""
+        self,
+        x: jax.Array,
+        bias: jax.Array,
+        dropout_key: jax.Array | None = None,
+        *,
+        return_attention: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """`x` `[B, L, H]` -> `[B, L, H]`, and with `return_attention` also the
+        attention probabilities `[B, heads, L, L]`."""
         attn_key, attn_out_key, ffn_key = split_key(dropout_key, 3)
-        attended = self.attention(x, bias, attn_key)
+        attended, probs = self.attention(x, bias, attn_key, return_probs=True)
         x = self.attention_norm(x + dropout(attended, self.dropout_rate, attn_out_key))
         ffn = self.output(constrain(gelu(self.intermediate(x)), BATCH, LENGTH, MLP))
-        return constrain(
+        out = constrain(
             self.output_norm(x + dropout(ffn, self.dropout_rate, ffn_key)), BATCH, LENGTH, EMBED
         )
+        return (out, probs) if return_attention else out

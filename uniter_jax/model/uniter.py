@@ -37,9 +37,15 @@ class Encoder(nnx.Module):
         self.remat = config.remat
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
-        """`x` `[B, L, H]`, `mask` `[B, L]` (1 = valid) -> `[B, L, H]`."""
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        dropout_key: jax.Array | None = None,
+        *,
+        return_attention: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """`x` `[B, L, H]`, `mask` `[B, L]` (1 = valid) -> `[B, L, H]`; with
+        `return_attention` also every layer's attention `[layers, B, heads, L, L]`."""
         bias = attention_bias(mask)
         # Plain jax.lax.scan / jax.checkpoint over the split layer state rather
         # than nnx.scan / nnx.remat: layers are pure (dropout keys are inputs,
@@ -50,7 +56,10 @@ class Encoder(nnx.Module):
 
         def apply_layer(h, layer_inputs):
             layer_state, key = layer_inputs
-            return nnx.merge(graphdef, layer_state)(h, bias, key), None
+            layer = nnx.merge(graphdef, layer_state)
+            if return_attention:
+                return layer(h, bias, key, return_attention=True)
+            return layer(h, bias, key), None
 
         if self.remat == REMAT_FULL:
             apply_layer = jax.checkpoint(apply_layer, prevent_cse=not self.scan)
@@ -59,11 +68,14 @@ class Encoder(nnx.Module):
             apply_layer = jax.checkpoint(apply_layer, policy=policy, prevent_cse=not self.scan)
 
         if self.scan:
-            x, _ = jax.lax.scan(apply_layer, x, (stacked, keys))
-            return x
-        for i in range(self.num_layers):
-            x, _ = apply_layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, keys)))
-        return x
+            x, attention = jax.lax.scan(apply_layer, x, (stacked, keys))
+        else:
+            per_layer = []
+            for i in range(self.num_layers):
+                x, probs = apply_layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, keys)))
+                per_layer.append(probs)
+            attention = jnp.stack(per_layer) if return_attention else None
+        return (x, attention) if return_attention else x
 
 
 class Pooler(nnx.Module):
@@ -100,7 +112,8 @@ class Uniter(nnx.Module):
         img_type_ids: jax.Array | None = None,
         img_masked: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
+        return_attention: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Encodes a padded batch of texts and (optionally) regions.
 
         Args:
@@ -114,10 +127,13 @@ class Uniter(nnx.Module):
           img_type_ids: `[B, Nr]`, default 1.
           img_masked: `[B, Nr]` bool, regions masked for MRM.
           dropout_key: PRNG key for dropout; None = deterministic (eval).
+          return_attention: also return every layer's attention probabilities.
 
         Returns:
           `[B, Lt + Nr, H]` final hidden states in the compute dtype; padded
-          positions hold values that must be ignored.
+          positions hold values that must be ignored. With `return_attention`,
+          the pair `(hidden, attention [layers, B, heads, L, L])`, fp32, rows =
+          queries, text positions first, then regions.
         """
         check_inputs(self.config, input_ids, text_mask, img_feat, img_pos, img_mask)
         text_key, img_key, encoder_key = split_key(dropout_key, 3)
@@ -140,7 +156,7 @@ class Uniter(nnx.Module):
             hidden = jnp.concatenate([hidden, regions], axis=1)
             mask = jnp.concatenate([text_mask, img_mask.astype(text_mask.dtype)], axis=1)
         hidden = constrain(hidden, BATCH, LENGTH, EMBED)
-        return self.encoder(hidden, mask, encoder_key)
+        return self.encoder(hidden, mask, encoder_key, return_attention=return_attention)
 
     def pool(self, sequence: jax.Array) -> jax.Array:
         """`[B, L, H]` -> pooled `[B, H]` from the first position."""

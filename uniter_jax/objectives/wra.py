@@ -37,6 +37,26 @@ def transport_plan(
     return solver(linear_problem.LinearProblem(geom, a, b)).matrix
 
 
+def alignment(
+    text: jax.Array,
+    text_mask: jax.Array,
+    regions: jax.Array,
+    img_mask: jax.Array,
+    *,
+    epsilon: float = 0.1,
+    iterations: int = 50,
+) -> tuple[jax.Array, jax.Array]:
+    """One example's `(cost, plan)`, each `[Lt, Nr]` fp32, both held fixed
+    (`stop_gradient` on the plan only): `text` `[Lt, H]` with `text_mask`
+    `[Lt]`, `regions` `[Nr, H]` with `img_mask` `[Nr]`. Padded rows and
+    columns get no mass in the plan."""
+    cost = cosine_cost(text.astype(jnp.float32), regions.astype(jnp.float32))
+    a = text_mask.astype(jnp.float32) / jnp.sum(text_mask)
+    b = img_mask.astype(jnp.float32) / jnp.sum(img_mask)
+    plan = transport_plan(jax.lax.stop_gradient(cost), a, b, epsilon=epsilon, iterations=iterations)
+    return cost, jax.lax.stop_gradient(plan)
+
+
 def wra_distance(
     text: jax.Array,
     text_mask: jax.Array,
@@ -56,14 +76,7 @@ def wra_distance(
     """
 
     def one(t, tm, r, rm):
-        cost = cosine_cost(t.astype(jnp.float32), r.astype(jnp.float32))
-        a = tm.astype(jnp.float32) / jnp.sum(tm)
-        b = rm.astype(jnp.float32) / jnp.sum(rm)
-        plan = jax.lax.stop_gradient(
-            transport_plan(
-                jax.lax.stop_gradient(cost), a, b, epsilon=epsilon, iterations=iterations
-            )
-        )
+        cost, plan = alignment(t, tm, r, rm, epsilon=epsilon, iterations=iterations)
         return jnp.sum(cost * plan)
 
     # Per device on its own examples under a mesh: no traffic inside Sinkhorn's loop.

@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.pipeline import Pipeline
@@ -64,7 +65,9 @@ def evaluate(
             len(pipeline.texts),
         )
     sums: dict[str, np.ndarray] = collections.defaultdict(lambda: np.zeros(2))
-    for index in range(count):
+    for index in tqdm(
+        range(count), desc="validation", unit="batch", disable=jax.process_index() > 0
+    ):
         batch = next(pipeline)
         for task in tasks:
             task_key = jax.random.fold_in(jax.random.fold_in(key, index), TASKS.index(task))
