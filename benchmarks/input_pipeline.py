@@ -56,14 +56,11 @@ def write_stores(root: str, num_images: int, rng: np.random.Generator) -> tuple[
     return texts, images
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-images", type=int, default=400)
-    parser.add_argument("--global-batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
+def measure(num_images: int = 400, global_batch: int = 64, steps: int = 30) -> dict:
+    """Padding waste of the default buckets on a COCO-like mix, and the real
+    pipeline's examples/s on a temporary store of `num_images` images."""
     rng = np.random.default_rng(0)
-    buckets = default_buckets(args.global_batch)
+    buckets = default_buckets(global_batch)
     config = PipelineConfig(buckets=buckets, itm_neg_prob=0.5)
 
     # Padding waste: a plan over a large COCO-like mix (no I/O).
@@ -73,27 +70,35 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        texts, images = write_stores(root, args.num_images, rng)
+        texts, images = write_stores(root, num_images, rng)
         write_s = time.perf_counter() - start
         pipeline = Pipeline(TextStore(texts), ImageStore(images), config)
         next(pipeline)  # warm-up: tracing and the first reads
         start, examples = time.perf_counter(), 0
-        for _ in range(args.steps):
+        for _ in range(steps):
             examples += len(next(pipeline)["itm_label"])
         seconds = time.perf_counter() - start
         pipeline.close()
-    report = {
+    return {
         "buckets (text x regions: global batch)": ", ".join(
             f"{b.text_len}x{b.num_regions}:{b.batch_size}" for b in buckets
         ),
         "padding_waste": round(waste, 4),
         "dropped_fraction": round(plan.dropped / len(text_lens), 4),
         "examples_per_s": round(examples / seconds, 1),
-        "steps": args.steps,
+        "steps": steps,
         "store_write_s": round(write_s, 1),
         "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=int, default=400)
+    parser.add_argument("--global-batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.num_images, args.global_batch, args.steps), indent=2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import sys
 import time
 
@@ -39,9 +38,11 @@ ARGS = _parse() if __name__ == "__main__" else None
 if ARGS is not None:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from report import write_section  # noqa: E402
 
 from configs.pretrain import get_config  # noqa: E402
 from uniter_jax import sharding  # noqa: E402
@@ -168,21 +169,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if ARGS.out:
-        write_section(ARGS.out, table)
-
-
-START, END = "<!-- memory.py: start -->", "<!-- memory.py: end -->"
-
-
-def write_section(path: str, table: str) -> None:
-    """Replaces the text between the markers in `path` (or writes a new file)."""
-    block = f"{START}\n{table}\n{END}"
-    text = pathlib.Path(path).read_text() if os.path.exists(path) else ""
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
-    pathlib.Path(path).write_text(text)
+        write_section(ARGS.out, "memory.py", table)
 
 
 if __name__ == "__main__":

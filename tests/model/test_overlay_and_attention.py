@@ -1,6 +1,7 @@
 """`param_checkpoint.overlay` on real and hand-made trees; cross-attention against numpy."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -8,7 +9,7 @@ from scipy.special import softmax
 
 from uniter_jax.downstream.nlvr2 import Nlvr2
 from uniter_jax.model import UniterConfig
-from uniter_jax.model.layers import SelfAttention, attention_bias
+from uniter_jax.model.layers import SelfAttention, attention_bias, dropout
 from uniter_jax.model.pretraining import (
     OPTIONAL_GROUPS,
     UniterForPretraining,
@@ -305,3 +306,20 @@ def test_self_attention_is_cross_attention_to_itself(attention):
         attention, context, context, CONTEXT_MASK, ATTENTION_CONFIG.num_heads
     )
     np.testing.assert_allclose(own, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_and_keeps_the_mean(rate):
+    x = jnp.full((400, 500), 2.0, jnp.float32)
+    key = jax.random.PRNGKey(3)
+    out = np.asarray(dropout(x, rate, key))
+    dropped = out == 0.0
+    n = dropped.size
+    # Binomial(n, rate): within 5 standard deviations.
+    assert abs(dropped.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+    kept = out[~dropped]
+    np.testing.assert_allclose(kept, 2.0 / (1.0 - rate), rtol=1e-4)
+    assert abs(out.mean() - 2.0) < 5 * 2.0 * np.sqrt(rate / (1 - rate) / n)
+    np.testing.assert_array_equal(out, np.asarray(dropout(x, rate, key)))  # same key, same mask
+    assert not np.array_equal(out, np.asarray(dropout(x, rate, jax.random.PRNGKey(4))))
+    assert dropout(x, rate, None) is x and dropout(x, 0.0, key) is x

@@ -1,0 +1,96 @@
+"""The PyTorch side of bench_step.py: a HuggingFace BertModel train step.
+
+  python benchmarks/torch_baseline.py --preset base --batch 16 --positions 76
+
+Eager, fp32, train mode (dropout on), the sizes of a UNITER preset, every
+position a real token: forward, an ITM-like 2-way loss on the pooled output,
+backward and an AdamW update, the work of the original UNITER's ITM, MRFR
+and MRC-kl steps (within 7% of them on this CPU, issue #8). Prints one JSON
+object: step seconds (median, min, max over `--repeats` steps after
+`--warmup`), the share of the update in it, and the machine.
+
+torch is a test extra; bench_step.py runs this script in a child process so
+that both sides are measured in one run on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+# Sizes of the UNITER presets (uniter_jax.model.config.PRESETS) and BERT's vocabulary.
+PRESETS = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+    "base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
+    "large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
+}
+
+
+def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) -> dict:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=28996, attn_implementation="eager", **PRESETS[preset]
+    )
+    model = transformers.BertModel(config).train()
+    head = torch.nn.Linear(config.hidden_size, 2)
+    params = [*model.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.98), weight_decay=0.01)
+    ids = torch.randint(999, config.vocab_size, (batch, positions))
+    mask = torch.ones(batch, positions, dtype=torch.long)
+    labels = torch.randint(0, 2, (batch,))
+
+    def step() -> tuple[float, float]:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        pooled = model(input_ids=ids, attention_mask=mask).pooler_output
+        loss = torch.nn.functional.cross_entropy(head(pooled), labels)
+        loss.backward()
+        middle = time.perf_counter()
+        optimizer.step()
+        end = time.perf_counter()
+        return end - start, end - middle
+
+    for _ in range(warmup):
+        step()
+    times, updates = zip(*(step() for _ in range(repeats)), strict=True)
+    return {
+        "framework": f"torch {torch.__version__} eager, HuggingFace transformers "
+        f"{transformers.__version__} BertModel",
+        "threads": torch.get_num_threads(),
+        "preset": preset,
+        "batch": batch,
+        "positions": positions,
+        "repeats": repeats,
+        "step_s": {
+            "median": statistics.median(times),
+            "min": min(times),
+            "max": max(times),
+        },
+        "update_share": statistics.median(updates) / statistics.median(times),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="base", choices=sorted(PRESETS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--positions", type=int, default=76, help="text + region positions")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.preset, args.batch, args.positions, args.repeats, args.warmup)))
+
+
+if __name__ == "__main__":
+    main()
