@@ -77,11 +77,12 @@ def test_two_processes_train_like_one(tmp_path):
         for i in range(2)
     ]
     one = launch(tmp_path / "one", 8)
+    failures = []
     for name, process in zip(("process 0", "process 1", "one process"), (*pair, one), strict=True):
         output, _ = process.communicate(timeout=900)
-        assert process.returncode == 0, (
-            f"{name} exited {process.returncode}:\n{crash_excerpt(output)}"
-        )
+        if process.returncode != 0:
+            failures.append(f"{name} exited {process.returncode}:\n{crash_excerpt(output)}")
+    assert not failures, "\n\n".join(failures)
     a, b = restore(tmp_path / "one"), restore(tmp_path / "two")
     assert_trees_close(b, a)
     lines = [

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from uniter_jax.model.config import UniterConfig
 from uniter_jax.model.pretraining import OPTIONAL_GROUPS, param_groups
@@ -40,24 +41,40 @@ def save(
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Writes `params` (nested dict of arrays) with its config to `directory`."""
+    """Writes `params` (nested dict of arrays) with its config to `directory`.
+
+    In a multi-process run every process calls it with the same (replicated)
+    `params`: process 0 prepares the folder and writes the JSON files, then
+    all take part in orbax's save, which writes once.
+    """
     path = epath.Path(directory)
-    if path.exists():
-        if not overwrite:
-            raise ParamCheckpointError(f"{directory} already exists (pass overwrite / --force)")
-        if any(path.iterdir()) and not (path / CONFIG_FILE).exists():
-            raise ParamCheckpointError(
-                f"{directory} is not empty and not a parameter checkpoint: refusing to replace it"
-            )
-        path.rmtree()
-    path.mkdir(parents=True)
-    (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    (path / SOURCE_FILE).write_text(json.dumps(source or {}, indent=2))
+    if jax.process_index() == 0:
+        _prepare(path, config, source, overwrite)
+    if jax.process_count() > 1:
+        # Nobody may write into the folder before process 0 has replaced it
+        # (before this barrier, a late peer could remove what others wrote).
+        multihost_utils.sync_global_devices(f"parameter checkpoint {directory} prepared")
     # Written last: orbax commits the directory atomically, so a readable
     # params/ means the checkpoint is complete.
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((path / PARAMS_DIR).resolve(), jax.tree.map(np.asarray, params))
         checkpointer.wait_until_finished()
+
+
+def _prepare(
+    path: epath.Path, config: UniterConfig, source: dict[str, Any] | None, overwrite: bool
+) -> None:
+    if path.exists():
+        if not overwrite:
+            raise ParamCheckpointError(f"{path} already exists (pass overwrite / --force)")
+        if any(path.iterdir()) and not (path / CONFIG_FILE).exists():
+            raise ParamCheckpointError(
+                f"{path} is not empty and not a parameter checkpoint: refusing to replace it"
+            )
+        path.rmtree()
+    path.mkdir(parents=True)
+    (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    (path / SOURCE_FILE).write_text(json.dumps(source or {}, indent=2))
 
 
 def load(directory: str) -> tuple[dict, UniterConfig, dict[str, Any]]:
