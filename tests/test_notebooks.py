@@ -1,6 +1,7 @@
 """The notebooks run top to bottom in a fresh kernel (nbclient), with small
 settings injected after their parameters cell, as papermill does: 01 trains
-a model into a temporary workdir, 02 and 03 read it."""
+a model into a temporary workdir, 02 and 03 read it. Running them takes
+about 2.5 minutes, so those tests are `slow` (`make test-slow`, and CI)."""
 
 import base64
 import io
@@ -90,6 +91,7 @@ def quickstart(tmp_path_factory):
     return workdir, nb
 
 
+@pytest.mark.slow
 def test_quickstart_trains_and_plots(quickstart):
     workdir, nb = quickstart
     report = json.loads((workdir / "pretrain_report.json").read_text())
@@ -116,6 +118,7 @@ def documented_scalars():
     return patterns
 
 
+@pytest.mark.slow
 def test_every_logged_scalar_is_documented_in_the_readme(quickstart):
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -130,6 +133,7 @@ def test_every_logged_scalar_is_documented_in_the_readme(quickstart):
     assert not undocumented, f"logged but not in README's TensorBoard table: {undocumented}"
 
 
+@pytest.mark.slow
 def test_inspect_draws_every_layer_patterns_and_alignment(quickstart):
     workdir, _ = quickstart
     nb = execute(
@@ -145,6 +149,7 @@ def test_inspect_draws_every_layer_patterns_and_alignment(quickstart):
     assert "pattern" in text_of(nb)
 
 
+@pytest.mark.slow
 def test_finetune_vqa_beats_nothing_but_runs_and_shows_predictions(quickstart, tmp_path):
     workdir, _ = quickstart
     nb = execute(
