@@ -9,7 +9,7 @@ from scipy.special import softmax
 
 from uniter_jax.downstream.nlvr2 import Nlvr2
 from uniter_jax.model import UniterConfig
-from uniter_jax.model.layers import SelfAttention, attention_bias, dropout
+from uniter_jax.model.layers import SelfAttention, attention_bias, dropout, uniform_bits
 from uniter_jax.model.pretraining import (
     OPTIONAL_GROUPS,
     UniterForPretraining,
@@ -323,3 +323,64 @@ def test_dropout_drops_at_its_rate_and_keeps_the_mean(rate):
     np.testing.assert_array_equal(out, np.asarray(dropout(x, rate, key)))  # same key, same mask
     assert not np.array_equal(out, np.asarray(dropout(x, rate, jax.random.PRNGKey(4))))
     assert dropout(x, rate, None) is x and dropout(x, 0.0, key) is x
+
+
+def np_lowbias32(x):
+    x = x.astype(np.uint64)
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_uniform_bits_are_the_documented_hash_of_the_row_major_index():
+    shape = (3, 5, 7)
+    key = jax.random.PRNGKey(11)
+    seed = np.asarray(jax.random.bits(key, (2,), jnp.uint32)).astype(np.uint64)
+    index = np.arange(np.prod(shape), dtype=np.uint64).reshape(shape)
+    want = np_lowbias32((np_lowbias32(index ^ seed[0]) + seed[1]) & 0xFFFFFFFF)
+    np.testing.assert_array_equal(np.asarray(uniform_bits(key, shape)), want.astype(np.uint32))
+
+
+def test_uniform_bits_look_independent_across_keys_and_neighbours():
+    shape = (64, 12, 76, 76)  # about 4.4M draws, an attention mask of a batch of 64
+    rate = 0.1
+    threshold = round(rate * 2**32)
+    first = np.asarray(uniform_bits(jax.random.PRNGKey(0), shape)) < threshold
+    second = np.asarray(uniform_bits(jax.random.split(jax.random.PRNGKey(0))[1], shape)) < threshold
+    n = first.size
+
+    def within_5_sigma(observed, p, count):
+        assert abs(observed - p) < 5 * np.sqrt(p * (1 - p) / count), (observed, p)
+
+    within_5_sigma(first.mean(), rate, n)
+    within_5_sigma((first & second).mean(), first.mean() * second.mean(), n)
+    for axis in range(len(shape)):  # neighbours along every axis
+        a = np.take(first, range(shape[axis] - 1), axis=axis)
+        b = np.take(first, range(1, shape[axis]), axis=axis)
+        within_5_sigma((a & b).mean(), first.mean() ** 2, a.size)
+    # Uniform over the top byte: chi-square with 255 dof within 5 of its sd.
+    counts = np.bincount(
+        (np.asarray(uniform_bits(jax.random.PRNGKey(2), shape)) >> 24).ravel(), minlength=256
+    )
+    chi2 = np.sum((counts - n / 256) ** 2 / (n / 256))
+    assert abs(chi2 - 255) < 5 * np.sqrt(2 * 255)
+
+
+def test_uniform_bits_are_the_same_on_any_sharding():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    shape = (8, 4, 6, 10)
+    key = jax.random.PRNGKey(7)
+    whole = np.asarray(uniform_bits(key, shape))
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+    for spec in (
+        PartitionSpec("a", "b"),
+        PartitionSpec(None, "b", None, "a"),
+        PartitionSpec(("a", "b")),
+    ):
+        sharding = NamedSharding(mesh, spec)
+        split = jax.jit(lambda k: uniform_bits(k, shape), out_shardings=sharding)(key)
+        assert split.sharding == sharding
+        np.testing.assert_array_equal(np.asarray(split), whole)

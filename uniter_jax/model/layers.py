@@ -28,20 +28,46 @@ def gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
-# Dropout draws 16 random bits per element, not the 32 of `bernoulli`: the
-# masks cost about a tenth of a base train step on a CPU, and 16-bit draws
-# take 40% less time. The drop probability becomes `rate` rounded to a
-# multiple of 2^-16 (0.1 -> 0.100006), and the scale matches it exactly.
-_DROPOUT_LEVELS = 1 << 16
+# Dropout masks come from a counter-based hash, not from `jax.random`: each
+# element's 32-bit draw is a bijective integer mix of its global index and a
+# per-call seed (two words drawn from `key` by threefry). It costs about a
+# tenth of `jax.random.bits`, which made the masks 5-7% of a base train step
+# on a CPU; and because it depends only on the global index, the masks are
+# the same on every mesh and sharding, like threefry's partitionable mode.
+# The drop probability is `rate` rounded to a multiple of 2^-32.
+_DRAW_LEVELS = 1 << 32
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A bijective avalanche mix of uint32 (xorshift-multiply, "lowbias32")."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniform_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 draws of `shape`, a pure function of `key` and each element's index.
+
+    The row-major index is built from broadcast iotas, so a sharded array
+    computes only its own block (indices wrap past 2^32 elements)."""
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride = (stride * shape[axis]) % _DRAW_LEVELS
+    return _mix32(_mix32(index ^ seed[0]) + seed[1])
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout; the identity when `key` is None or `rate` is 0."""
     if key is None or rate == 0.0:
         return x
-    threshold = min(round(rate * _DROPOUT_LEVELS), _DROPOUT_LEVELS - 1)
-    keep = jax.random.bits(key, x.shape, jnp.uint16) >= threshold
-    scale = _DROPOUT_LEVELS / (_DROPOUT_LEVELS - threshold)
+    threshold = min(round(rate * _DRAW_LEVELS), _DRAW_LEVELS - 1)
+    keep = uniform_bits(key, x.shape) >= jnp.uint32(threshold)
+    scale = _DRAW_LEVELS / (_DRAW_LEVELS - threshold)
     return jnp.where(keep, x * scale, 0.0).astype(x.dtype)
 
 
