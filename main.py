@@ -14,6 +14,11 @@ import logging as std_logging
 import os
 import sys
 
+from uniter_jax.host import reexec_with_huge_pages
+
+if __name__ == "__main__":
+    reexec_with_huge_pages()  # before jax and its threads: see uniter_jax/host.py
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
