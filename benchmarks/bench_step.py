@@ -1,30 +1,37 @@
 """Train-step speed of each pretraining task, side by side with PyTorch.
 
-  python benchmarks/bench_step.py --out docs/benchmarks.md        # base, CPU: ~10 min
+  python benchmarks/bench_step.py --out docs/benchmarks.md        # base, CPU: ~12 min
   python benchmarks/bench_step.py --preset tiny --batch 64 --no-torch
   python benchmarks/bench_step.py --dtype bfloat16 --batch 256 --text 62 --regions 100  # GPU/TPU
 
 For each task, the real jitted train step (masking, forward, loss, backward,
 AdamW update; `uniter_jax.train.step.train_step`, as the loop calls it) on
 one device with a fixed batch of `--batch` x (`--text` + `--regions`)
-positions, all of them real, dropout on:
-- step time: median, min and max over `--repeats` steps after the first
+positions, all of them real, dropout on. A shared machine has slow and fast
+phases, so the sides take turns: each of `--rounds` rounds runs `--repeats`
+steps of the PyTorch side (benchmarks/torch_baseline.py, a child process
+started first), then `--repeats` steps of each task, and on a CPU measures
+the matmul peak again. Each side's turn, and each task's, starts with one
+untimed step: the first step after the other side ran was up to 2x slower
+(its freed memory has to be compacted into huge pages again). Reported:
+- step time: median, min and max over all timed steps after the first
   (compiling) call, each timed to its result;
+- JAX / PyTorch: the median over rounds of the two sides' median step
+  times within a round, with the rounds' range;
 - compile: the first call's time less a median step;
 - recompilations during the timed steps (must be 0);
 - examples/s, positions/s, the analytic FLOPs of a step
   (`uniter_jax.model.flops`: matmuls, forward x 3; the MLM/MRM heads count
   the expected masked positions, not the gather's padding) and the achieved
-  FLOP/s as a fraction of the peak: the measured fp32 matmul peak of jnp on a
-  CPU, the nominal dense bf16 peak of the accelerator otherwise (MFU);
+  FLOP/s as a fraction of the peak: on a CPU, of the fp32 jnp matmul peak
+  measured in the same round, the median over rounds; on an accelerator, of
+  its nominal dense bf16 peak (MFU);
 - peak memory: the process's resident set on a CPU, the device's peak bytes
   in use otherwise.
 Then: the WRA share of the ITM step (the OT distance and its gradient, jitted
 alone at the ITM step's shapes), the padding waste of the default buckets on a
 COCO-like length mix and the input pipeline's examples/s
-(benchmarks/input_pipeline.py), and the PyTorch side
-(benchmarks/torch_baseline.py, run first, in a child process, on the same
-machine).
+(benchmarks/input_pipeline.py).
 
 `--json` writes every number; `--out` rewrites this benchmark's section of a
 markdown file.
@@ -39,10 +46,16 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from uniter_jax.host import reexec_with_huge_pages, without_huge_pages
+
+if __name__ == "__main__":
+    reexec_with_huge_pages()  # as main.py does; the PyTorch child runs without
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +93,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--regions", type=int, default=36)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2, help="steps of each side per round")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--json", default="", help="write every number here")
@@ -114,20 +128,25 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def matmul_peak() -> tuple[float, str]:
-    """FLOP/s to compare with: measured fp32 jnp matmul on a CPU, nominal bf16 otherwise."""
+def nominal_peak() -> tuple[float, str] | None:
+    """The nominal dense bf16 FLOP/s of an accelerator; None on a CPU."""
     device = jax.devices()[0]
-    if device.platform != "cpu":
-        kind = device.device_kind.lower()
-        for name, peak in NOMINAL_BF16:
-            if name in kind:
-                return peak, f"nominal dense bf16 peak of {device.device_kind}"
+    if device.platform == "cpu":
+        return None
+    kind = device.device_kind.lower()
+    for name, peak in NOMINAL_BF16:
+        if name in kind:
+            return peak, f"nominal dense bf16 peak of {device.device_kind}"
+    return None
+
+
+def matmul_flops() -> float:
+    """Measured fp32 FLOP/s of a 2048^3 jnp matmul (median of 10)."""
     n = 2048
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)
     jax.block_until_ready(matmul(a))
-    seconds = statistics.median(timed(lambda: matmul(a), 10))
-    return 2 * n**3 / seconds, f"measured fp32 {n}^3 jnp matmul on {device.device_kind}"
+    return 2 * n**3 / statistics.median(timed(lambda: matmul(a), 10))
 
 
 def peak_memory_gib() -> float:
@@ -137,7 +156,8 @@ def peak_memory_gib() -> float:
     return (device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**30
 
 
-def bench_task(task: str, settings: steps.StepSettings, args, batch: dict) -> dict:
+def prepare_task(task: str, settings: steps.StepSettings, batch: dict) -> dict:
+    """The task's step as a no-argument callable, called once (compiled)."""
     layout = Layout.single_device()
     state = steps.init_state(steps.init_params(settings.model, 0, layout), settings, layout)
     key = jax.device_put(np.asarray(jax.random.PRNGKey(0)), layout.replicated)
@@ -152,22 +172,23 @@ def bench_task(task: str, settings: steps.StepSettings, args, batch: dict) -> di
 
     start = time.perf_counter()
     jax.block_until_ready(one())
-    first = time.perf_counter() - start
-    traces = sum(steps.TRACES.values())
-    times = timed(one, args.repeats)
+    return {"step": one, "first_s": time.perf_counter() - start}
+
+
+def task_report(task: str, first_s: float, rounds: list[list[float]], settings, args) -> dict:
+    times = [t for r in rounds for t in r]
     median = statistics.median(times)
     flops = train_step_flops(
         settings.model, task, args.batch, args.text, args.regions, settings.tasks.mask_prob
     )
     return {
         "step_s": {"median": median, "min": min(times), "max": max(times)},
-        "compile_s": first - median,
-        "recompilations": sum(steps.TRACES.values()) - traces,
+        "round_medians_s": [statistics.median(r) for r in rounds],
+        "compile_s": first_s - median,
         "examples_per_s": args.batch / median,
         "positions_per_s": args.batch * (args.text + args.regions) / median,
         "flops_per_step": flops,
         "flops_per_s": flops / median,
-        "peak_memory_gib": peak_memory_gib(),
     }
 
 
@@ -196,20 +217,66 @@ def wra_seconds(model: UniterConfig, tasks: TaskSettings, args) -> float:
     return statistics.median(timed(lambda: grad(text, regions), max(5, args.repeats)))
 
 
-def torch_side(args) -> dict | None:
-    command = [
-        sys.executable,
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py"),
-        f"--preset={args.preset}",
-        f"--batch={args.batch}",
-        f"--positions={args.text + args.regions}",
-        f"--repeats={args.repeats}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"torch side failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class TorchSide:
+    """The PyTorch step in a child process (torch_baseline.py --serve), k steps at a time."""
+
+    def __init__(self, args):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
+        command = [
+            sys.executable,
+            script,
+            "--serve",
+            f"--preset={args.preset}",
+            f"--batch={args.batch}",
+            f"--positions={args.text + args.regions}",
+        ]
+        self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (as long as the child)
+        self.child = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            text=True,
+            env=without_huge_pages(os.environ),  # measured slower with huge pages
+        )
+        self.about = self._answer()
+        self.rounds: list[list[float]] = []
+        self.update_s: list[float] = []
+
+    def _answer(self) -> dict:
+        for line in self.child.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.errors.seek(0)
+        raise RuntimeError(f"torch side failed:\n{self.errors.read()[-2000:]}")
+
+    def run(self, steps_: int) -> None:
+        self.child.stdin.write(f"{steps_}\n")
+        self.child.stdin.flush()
+        answer = self._answer()
+        self.rounds.append(answer["step_s"])
+        self.update_s += answer["update_s"]
+
+    def report(self) -> dict:
+        self.child.stdin.close()
+        self.child.wait()
+        times = [t for r in self.rounds for t in r]
+        return {
+            **self.about,
+            "step_s": {
+                "median": statistics.median(times),
+                "min": min(times),
+                "max": max(times),
+            },
+            "round_medians_s": [statistics.median(r) for r in self.rounds],
+            "update_share": statistics.median(self.update_s) / statistics.median(times),
+        }
+
+
+def ratios(ours: list[float], theirs: list[float]) -> dict:
+    """JAX / PyTorch per round (medians within the round): median and range."""
+    per_round = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
 
 
 def markdown(report: dict, args) -> str:
@@ -219,6 +286,10 @@ def markdown(report: dict, args) -> str:
         f"({report['cpu_count']} CPU cores), {report['date']}: UNITER-{args.preset}, "
         f"{args.dtype}, batch {args.batch} x ({args.text} text + {args.regions} regions) = "
         f"{args.batch * (args.text + args.regions)} positions, dropout on, one device.",
+        f"{args.rounds} rounds of {args.repeats} steps per side; in each round the PyTorch "
+        "side runs first, then every task, each after one untimed step. GLIBC_TUNABLES: "
+        f"{report['tunables'] or 'none'} on the JAX side, "
+        f"{report['torch_tunables'] or 'none'} on the PyTorch side.",
         f"Peak for the fractions: {report['peak_flops'] / 1e9:.0f} GFLOP/s, "
         f"{report['peak_source']}.",
         "",
@@ -227,25 +298,25 @@ def markdown(report: dict, args) -> str:
     head = "| task | step s (median, min-max) |"
     rule = "|---|---|"
     if torch:
-        head += " PyTorch s | JAX / PyTorch |"
+        head += " PyTorch s | JAX / PyTorch (rounds' range) |"
         rule += "---:|---:|"
-    head += (
-        " examples/s | positions/s | GFLOP/step | GFLOP/s | of peak | compile s | "
-        "recompiles | peak mem GiB |"
-    )
-    rule += "---:|---:|---:|---:|---:|---:|---:|---:|"
+    head += " examples/s | positions/s | GFLOP/step | GFLOP/s | of peak | compile s | recompiles |"
+    rule += "---:|---:|---:|---:|---:|---:|---:|"
     lines += [head, rule]
     for task, r in report["tasks"].items():
         s = r["step_s"]
         row = f"| {task} | {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}) |"
         if torch:
-            theirs = torch["step_s"]["median"]
-            row += f" {theirs:.3f} | {s['median'] / theirs:.2f} |"
+            ratio = r["vs_torch"]
+            row += (
+                f" {torch['step_s']['median']:.3f} | {ratio['median']:.2f} "
+                f"({ratio['min']:.2f}-{ratio['max']:.2f}) |"
+            )
         row += (
             f" {r['examples_per_s']:.1f} | {r['positions_per_s']:.0f} | "
             f"{r['flops_per_step'] / 1e9:.4g} | {r['flops_per_s'] / 1e9:.1f} | "
-            f"{r['flops_per_s'] / report['peak_flops']:.2f} | {r['compile_s']:.1f} | "
-            f"{r['recompilations']} | {r['peak_memory_gib']:.2f} |"
+            f"{r['of_peak']:.2f} | {r['compile_s']:.1f} | "
+            f"{r['recompilations']} |"
         )
         lines.append(row)
     lines.append("")
@@ -270,7 +341,10 @@ def markdown(report: dict, args) -> str:
             f"padding waste of the default buckets on a COCO-like mix "
             f"{100 * pipe['padding_waste']:.1f}%."
         )
-    lines.append(f"Model: {model}.")
+    lines.append(
+        f"Peak memory of the process, every task's state held: "
+        f"{report['peak_memory_gib']:.2f} GiB. Model: {model}."
+    )
     return "\n".join(lines)
 
 
@@ -282,8 +356,6 @@ def main() -> None:
     )
     settings = steps.StepSettings(model, tasks, OptimSettings(warmup_steps=0))
     device = jax.devices()[0].device_kind
-    peak, source = matmul_peak()
-    print(f"{device}: peak {peak / 1e9:.0f} GFLOP/s ({source})", flush=True)
     batch = host_batch(model, args.batch, args.text, args.regions)
     report = {
         "argv": sys.argv[1:],
@@ -291,23 +363,69 @@ def main() -> None:
         "device": device,
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
+        "tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "torch_tunables": without_huge_pages(os.environ).get("GLIBC_TUNABLES", ""),
         "model": f"{model.num_layers} layers, hidden {model.hidden_size}, "
         f"{model.num_heads} heads, scan {args.scan}",
-        "peak_flops": peak,
-        "peak_source": source,
         "tasks": {},
     }
+    # The PyTorch child first, before this process holds models or tf.data threads.
+    torch = None
     if args.torch:
-        # First, in a child process, before this one holds models or tf.data threads.
-        report["torch"] = torch_side(args)
-        if report["torch"]:
-            print(f"torch: {report['torch']['step_s']}", flush=True)
-    for task in args.tasks.split(","):
-        result = bench_task(task, settings, args, batch)
+        try:
+            torch = TorchSide(args)
+        except (OSError, RuntimeError) as error:
+            print(error, file=sys.stderr)
+    task_names = args.tasks.split(",")
+    prepared = {}
+    for task in task_names:
+        prepared[task] = prepare_task(task, settings, batch)
+        print(f"{task}: compiled, first call {prepared[task]['first_s']:.1f} s", flush=True)
+    traces = {task: steps.TRACES["train", task] for task in task_names}
+    nominal = nominal_peak()
+    peaks, rounds = [], {task: [] for task in task_names}
+    for r in range(args.rounds):
+        if nominal is None:
+            peaks.append(matmul_flops())
+        if torch:
+            torch.run(args.repeats)
+        for task in task_names:
+            jax.block_until_ready(prepared[task]["step"]())  # untimed, see the docstring
+            rounds[task].append(timed(prepared[task]["step"], args.repeats))
+        summary = ", ".join(f"{t} {statistics.median(rounds[t][-1]):.2f}" for t in task_names)
+        theirs = f"torch {statistics.median(torch.rounds[-1]):.2f}, " if torch else ""
+        print(f"round {r + 1}/{args.rounds} (s/step): {theirs}{summary}", flush=True)
+    peak, source = nominal or (
+        statistics.median(peaks),
+        f"measured fp32 2048^3 jnp matmul on {device} in each round "
+        f"({min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f}, median shown); a task's fraction "
+        "is the median over rounds of its FLOP/s over that round's peak",
+    )
+    report.update(
+        peak_flops=peak,
+        round_peaks=peaks or [peak] * args.rounds,
+        peak_source=source,
+        peak_memory_gib=peak_memory_gib(),
+    )
+    if torch:
+        report["torch"] = torch.report()
+    for task in task_names:
+        result = task_report(task, prepared[task]["first_s"], rounds[task], settings, args)
+        result["recompilations"] = steps.TRACES["train", task] - traces[task]
+        result["of_peak"] = statistics.median(
+            result["flops_per_step"] / seconds / round_peak
+            for seconds, round_peak in zip(
+                result["round_medians_s"], report["round_peaks"], strict=True
+            )
+        )
+        if torch:
+            result["vs_torch"] = ratios(
+                result["round_medians_s"], report["torch"]["round_medians_s"]
+            )
         report["tasks"][task] = result
         print(
             f"{task}: {result['step_s']['median']:.3f} s/step, "
-            f"{result['flops_per_s'] / peak:.2f} of peak, compile {result['compile_s']:.1f} s, "
+            f"{result['of_peak']:.2f} of peak, compile {result['compile_s']:.1f} s, "
             f"{result['recompilations']} recompilations",
             flush=True,
         )

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 # Sizes of the UNITER presets (uniter_jax.model.config.PRESETS) and BERT's vocabulary.
@@ -33,7 +34,9 @@ PRESETS = {
 }
 
 
-def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) -> dict:
+def build(preset: str, batch: int, positions: int):
+    """`(step, about)`: `step()` runs one train step and returns its seconds and
+    its update's seconds; `about` describes the framework and the threads."""
     import torch
     import transformers
 
@@ -60,16 +63,25 @@ def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) 
         end = time.perf_counter()
         return end - start, end - middle
 
-    for _ in range(warmup):
-        step()
-    times, updates = zip(*(step() for _ in range(repeats)), strict=True)
-    return {
+    about = {
         "framework": f"torch {torch.__version__} eager, HuggingFace transformers "
         f"{transformers.__version__} BertModel",
         "threads": torch.get_num_threads(),
         "preset": preset,
         "batch": batch,
         "positions": positions,
+        "cpu_count": os.cpu_count(),
+    }
+    return step, about
+
+
+def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) -> dict:
+    step, about = build(preset, batch, positions)
+    for _ in range(warmup):
+        step()
+    times, updates = zip(*(step() for _ in range(repeats)), strict=True)
+    return {
+        **about,
         "repeats": repeats,
         "step_s": {
             "median": statistics.median(times),
@@ -77,8 +89,18 @@ def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) 
             "max": max(times),
         },
         "update_share": statistics.median(updates) / statistics.median(times),
-        "cpu_count": os.cpu_count(),
     }
+
+
+def serve(preset: str, batch: int, positions: int, warmup: int) -> None:
+    step, about = build(preset, batch, positions)
+    for _ in range(warmup):
+        step()
+    print(json.dumps(about), flush=True)
+    for line in sys.stdin:
+        step()
+        times, updates = zip(*(step() for _ in range(int(line))), strict=True)
+        print(json.dumps({"step_s": times, "update_s": updates}), flush=True)
 
 
 def main() -> None:
@@ -88,7 +110,11 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=76, help="text + region positions")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--serve", action="store_true", help="run k steps per stdin line")
     args = parser.parse_args()
+    if args.serve:
+        serve(args.preset, args.batch, args.positions, args.warmup)
+        return
     print(json.dumps(measure(args.preset, args.batch, args.positions, args.repeats, args.warmup)))
 
 
