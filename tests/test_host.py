@@ -20,7 +20,7 @@ def cpu_linux_host(monkeypatch):
     monkeypatch.setattr(host.glob, "glob", lambda pattern: [])
 
 
-def test_a_cpu_host_gets_the_tunable_added_to_its_own(cpu_linux_host):
+def test_a_cpu_host_gets_the_tunable_added_to_its_own(cpu_linux_host, monkeypatch):
     assert host.huge_pages_env({"PATH": "/bin"}) == {
         "PATH": "/bin",
         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
@@ -28,7 +28,9 @@ def test_a_cpu_host_gets_the_tunable_added_to_its_own(cpu_linux_host):
     env = host.huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     # JAX_PLATFORMS=cpu is a CPU run even where an accelerator exists.
-    host.glob.glob = lambda pattern: ["/dev/accel0"] if "accel" in pattern else []
+    monkeypatch.setattr(
+        host.glob, "glob", lambda pattern: ["/dev/accel0"] if "accel" in pattern else []
+    )
     assert host.huge_pages_env({"JAX_PLATFORMS": "cpu"}) is not None
 
 
