@@ -110,7 +110,7 @@ def test_image_embedder_matches_numpy(state, model):
     feat = rng.standard_normal((2, 3, 24)).astype(np.float32)
     pos = rng.uniform(0, 1, (2, 3, 7)).astype(np.float32)
     masked = np.array([[True, False, False], [False, False, True]])
-    types = model.uniter.embeddings.token_type(jnp.ones((2, 3), jnp.int32))
+    types = model.uniter.embeddings.type_rows(jnp.ones((2, 3), jnp.int32))
     got = model.uniter.img_embeddings(feat, pos, types, jnp.asarray(masked))
     sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
     f = np.where(masked[..., None], sd["uniter.img_embeddings.mask_embedding.weight"][1], feat)

@@ -146,7 +146,7 @@ class Uniter(nnx.Module):
         if img_feat is not None:
             if img_type_ids is None:
                 img_type_ids = jnp.ones(img_feat.shape[:2], jnp.int32)
-            type_embeddings = self.embeddings.token_type(img_type_ids)
+            type_embeddings = self.embeddings.type_rows(img_type_ids)
             # Padded slots may hold anything (even NaN from a bad pad value):
             # zero them so nothing non-finite reaches valid outputs or gradients.
             valid = img_mask.astype(bool)[..., None]
