@@ -2,7 +2,8 @@
 
   python benchmarks/bench_step.py --out docs/benchmarks.md        # base, CPU: ~12 min
   python benchmarks/bench_step.py --preset tiny --batch 64 --no-torch
-  python benchmarks/bench_step.py --dtype bfloat16 --batch 256 --text 62 --regions 100  # GPU/TPU
+  python benchmarks/bench_step.py --dtype bfloat16 --batch 256 --text 62 --regions 100 \
+      --no-scan --repeats 10 --no-pipeline                       # GPU: benchmarks/gpu_check.sh
 
 For each task, the real jitted train step (masking, forward, loss, backward,
 AdamW update; `uniter_jax.train.step.train_step`, as the loop calls it) on
@@ -10,8 +11,9 @@ one device with a fixed batch of `--batch` x (`--text` + `--regions`)
 positions, all of them real, dropout on. A shared machine has slow and fast
 phases, so the sides take turns: each of `--rounds` rounds runs `--repeats`
 steps of the PyTorch side (benchmarks/torch_baseline.py, a child process
-started first), then `--repeats` steps of each task, and on a CPU measures
-the matmul peak again. Each side's turn, and each task's, starts with one
+started first; on a GPU it runs there too, under autocast to `--dtype`),
+then `--repeats` steps of each task, and on a CPU measures the matmul peak
+again. Each side's turn, and each task's, starts with one
 untimed step: the first step after the other side ran was up to 2x slower
 (its freed memory has to be compacted into huge pages again). Reported:
 - step time: median, min and max over all timed steps after the first
@@ -220,7 +222,9 @@ def wra_seconds(model: UniterConfig, tasks: TaskSettings, args) -> float:
 class TorchSide:
     """The PyTorch step in a child process (torch_baseline.py --serve), k steps at a time."""
 
-    def __init__(self, args):
+    def __init__(self, args, platform: str):
+        if platform not in ("cpu", "gpu"):
+            raise RuntimeError(f"no PyTorch side on {platform}: it runs on a CPU or a CUDA GPU")
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
         command = [
             sys.executable,
@@ -229,6 +233,8 @@ class TorchSide:
             f"--preset={args.preset}",
             f"--batch={args.batch}",
             f"--positions={args.text + args.regions}",
+            f"--device={'cuda' if platform == 'gpu' else 'cpu'}",
+            f"--dtype={args.dtype}",
         ]
         self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (as long as the child)
         self.child = subprocess.Popen(
@@ -279,18 +285,37 @@ def ratios(ours: list[float], theirs: list[float]) -> dict:
     return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
 
 
+def number(x: float) -> str:
+    """Four significant digits, without an exponent: 635.5, 22,130."""
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def section_name(platform: str) -> str:
+    """The marked section of the markdown file: one per platform, so that a GPU
+    run does not overwrite the CPU table."""
+    return "bench_step.py" if platform == "cpu" else f"bench_step.py {platform}"
+
+
 def markdown(report: dict, args) -> str:
     model, device = report["model"], report["device"]
+    on_cpu = report.get("platform", "cpu") == "cpu"
+    order = (
+        f"{args.rounds} rounds of {args.repeats} steps per side; in each round the PyTorch "
+        "side runs first, then every task, each after one untimed step."
+    )
+    if on_cpu:
+        order += (
+            f" GLIBC_TUNABLES: {report['tunables'] or 'none'} on the JAX side, "
+            f"{report['torch_tunables'] or 'none'} on the PyTorch side."
+        )
     lines = [
         f"`python benchmarks/bench_step.py {' '.join(report['argv'])}` on {device} "
-        f"({report['cpu_count']} CPU cores), {report['date']}: UNITER-{args.preset}, "
-        f"{args.dtype}, batch {args.batch} x ({args.text} text + {args.regions} regions) = "
-        f"{args.batch * (args.text + args.regions)} positions, dropout on, one device.",
-        f"{args.rounds} rounds of {args.repeats} steps per side; in each round the PyTorch "
-        "side runs first, then every task, each after one untimed step. GLIBC_TUNABLES: "
-        f"{report['tunables'] or 'none'} on the JAX side, "
-        f"{report['torch_tunables'] or 'none'} on the PyTorch side.",
-        f"Peak for the fractions: {report['peak_flops'] / 1e9:.0f} GFLOP/s, "
+        f"({report['cpu_count']} CPU cores, jax {report['jax']}), {report['date']}: "
+        f"UNITER-{args.preset}, {args.dtype}, batch {args.batch} x ({args.text} text + "
+        f"{args.regions} regions) = {args.batch * (args.text + args.regions)} positions, "
+        "dropout on, one device.",
+        order,
+        f"Peak for the fractions: {number(report['peak_flops'] / 1e9)} GFLOP/s, "
         f"{report['peak_source']}.",
         "",
     ]
@@ -314,7 +339,7 @@ def markdown(report: dict, args) -> str:
             )
         row += (
             f" {r['examples_per_s']:.1f} | {r['positions_per_s']:.0f} | "
-            f"{r['flops_per_step'] / 1e9:.4g} | {r['flops_per_s'] / 1e9:.1f} | "
+            f"{number(r['flops_per_step'] / 1e9)} | {number(r['flops_per_s'] / 1e9)} | "
             f"{r['of_peak']:.2f} | {r['compile_s']:.1f} | "
             f"{r['recompilations']} |"
         )
@@ -341,8 +366,9 @@ def markdown(report: dict, args) -> str:
             f"padding waste of the default buckets on a COCO-like mix "
             f"{100 * pipe['padding_waste']:.1f}%."
         )
+    memory = "of the process" if on_cpu else "in use on the device"
     lines.append(
-        f"Peak memory of the process, every task's state held: "
+        f"Peak memory {memory}, every task's state held: "
         f"{report['peak_memory_gib']:.2f} GiB. Model: {model}."
     )
     return "\n".join(lines)
@@ -356,11 +382,13 @@ def main() -> None:
     )
     settings = steps.StepSettings(model, tasks, OptimSettings(warmup_steps=0))
     device = jax.devices()[0].device_kind
+    platform = jax.devices()[0].platform
     batch = host_batch(model, args.batch, args.text, args.regions)
     report = {
         "argv": sys.argv[1:],
         "date": time.strftime("%Y-%m-%d"),
         "device": device,
+        "platform": platform,
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "tunables": os.environ.get("GLIBC_TUNABLES", ""),
@@ -373,7 +401,7 @@ def main() -> None:
     torch = None
     if args.torch:
         try:
-            torch = TorchSide(args)
+            torch = TorchSide(args, platform)
         except (OSError, RuntimeError) as error:
             print(error, file=sys.stderr)
     task_names = args.tasks.split(",")
@@ -444,7 +472,7 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     if args.out:
-        write_section(args.out, "bench_step.py", table)
+        write_section(args.out, section_name(platform), table)
 
 
 if __name__ == "__main__":

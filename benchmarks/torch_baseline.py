@@ -1,13 +1,16 @@
 """The PyTorch side of bench_step.py: a HuggingFace BertModel train step.
 
   python benchmarks/torch_baseline.py --preset base --batch 16 --positions 76
+  python benchmarks/torch_baseline.py --device cuda --dtype bfloat16 --batch 256 --positions 162
 
-Eager, fp32, train mode (dropout on), the sizes of a UNITER preset, every
-position a real token: forward, an ITM-like 2-way loss on the pooled output,
-backward and an AdamW update, the work of the original UNITER's ITM, MRFR
-and MRC-kl steps (within 7% of them on this CPU, issue #8). Prints one JSON
-object: step seconds (median, min, max over `--repeats` steps after
-`--warmup`), the share of the update in it, and the machine.
+Eager, train mode (dropout on), the sizes of a UNITER preset, every position
+a real token: forward, an ITM-like 2-way loss on the pooled output, backward
+and an AdamW update, the work of the original UNITER's ITM, MRFR and MRC-kl
+steps (within 7% of them on a CPU, issue #8). Parameters and the update are
+fp32; `--dtype bfloat16` runs the forward and backward under autocast, as the
+original's mixed precision did in fp16. Prints one JSON object: step seconds
+(median, min, max over `--repeats` steps after `--warmup`; on a GPU each step
+ends with a synchronisation), the share of the update in it, and the machine.
 
 torch is a test extra; bench_step.py runs this script in a child process so
 that both sides are measured in one run on the same machine.
@@ -34,38 +37,58 @@ PRESETS = {
 }
 
 
-def build(preset: str, batch: int, positions: int):
+def build(preset: str, batch: int, positions: int, device: str = "cpu", dtype: str = "float32"):
     """`(step, about)`: `step()` runs one train step and returns its seconds and
-    its update's seconds; `about` describes the framework and the threads."""
+    its update's seconds; `about` describes the framework, device and threads."""
+    import contextlib
+
     import torch
     import transformers
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("torch_baseline.py: --device cuda, but torch sees no CUDA device")
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=28996, attn_implementation="eager", **PRESETS[preset]
     )
-    model = transformers.BertModel(config).train()
-    head = torch.nn.Linear(config.hidden_size, 2)
+    model = transformers.BertModel(config).train().to(device)
+    head = torch.nn.Linear(config.hidden_size, 2).to(device)
     params = [*model.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.98), weight_decay=0.01)
-    ids = torch.randint(999, config.vocab_size, (batch, positions))
-    mask = torch.ones(batch, positions, dtype=torch.long)
-    labels = torch.randint(0, 2, (batch,))
+    ids = torch.randint(999, config.vocab_size, (batch, positions), device=device)
+    mask = torch.ones(batch, positions, dtype=torch.long, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+
+    def autocast():
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device, dtype=getattr(torch, dtype))
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def step() -> tuple[float, float]:
+        sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        pooled = model(input_ids=ids, attention_mask=mask).pooler_output
-        loss = torch.nn.functional.cross_entropy(head(pooled), labels)
+        with autocast():
+            pooled = model(input_ids=ids, attention_mask=mask).pooler_output
+            loss = torch.nn.functional.cross_entropy(head(pooled).float(), labels)
         loss.backward()
+        sync()
         middle = time.perf_counter()
         optimizer.step()
+        sync()
         end = time.perf_counter()
         return end - start, end - middle
 
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     about = {
         "framework": f"torch {torch.__version__} eager, HuggingFace transformers "
-        f"{transformers.__version__} BertModel",
+        f"{transformers.__version__} BertModel, {dtype} on {where}",
+        "device": where,
+        "dtype": dtype,
         "threads": torch.get_num_threads(),
         "preset": preset,
         "batch": batch,
@@ -75,8 +98,16 @@ def build(preset: str, batch: int, positions: int):
     return step, about
 
 
-def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) -> dict:
-    step, about = build(preset, batch, positions)
+def measure(
+    preset: str,
+    batch: int,
+    positions: int,
+    repeats: int,
+    warmup: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    step, about = build(preset, batch, positions, device, dtype)
     for _ in range(warmup):
         step()
     times, updates = zip(*(step() for _ in range(repeats)), strict=True)
@@ -92,8 +123,8 @@ def measure(preset: str, batch: int, positions: int, repeats: int, warmup: int) 
     }
 
 
-def serve(preset: str, batch: int, positions: int, warmup: int) -> None:
-    step, about = build(preset, batch, positions)
+def serve(preset: str, batch: int, positions: int, warmup: int, device: str, dtype: str) -> None:
+    step, about = build(preset, batch, positions, device, dtype)
     for _ in range(warmup):
         step()
     print(json.dumps(about), flush=True)
@@ -110,12 +141,16 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=76, help="text + region positions")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--serve", action="store_true", help="run k steps per stdin line")
     args = parser.parse_args()
+    sizes = (args.preset, args.batch, args.positions)
     if args.serve:
-        serve(args.preset, args.batch, args.positions, args.warmup)
+        serve(*sizes, args.warmup, args.device, args.dtype)
         return
-    print(json.dumps(measure(args.preset, args.batch, args.positions, args.repeats, args.warmup)))
+    result = measure(*sizes, args.repeats, args.warmup, args.device, args.dtype)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
