@@ -31,6 +31,17 @@ def embed(
     )
 
 
+def gather_rows(table: nnx.Embed, ids: jax.Array) -> jax.Array:
+    """`table`'s rows for `ids`, gathered from the fp32 table, in the compute dtype.
+
+    The same values as `table(ids)`, which casts the table first. The gradient
+    is a scatter-add of every position into its id's row, and it runs in the
+    dtype of the gather: after a cast to bf16, the thousands of [CLS], [SEP]
+    and frequent-word positions of a batch would be summed in bf16.
+    """
+    return jnp.take(table.embedding[...], ids, axis=0).astype(table.dtype)
+
+
 class TextEmbeddings(nnx.Module):
     """Token ids -> `[B, L, H]` embeddings."""
 
@@ -50,7 +61,7 @@ class TextEmbeddings(nnx.Module):
         dropout_key: jax.Array | None = None,
     ) -> jax.Array:
         """All inputs `[B, L]` int -> `[B, L, H]`."""
-        summed = self.word(input_ids) + self.position(position_ids)
+        summed = gather_rows(self.word, input_ids) + gather_rows(self.position, position_ids)
         summed = summed + self.type_rows(token_type_ids)
         return dropout(self.norm(summed), self.dropout_rate, dropout_key)
 
