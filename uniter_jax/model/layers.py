@@ -1,7 +1,8 @@
 """Building blocks of the BERT-style encoder: dense, LayerNorm, attention, layer.
 
 Parameters are always fp32. Matmuls run in the config's compute dtype;
-LayerNorm statistics, attention logits and softmax run in fp32. Dropout takes
+biases are added, and LayerNorm statistics, attention logits and softmax
+computed, in fp32. Dropout takes
 an explicit PRNG key (`None` means deterministic), so a layer is a pure
 function of its parameters and inputs and can be scanned or rematerialised
 freely.
@@ -78,6 +79,28 @@ def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, num))
 
 
+class Dense(nnx.Linear):
+    """`nnx.Linear` whose bias is added in fp32, then rounded to the output dtype.
+
+    The bias's gradient is the sum of the output's gradient over every
+    position of the batch. `nnx.Linear` adds a bias cast to the compute dtype,
+    so in bf16 that sum ran in bf16: 4% off an fp32 run over 41472 positions
+    (base, batch 256 x 162). Here it runs in fp32, as PyTorch's autocast
+    accumulates it; the matmuls, forward and backward, stay in the compute
+    dtype.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jax.lax.dot_general(
+            inputs.astype(self.dtype),
+            kernel,
+            (((inputs.ndim - 1,), (0,)), ((), ())),
+            preferred_element_type=self.preferred_element_type,
+        )
+        return (y.astype(jnp.float32) + self.bias[...]).astype(y.dtype)
+
+
 def dense(
     in_features: int,
     out_features: int,
@@ -86,7 +109,7 @@ def dense(
     axes: tuple[str | None, str | None],
     *,
     fp32_output: bool = False,
-) -> nnx.Linear:
+) -> Dense:
     """A linear layer with BERT's init: normal(initializer_range) weights, zero bias.
 
     `axes` are the logical names of the kernel's `[in, out]` dimensions (the
@@ -94,7 +117,7 @@ def dense(
     whatever the compute dtype: for logits and regression outputs that feed a
     loss.
     """
-    return nnx.Linear(
+    return Dense(
         in_features,
         out_features,
         kernel_init=annotate(nnx.initializers.normal(config.initializer_range), *axes),
