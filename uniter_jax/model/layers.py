@@ -2,10 +2,9 @@
 
 Parameters are always fp32. Matmuls run in the config's compute dtype;
 biases are added, and LayerNorm statistics, attention logits and softmax
-computed, in fp32. Dropout takes
-an explicit PRNG key (`None` means deterministic), so a layer is a pure
-function of its parameters and inputs and can be scanned or rematerialised
-freely.
+computed, in fp32. Dropout takes an explicit PRNG key (`None` means
+deterministic), so a layer is a pure function of its parameters and inputs
+and can be scanned or rematerialised freely.
 """
 
 from __future__ import annotations
