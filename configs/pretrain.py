@@ -90,7 +90,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         else dict(itm=2.0, mlm=2.0, mrfr=1.0, mrc_kl=1.0, mrc=0.0)
     )
     config.tasks.mask_prob = 0.15  # MLM token / MRM region selection probability
-    config.tasks.max_masked_fraction = 0.3  # masked positions gathered: share of B x L
+    config.tasks.gather_sigmas = 5.0  # masked positions gathered: mean + 5 std devs
     config.tasks.wra_weight = 0.1  # ITM loss + wra_weight * WRA loss
     config.tasks.wra_epsilon = 0.1  # Sinkhorn entropic regularisation
     config.tasks.wra_iterations = 50  # Sinkhorn iterations (fixed count)

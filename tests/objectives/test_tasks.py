@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from flax import nnx
 
 from uniter_jax.model import UniterConfig, UniterForPretraining
@@ -80,12 +81,31 @@ def test_mlm_loss_is_cross_entropy_over_masked_tokens_of_matched_pairs(model):
     assert metrics["dropped"][0] == 0
 
 
-def test_gather_overflow_is_counted_not_silent(model):
+def test_gather_overflow_is_counted_not_silent(model, monkeypatch):
     batch, key = make_batch(), jax.random.PRNGKey(5)
-    small = tasks.TaskSettings(**{**SETTINGS.__dict__, "max_masked_fraction": 0.0})
-    _, metrics = tasks.mlm(model, batch, key, None, small)  # room for B = 4 positions
+    monkeypatch.setattr(tasks, "max_masked", lambda *args: 2)  # room for 2 positions
+    _, metrics = tasks.mlm(model, batch, key, None, SETTINGS)
     dropped, total = (float(x) for x in metrics["dropped"])
-    assert metrics["accuracy"][1] == min(4, total) and dropped == max(0, total - 4)
+    assert total > 2  # the room overflows
+    assert metrics["accuracy"][1] == 2 and dropped == total - 2
+
+
+@pytest.mark.parametrize("batch,length", [(16, 40), (16, 36), (256, 62), (4, 9), (1, 3)])
+def test_gather_room_covers_the_binomial_tail(batch, length):
+    n = batch * length
+    room = tasks.max_masked(batch, length, 0.15, 5.0)
+    assert batch <= room <= n
+    # Every position chosen independently is the most a batch can draw.
+    assert scipy.stats.binom.sf(room, n, 0.15) < 1e-6
+    if n >= 500:  # and the room is far smaller than a flat 30% of the batch
+        assert room < 0.23 * n
+
+
+def test_task_settings_reject_bad_values():
+    with pytest.raises(ValueError, match=r"tasks\.mask_prob .*tasks\.gather_sigmas"):
+        tasks.TaskSettings(**{**SETTINGS.__dict__, "mask_prob": 0.0, "gather_sigmas": -1.0})
+    with pytest.raises(ValueError, match=r"tasks\.wra_iterations"):
+        tasks.TaskSettings(**{**SETTINGS.__dict__, "wra_iterations": 0})
 
 
 def test_region_tasks_match_numpy(model):

@@ -210,7 +210,7 @@ def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettin
         special_ids=(vocab["cls_id"], vocab["sep_id"], vocab["pad_id"]),
         random_range=tuple(vocab["random_range"]),
         mask_prob=section.mask_prob,
-        max_masked_fraction=section.max_masked_fraction,
+        gather_sigmas=section.gather_sigmas,
         wra_weight=section.wra_weight,
         wra_epsilon=section.wra_epsilon,
         wra_iterations=section.wra_iterations,
