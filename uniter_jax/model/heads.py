@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from uniter_jax.model.config import UniterConfig
-from uniter_jax.model.layers import LayerNorm, dense, gelu
+from uniter_jax.model.layers import LayerNorm, dense, gelu, wide_einsum
 from uniter_jax.sharding import CLASSES, EMBED, FEATURES, VOCAB, param
 
 
@@ -37,9 +37,7 @@ class MLMHead(nnx.Module):
     def __call__(self, hidden: jax.Array, word_embeddings: jax.Array) -> jax.Array:
         """`word_embeddings`: the tied `[vocab, H]` table."""
         h = self.transform(hidden)
-        logits = jnp.einsum(
-            "...h,vh->...v", h, word_embeddings.astype(h.dtype), preferred_element_type=jnp.float32
-        )
+        logits = wide_einsum("...h,vh->...v", h, word_embeddings.astype(h.dtype))
         return logits + self.bias[...]
 
 
@@ -53,9 +51,7 @@ class RegionFeatureHead(nnx.Module):
     def __call__(self, hidden: jax.Array, img_kernel: jax.Array) -> jax.Array:
         """`img_kernel`: the image embedder's `[img_dim, H]` kernel, applied transposed."""
         h = self.transform(hidden)
-        out = jnp.einsum(
-            "...h,dh->...d", h, img_kernel.astype(h.dtype), preferred_element_type=jnp.float32
-        )
+        out = wide_einsum("...h,dh->...d", h, img_kernel.astype(h.dtype))
         return out + self.bias[...]
 
 

@@ -9,6 +9,7 @@ and can be scanned or rematerialised freely.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -78,6 +79,33 @@ def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, num))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def wide_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`jnp.einsum(spec, a, b)` accumulated and returned in fp32, for logits and
+    outputs that feed a loss; its gradient matmuls run in the inputs' dtype.
+
+    A plain fp32-output einsum gets an fp32 cotangent, so in bf16 mode JAX
+    computed both of its gradient matmuls in fp32: the attention logits' query
+    and key gradients in every layer, and the MLM vocabulary projection's
+    `[masked, vocab]` products. Here the cotangent is rounded to the inputs'
+    dtype first, as PyTorch's autocast does; in fp32 this is the plain einsum.
+    """
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _wide_einsum_fwd(spec, a, b):
+    return wide_einsum(spec, a, b), (a, b)
+
+
+def _wide_einsum_bwd(spec, residuals, cotangent):
+    a, b = residuals
+    out, pullback = jax.vjp(functools.partial(jnp.einsum, spec), a, b)
+    return pullback(cotangent.astype(out.dtype))
+
+
+wide_einsum.defvjp(_wide_einsum_fwd, _wide_einsum_bwd)
+
+
 class Dense(nnx.Linear):
     """`nnx.Linear` whose bias is added in fp32, then rounded to the output dtype.
 
@@ -90,13 +118,11 @@ class Dense(nnx.Linear):
     """
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
-        y = jax.lax.dot_general(
-            inputs.astype(self.dtype),
-            kernel,
-            (((inputs.ndim - 1,), (0,)), ((), ())),
-            preferred_element_type=self.preferred_element_type,
-        )
+        x, kernel = inputs.astype(self.dtype), self.kernel[...].astype(self.dtype)
+        if self.preferred_element_type == jnp.float32:
+            y = wide_einsum("...i,io->...o", x, kernel)
+        else:
+            y = jnp.einsum("...i,io->...o", x, kernel)
         return (y.astype(jnp.float32) + self.bias[...]).astype(y.dtype)
 
 
@@ -192,7 +218,7 @@ class SelfAttention(nnx.Module):
             return constrain(y.reshape(*y.shape[:2], self.num_heads, head_dim), *_HEADS)
 
         q, k, v = heads(self.query(x)), heads(self.key(context)), heads(self.value(context))
-        logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+        logits = wide_einsum("bqnd,bknd->bnqk", q, k)
         logits = logits / math.sqrt(head_dim) + bias
         probs = jax.nn.softmax(logits, axis=-1)
         dropped = dropout(probs, self.dropout_rate, dropout_key).astype(v.dtype)
