@@ -90,15 +90,41 @@ def test_gather_overflow_is_counted_not_silent(model, monkeypatch):
     assert metrics["accuracy"][1] == 2 and dropped == total - 2
 
 
-@pytest.mark.parametrize("batch,length", [(16, 40), (16, 36), (256, 62), (4, 9), (1, 3)])
-def test_gather_room_covers_the_binomial_tail(batch, length):
-    n = batch * length
+@pytest.mark.parametrize("length", [1, 2, 5, 40])
+def test_masked_count_moments_match_the_masks(length):
+    """Monte Carlo over the real masks, every position eligible, 4000 examples."""
+    keys = jax.random.split(jax.random.PRNGKey(length), 4000)
+    ids = jnp.full((1, length), 120, jnp.int32)
+    ones = jnp.ones((1, length), jnp.int32)
+
+    def mlm_count(key):
+        _, chosen = mlm_mask(key, ids, ones, mask_id=103, random_range=(104, 150), special_ids=())
+        return chosen.sum()
+
+    mean, var = tasks.masked_count_moments(length, 0.15)
+    for counts in (jax.vmap(mlm_count)(keys), jax.vmap(lambda k: mrm_mask(k, ones).sum())(keys)):
+        counts = np.asarray(counts, np.float64)
+        assert abs(counts.mean() - mean) < 4 * np.sqrt(var / counts.size) + 1e-9
+        np.testing.assert_allclose(counts.var(), var, rtol=0.15, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "batch,length", [(16, 40), (16, 36), (256, 62), (4, 9), (1, 3), (16, 2), (64, 5), (8, 4)]
+)
+def test_gather_room_covers_the_count_tail(batch, length):
+    """The exact distribution of a batch's worst-case count: B convolutions."""
     room = tasks.max_masked(batch, length, 0.15, 5.0)
-    assert batch <= room <= n
-    # Every position chosen independently is the most a batch can draw.
-    assert scipy.stats.binom.sf(room, n, 0.15) < 1e-6
-    if n >= 500:  # and the room is far smaller than a flat 30% of the batch
-        assert room < 0.23 * n
+    one = scipy.stats.binom.pmf(np.arange(length + 1), length, 0.15)
+    one[1] += one[0]  # an example with no draw gets one position forced
+    one[0] = 0.0
+    total = np.ones(1)
+    for _ in range(batch):
+        total = np.convolve(total, one)
+    overflow = total[room + 1 :].sum()
+    assert batch <= room <= batch * length
+    assert overflow < (1e-6 if batch * length >= 500 else 3e-5), overflow
+    if batch * length >= 500:  # and far smaller than a flat 30% of the positions
+        assert room < 0.23 * batch * length
 
 
 def test_task_settings_reject_bad_values():
@@ -106,6 +132,8 @@ def test_task_settings_reject_bad_values():
         tasks.TaskSettings(**{**SETTINGS.__dict__, "mask_prob": 0.0, "gather_sigmas": -1.0})
     with pytest.raises(ValueError, match=r"tasks\.wra_iterations"):
         tasks.TaskSettings(**{**SETTINGS.__dict__, "wra_iterations": 0})
+    with pytest.raises(ValueError, match=r"tasks\.gather_sigmas must be finite"):
+        tasks.TaskSettings(**{**SETTINGS.__dict__, "gather_sigmas": float("inf")})
 
 
 def test_region_tasks_match_numpy(model):

@@ -89,7 +89,13 @@ def wide_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     and key gradients in every layer, and the MLM vocabulary projection's
     `[masked, vocab]` products. Here the cotangent is rounded to the inputs'
     dtype first, as PyTorch's autocast does; in fp32 this is the plain einsum.
+    `a` and `b` must share a dtype. Reverse mode only (a `custom_vjp`):
+    `jax.jvp` through it raises.
     """
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"wide_einsum({spec!r}): operands are {a.dtype} and {b.dtype}, not one dtype"
+        )
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 

@@ -48,8 +48,10 @@ class TaskSettings:
         problems = []
         if not 0.0 < self.mask_prob <= 1.0:
             problems.append(f"tasks.mask_prob must be in (0, 1], got {self.mask_prob}")
-        if not self.gather_sigmas >= 0.0:
-            problems.append(f"tasks.gather_sigmas must be >= 0, got {self.gather_sigmas}")
+        if not 0.0 <= self.gather_sigmas < math.inf:
+            problems.append(
+                f"tasks.gather_sigmas must be finite and >= 0, got {self.gather_sigmas}"
+            )
         if not self.wra_epsilon > 0.0:
             problems.append(f"tasks.wra_epsilon must be > 0, got {self.wra_epsilon}")
         if self.wra_iterations < 1:
@@ -71,17 +73,30 @@ class TaskSettings:
 def max_masked(batch: int, length: int, prob: float, sigmas: float) -> int:
     """Static gather size for `[batch, length]` positions, each chosen with `prob`.
 
-    At most `n = batch * length` positions can be chosen, each independently,
-    so the count is at most binomial(n, prob): the room is its mean plus
-    `sigmas` standard deviations. For MLM at batch 16 x 40 that is 141
-    positions where a flat 30% of the batch took 192, and at 256 x 62 it is
-    2606 instead of 4762: the vocabulary projection is sized by this number.
-    At least one per example, for MRM's one forced region in an example where
-    none was drawn. Chosen positions past the room are dropped and counted
-    (`dropped`)."""
-    n = batch * length
-    room = math.ceil(n * prob + sigmas * math.sqrt(n * prob * (1.0 - prob)))
-    return min(n, max(batch, room))
+    The masks choose each eligible position independently and force one in
+    an example that drew none (`mlm_mask`, `mrm_mask`), so an example's count
+    is `max(binomial(e, prob), 1)` for its `e` eligible positions, largest
+    when all `length` are. The room is the mean of that worst case over the
+    batch plus `sigmas` standard deviations (exact moments, normal tail):
+    for MLM at 16 x 40, 142 positions where a flat 30% of the batch took 192,
+    and at 256 x 62, 2606 instead of 4762. The MLM vocabulary projection is
+    sized by this number. At 5 standard deviations a batch overflows with
+    probability under 1e-6 at those shapes and under 3e-5 for tiny ones
+    (`tests/objectives/test_tasks.py` convolves the exact distribution);
+    chosen positions past the room are dropped and counted (`dropped`).
+    """
+    mean, var = masked_count_moments(length, prob)
+    room = math.ceil(batch * mean + sigmas * math.sqrt(batch * var))
+    return min(batch * length, room)
+
+
+def masked_count_moments(length: int, prob: float) -> tuple[float, float]:
+    """Mean and variance of `max(binomial(length, prob), 1)`: one example's
+    chosen count when all `length` positions are eligible."""
+    none = (1.0 - prob) ** length  # no draw: one position is forced
+    mean = length * prob + none
+    var = length * prob * (1.0 - prob) + none * (1.0 - none - 2.0 * length * prob)
+    return mean, max(var, 0.0)
 
 
 def encode(model, batch: Mapping[str, jax.Array], dropout_key, **overrides) -> jax.Array:
