@@ -76,6 +76,27 @@ def _start_distributed() -> bool:
     return wanted
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, where a `--config.*` override that names a key the
+    config lacks ends in one line, not in ml_collections' traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        inner = error.args[0] if error.args and isinstance(error.args[0], KeyError) else error
+        text = str(inner.args[0]) if inner.args else ""
+        key, _, hint = text.partition("\n")
+        key = key.strip("'\"")
+        overrides = [
+            arg
+            for arg in argv[1:]
+            if arg.startswith("--config.") and key in arg.split("=", 1)[0].split(".")
+        ]
+        if not key or not overrides:
+            raise  # not an override's missing key: a bug worth its traceback
+        message = f"{overrides[0]}: the config has no key {key!r}"
+        sys.exit(f"FATAL Flags parsing error: {message}. {hint}".strip())
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -123,4 +144,4 @@ def _run(config, workdir: str) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -61,7 +61,16 @@ def test_tiny_pretraining_runs_and_reports(tmp_path):
 
 def test_unknown_config_key_is_an_error(tmp_path):
     result = run_main(tmp_path, "--config.optim.learning_rate=1e-3")
-    assert result.returncode != 0 and "learning_rate" in result.stderr
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "FATAL Flags parsing error: --config.optim.learning_rate=1e-3: "
+        "the config has no key 'learning_rate'."
+    )
+    result = run_main(tmp_path, "--config.tasks.mask_prb=0.2")  # a typo gets a suggestion
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--config.tasks.mask_prb=0.2: the config has no key 'mask_prb'" in result.stderr
+    assert 'Did you mean "mask_prob"' in result.stderr
 
 
 def test_unknown_variant_is_an_error(tmp_path):
