@@ -203,15 +203,22 @@ def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:
             )
 
 
+# Fields of `TaskSettings` that come from the text store, not the config.
+_VOCAB_FIELDS = ("mask_id", "special_ids", "random_range")
+
+
 def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettings:
-    """`TaskSettings` from the `tasks` section and a text store's vocabulary."""
+    """`TaskSettings` from the `tasks` section and a text store's vocabulary.
+
+    Keys the section leaves out take `TaskSettings`' defaults; a key it does
+    not know (besides `mix`, read by the loop) is an error."""
+    fields = [f.name for f in dataclasses.fields(TaskSettings) if f.name not in _VOCAB_FIELDS]
+    unknown = sorted(set(section.keys()) - set(fields) - {"mix"})
+    if unknown:
+        raise ValueError(f"config tasks: unknown keys {unknown}; known: {['mix', *fields]}")
     return TaskSettings(
         mask_id=vocab["mask_id"],
         special_ids=(vocab["cls_id"], vocab["sep_id"], vocab["pad_id"]),
         random_range=tuple(vocab["random_range"]),
-        mask_prob=section.mask_prob,
-        gather_sigmas=section.gather_sigmas,
-        wra_weight=section.wra_weight,
-        wra_epsilon=section.wra_epsilon,
-        wra_iterations=section.wra_iterations,
+        **{name: section[name] for name in fields if name in section},
     )

@@ -1,0 +1,30 @@
+"""The `tasks` config section -> `TaskSettings`."""
+
+import pytest
+
+from configs.pretrain import get_config
+from uniter_jax.train.inputs import task_settings
+
+VOCAB = {"mask_id": 103, "cls_id": 101, "sep_id": 102, "pad_id": 0, "random_range": [999, 28996]}
+
+
+def test_every_configured_value_arrives():
+    section = get_config("base").tasks
+    section.gather_sigmas, section.wra_iterations = 3.5, 17
+    settings = task_settings(section, VOCAB)
+    assert (settings.mask_id, settings.special_ids, settings.random_range) == (
+        103,
+        (101, 102, 0),
+        (999, 28996),
+    )
+    for name in ("mask_prob", "gather_sigmas", "wra_weight", "wra_epsilon", "wra_iterations"):
+        assert getattr(settings, name) == section[name], name
+
+
+def test_a_key_left_out_takes_the_default_and_an_unknown_key_is_an_error():
+    section = get_config("base").tasks
+    del section["gather_sigmas"]
+    assert task_settings(section, VOCAB).gather_sigmas == 5.0
+    section.max_masked_fraction = 0.3  # the key gather_sigmas replaced
+    with pytest.raises(ValueError, match=r"unknown keys \['max_masked_fraction'\]"):
+        task_settings(section, VOCAB)
