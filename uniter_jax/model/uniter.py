@@ -71,11 +71,26 @@ class Encoder(nnx.Module):
             x, attention = jax.lax.scan(apply_layer, x, (stacked, keys))
         else:
             per_layer = []
-            for i in range(self.num_layers):
-                x, probs = apply_layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, keys)))
+            for layer_inputs in unstack_layers((stacked, keys), self.num_layers):
+                x, probs = apply_layer(x, layer_inputs)
                 per_layer.append(probs)
             attention = jnp.stack(per_layer) if return_attention else None
         return (x, attention) if return_attention else x
+
+
+def unstack_layers(tree, num_layers: int) -> list:
+    """The per-layer slices of a tree of `[num_layers, ...]` arrays, as `num_layers` trees.
+
+    One `split` per array rather than `a[i]` per layer: the gradient of a split
+    is one concatenation, while the gradient of each `a[i]` is a zero-padded
+    copy of the whole stack, and XLA summed twelve of them. The unrolled base
+    ITM step on a CPU took 3.41 s against 3.47 (median of 10, interleaved).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    pieces = [jnp.split(leaf, num_layers) for leaf in leaves]
+    return [
+        treedef.unflatten([jnp.squeeze(piece[i], 0) for piece in pieces]) for i in range(num_layers)
+    ]
 
 
 class Pooler(nnx.Module):
