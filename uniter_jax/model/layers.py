@@ -25,8 +25,15 @@ MASK_LOGIT = -10000.0
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """The exact (erf) GELU of BERT and UNITER."""
-    return jax.nn.gelu(x, approximate=False)
+    """The exact (erf) GELU of BERT and UNITER, `x / 2 * (1 + erf(x / sqrt(2)))`.
+
+    Written with `erf`, as PyTorch computes it, rather than
+    `jax.nn.gelu(approximate=False)`, which uses `erfc`: XLA:CPU evaluates
+    `erfc` through an exponential and range selects, and a base layer's GELU
+    took 7.7 ms forward and 9.1 ms backward that way against 1.0 and 5.6 ms
+    with `erf`. Both are within 1.1e-6 of a float64 GELU.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 # Dropout masks come from a counter-based hash, not from `jax.random`: each
