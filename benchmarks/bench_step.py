@@ -1,14 +1,15 @@
 """Train-step speed of each pretraining task, side by side with PyTorch.
 
-  python benchmarks/bench_step.py --out docs/benchmarks.md        # base, CPU: ~12 min
+  python benchmarks/bench_step.py --out docs/benchmarks.md        # base, CPU: ~6-12 min
   python benchmarks/bench_step.py --preset tiny --batch 64 --no-torch
   python benchmarks/bench_step.py --dtype bfloat16 --batch 256 --text 62 --regions 100 \
-      --no-scan --repeats 10 --no-pipeline                       # GPU: benchmarks/gpu_check.sh
+      --repeats 10 --no-pipeline                                 # GPU: benchmarks/gpu_check.sh
 
 For each task, the real jitted train step (masking, forward, loss, backward,
 AdamW update; `uniter_jax.train.step.train_step`, as the loop calls it) on
 one device with a fixed batch of `--batch` x (`--text` + `--regions`)
-positions, all of them real, dropout on. A shared machine has slow and fast
+positions, all of them real, dropout on, the layers unrolled as the model's
+default (`--scan` times the `lax.scan` stack instead). A shared machine has slow and fast
 phases, so the sides take turns: each of `--rounds` rounds runs `--repeats`
 steps of the PyTorch side (benchmarks/torch_baseline.py, a child process
 started first; on a GPU it runs there too, under autocast to `--dtype`),
@@ -94,7 +95,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--text", type=int, default=40, help="text positions, [CLS] and [SEP] included")
     p.add_argument("--regions", type=int, default=36)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--scan",
+        action=argparse.BooleanOptionalAction,
+        default=UniterConfig.scan_layers,
+        help="run the layers as lax.scan (default: the model's default, unrolled)",
+    )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2, help="steps of each side per round")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
