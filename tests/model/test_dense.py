@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from uniter_jax.model import UniterConfig
-from uniter_jax.model.layers import dense
+from uniter_jax.model.layers import dense, linear
 
 
 def layer(dtype: str):
@@ -52,3 +52,30 @@ def test_bf16_bias_gradient_over_many_positions_is_summed_in_fp32():
     kernel_want = inputs.T @ rounded.reshape(-1, 48)
     kernel_got = np.asarray(grads["kernel"][...], np.float64)
     assert np.linalg.norm(kernel_got - kernel_want) / np.linalg.norm(kernel_want) < 1e-2
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_gradients_match_numpy(wide):
+    """`linear`'s own backward: the input's and the kernel's gradients over
+    3-D inputs (the kernel's is a product over the flattened positions)."""
+    rng = np.random.default_rng(4)
+    x, kernel = rng.standard_normal((3, 5, 64)), rng.standard_normal((64, 48))
+    upstream = rng.standard_normal((3, 5, 48))
+
+    def loss(x, kernel):
+        out = linear(x, kernel, wide)
+        return jnp.sum(out * jnp.asarray(upstream, jnp.float32))
+
+    args = (jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+    dx, dkernel = jax.grad(loss, argnums=(0, 1))(*args)
+    np.testing.assert_allclose(dx, upstream @ kernel.T, rtol=1e-5, atol=1e-5)
+    want = x.reshape(-1, 64).T @ upstream.reshape(-1, 48)
+    np.testing.assert_allclose(dkernel, want, rtol=1e-5, atol=1e-5)
+
+
+def test_wide_bf16_output_is_fp32_and_mixed_dtypes_are_refused():
+    x, kernel = jnp.ones((2, 3, 4), jnp.bfloat16), jnp.ones((4, 5), jnp.bfloat16)
+    assert linear(x, kernel, True).dtype == jnp.float32
+    assert linear(x, kernel, False).dtype == jnp.bfloat16
+    with pytest.raises(TypeError, match="not one dtype"):
+        linear(x, kernel.astype(jnp.float32), False)

@@ -56,13 +56,21 @@ def test_steps_learn_and_compile_once_per_task():
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
 
-def test_non_finite_step_keeps_the_state():
-    state, key = fresh_state(), jax.random.PRNGKey(0)
-    state, _ = train_step(state, make_batch(), key, task="mlm", settings=SETTINGS)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_non_finite_step_keeps_the_state(accumulation):
+    """Parameters and the whole optimiser state (with accumulation: the summed
+    gradients and the micro-step counters too) stay as they were."""
+    settings = StepSettings(
+        model=MODEL,
+        tasks=SETTINGS.tasks,
+        optim=OptimSettings(lr=1e-3, warmup_steps=1, total_steps=10, accumulation=accumulation),
+    )
+    state, key = fresh_state(settings), jax.random.PRNGKey(0)
+    state, _ = train_step(state, make_batch(), key, task="mlm", settings=settings)
     before = copy(state)
     poisoned = make_batch(1)
     poisoned["img_feat"][2, 1, 0] = np.nan  # a valid region
-    state, out = train_step(state, poisoned, key, task="mlm", settings=SETTINGS)
+    state, out = train_step(state, poisoned, key, task="mlm", settings=settings)
     assert not bool(out["finite"])
     assert not np.isfinite(float(out["metrics"]["objective"][0]))
     for a, b in zip(
