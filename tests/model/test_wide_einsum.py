@@ -10,7 +10,7 @@ from flax import nnx
 
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import MLMHead
-from uniter_jax.model.layers import SelfAttention, attention_bias, wide_einsum
+from uniter_jax.model.layers import SelfAttention, attention_bias, dense, wide_einsum
 
 SPEC = "bqnd,bknd->bnqk"
 
@@ -66,7 +66,7 @@ def dot_operand_types(fn, *args) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("module", ["attention", "mlm_head"])
+@pytest.mark.parametrize("module", ["attention", "mlm_head", "fp32_output_dense"])
 def test_bf16_backward_has_no_fp32_matmul(module):
     """Before `wide_einsum`, the fp32 cotangent of the attention logits and of
     the MLM logits made JAX run their gradient matmuls in fp32."""
@@ -75,6 +75,8 @@ def test_bf16_backward_has_no_fp32_matmul(module):
     x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 9, hidden)), jnp.float32)
     if module == "attention":
         layer, extra = SelfAttention(config, rngs), (attention_bias(jnp.ones((2, 9))),)
+    elif module == "fp32_output_dense":  # layers.linear rounds its cotangent the same way
+        layer, extra = dense(hidden, 7, config, rngs, (None, None), fp32_output=True), ()
     else:
         table = jnp.asarray(np.random.default_rng(3).standard_normal((300, hidden)), jnp.float32)
         layer, extra = MLMHead(config, rngs), (table,)
