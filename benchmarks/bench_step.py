@@ -9,12 +9,12 @@ For each task, the real jitted train step (masking, forward, loss, backward,
 AdamW update; `uniter_jax.train.step.train_step`, as the loop calls it) on
 one device with a fixed batch of `--batch` x (`--text` + `--regions`)
 positions, all of them real, dropout on, the layers unrolled as the model's
-default (`--scan` times the `lax.scan` stack instead). A shared machine has slow and fast
-phases, so the sides take turns: each of `--rounds` rounds runs `--repeats`
-steps of the PyTorch side (benchmarks/torch_baseline.py, a child process
-started first; on a GPU it runs there too, under autocast to `--dtype`),
-then `--repeats` steps of each task, and on a CPU measures the matmul peak
-again. Each side's turn, and each task's, starts with one
+default (`--scan` times the `lax.scan` stack instead). A shared machine has
+slow and fast phases, so the sides take turns: each of `--rounds` rounds runs
+`--repeats` steps of the PyTorch side (benchmarks/torch_baseline.py, a child
+process started first; on a GPU it runs there too, under autocast to
+`--dtype`), then `--repeats` steps of each task, and on a CPU measures the
+matmul peak again. Each side's turn, and each task's, starts with one
 untimed step: the first step after the other side ran was up to 2x slower
 (its freed memory has to be compacted into huge pages again). Reported:
 - step time: median, min and max over all timed steps after the first
