@@ -6,7 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from uniter_jax.train.optimizer import OptimSettings, decay_mask, learning_rate, make_optimizer
+from uniter_jax.train.optimizer import (
+    OptimSettings,
+    clip_by_global_norm,
+    decay_mask,
+    learning_rate,
+    make_optimizer,
+)
 
 SETTINGS = OptimSettings(lr=0.01, warmup_steps=3, total_steps=10, clip_norm=1.0)
 
@@ -92,6 +98,26 @@ def test_accumulation_sums_micro_step_gradients():
     want = numpy_adamw(params, summed, SETTINGS)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+def test_clip_scales_by_the_global_norm(max_norm):
+    """`min(1, max_norm / norm)` times the gradient, with the norm computed or
+    given; below the threshold the gradient comes back unchanged, bit for bit."""
+    _, grads = params_and_grads(1)
+    grads = jax.tree.map(jnp.float32, grads)
+    leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
+    norm = np.sqrt(sum((g**2).sum() for g in leaves))
+    clip = clip_by_global_norm(max_norm)
+    computed, _ = clip.update(grads, clip.init(grads))
+    for got, g in zip(jax.tree.leaves(computed), leaves, strict=True):
+        np.testing.assert_allclose(got, g * min(1.0, max_norm / norm), rtol=1e-6)
+    if max_norm > norm:
+        for got, g in zip(jax.tree.leaves(computed), jax.tree.leaves(grads), strict=True):
+            np.testing.assert_array_equal(got, g)
+    given, _ = clip.update(grads, clip.init(grads), grad_norm=jnp.float32(2 * norm))
+    for got, g in zip(jax.tree.leaves(given), leaves, strict=True):
+        np.testing.assert_allclose(got, g * min(1.0, max_norm / (2 * norm)), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

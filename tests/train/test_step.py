@@ -3,13 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 from uniter_jax.objectives.tasks import TaskSettings
-from uniter_jax.train.optimizer import OptimSettings
-from uniter_jax.train.step import TRACES, StepSettings, init_state, train_step
+from uniter_jax.train.optimizer import OptimSettings, make_optimizer
+from uniter_jax.train.step import TRACES, StepSettings, bind, init_state, train_step
 
 MODEL = UniterConfig.preset("tiny", vocab_size=150, img_dim=12, num_region_labels=9)
 SETTINGS = StepSettings(
@@ -54,6 +55,47 @@ def test_steps_learn_and_compile_once_per_task():
     assert TRACES["train", "mlm"] - before <= 1  # 0 when an earlier test compiled it
     assert int(state["step"]) == 6
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_step_applies_the_optimiser_to_its_gradient(accumulation):
+    """The step hands its gradient norm to the clip (without accumulation); the
+    result must be the optimiser's own update, whose clip computes the norm of
+    the (summed) gradient itself. The clip is active: the norm is far above 0.05."""
+    settings = StepSettings(
+        model=MODEL,
+        tasks=SETTINGS.tasks,
+        optim=OptimSettings(
+            lr=1e-2, warmup_steps=1, total_steps=10, clip_norm=0.05, accumulation=accumulation
+        ),
+    )
+    state, key = fresh_state(settings), jax.random.PRNGKey(3)
+    optimizer = make_optimizer(settings.optim)
+    params, opt_state = copy(state["params"]), copy(state["opt_state"])
+    for step in range(2 * accumulation):
+        batch = jax.tree.map(jnp.asarray, make_batch(step))
+        mask_key, dropout_key = jax.random.split(jax.random.fold_in(key, step))
+
+        def loss(p, batch=batch, mask_key=mask_key, dropout_key=dropout_key):
+            model = bind(MODEL, p, settings.tasks)
+            return settings.tasks.loss("mlm", model, batch, mask_key, dropout_key)[0]
+
+        grads = jax.jit(jax.grad(loss))(params)
+        assert float(optax.tree.norm(grads)) > 10 * settings.optim.clip_norm
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        state, out = train_step(state, batch, key, task="mlm", settings=settings)
+        assert bool(out["finite"])
+    moved = 0.0
+    for got, want, first in zip(
+        jax.tree.leaves(state["params"]),
+        jax.tree.leaves(params),
+        jax.tree.leaves(fresh_state(settings)["params"]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        moved = max(moved, float(np.abs(np.asarray(want) - first).max()))
+    assert moved > 1e-3  # the comparison is not between two unchanged states
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])

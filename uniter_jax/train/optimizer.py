@@ -79,10 +79,33 @@ def decay_mask(params: dict) -> dict:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """Scales the gradient by `min(1, max_norm / norm)`, `norm` its global norm,
+    as PyTorch's `clip_grad_norm_` does (without its 1e-6 in the denominator).
+
+    `update(grads, state, params, grad_norm=...)` takes the norm when the caller
+    has it already (the train step does, without accumulation), which saves a
+    pass over the gradient; without it the norm is computed here.
+
+    One multiply by a scalar, which XLA fuses into AdamW's moment updates.
+    `optax.clip_by_global_norm` selects between the gradient and a divided
+    copy instead, and XLA:CPU wrote that copy out: the base update took 204-220
+    ms with it against 146 ms with this (median of 10, one process each).
+    """
+
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+        factor = jnp.minimum(1.0, max_norm / norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
+
+
 def make_optimizer(settings: OptimSettings) -> optax.GradientTransformation:
     chain = []
     if settings.clip_norm:
-        chain.append(optax.clip_by_global_norm(settings.clip_norm))
+        chain.append(clip_by_global_norm(settings.clip_norm))
     chain.append(
         optax.adamw(
             learning_rate(settings),

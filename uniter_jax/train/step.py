@@ -184,8 +184,13 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
+    # Without accumulation the clip's norm is this one; with it, the clip needs
+    # the norm of the summed gradient, which only the optimiser sees.
+    norm = {"grad_norm": grad_norm} if settings.optim.accumulation == 1 else {}
+
     def update(params, opt_state):
-        updates, opt_state = make_optimizer(settings.optim).update(grads, opt_state, params)
+        optimizer = make_optimizer(settings.optim)
+        updates, opt_state = optimizer.update(grads, opt_state, params, **norm)
         return optax.apply_updates(params, updates), opt_state
 
     # A branch, not `where(finite, new, old)` over every array: the select was
