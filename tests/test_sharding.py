@@ -219,3 +219,28 @@ def test_itm_and_mlm_steps_on_a_2x2x2_mesh_match_one_device(single_device):
 def test_one_step_of_every_task_on_every_mesh_matches_one_device(single_device, mesh):
     tasks = [t for t in TASKS if mesh != "2x2x2" or t not in ("itm", "mlm")]
     _sharded_matches_single_device(single_device, mesh, tasks)
+
+
+@needs_8
+def test_a_non_finite_step_on_a_mesh_keeps_the_sharded_state():
+    """The guard's branch on a 2x2x2 mesh, the state donated: a NaN in one valid
+    region leaves every parameter and moment shard as it was."""
+    lay = layout(MESHES["2x2x2"])
+    state = init_state(jax.device_get(init_params(MODEL, 0)), SETTINGS, lay)
+    batch, key = make_batch(), jax.random.PRNGKey(3)
+
+    def fields(b):
+        return lay.global_batch({k: b[k] for k in batch_fields("mlm")})
+
+    state, out = train_step(state, fields(batch), key, task="mlm", settings=SETTINGS, layout=lay)
+    assert bool(sharding.to_host(out["finite"]))
+    before = sharding.to_host((state["params"], state["opt_state"]))
+    poisoned = make_batch(1)
+    valid = np.argwhere(poisoned["img_mask"])[5]
+    poisoned["img_feat"][valid[0], valid[1], 0] = np.nan
+    state, out = train_step(state, fields(poisoned), key, task="mlm", settings=SETTINGS, layout=lay)
+    assert not bool(sharding.to_host(out["finite"]))
+    assert int(sharding.to_host(state["step"])) == 2
+    after = sharding.to_host((state["params"], state["opt_state"]))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before), strict=True):
+        np.testing.assert_array_equal(a, b)
