@@ -120,6 +120,18 @@ def test_clip_scales_by_the_global_norm(max_norm):
         np.testing.assert_allclose(got, g * min(1.0, max_norm / (2 * norm)), rtol=1e-6)
 
 
+def test_clip_of_a_zero_or_non_finite_gradient():
+    """A zero gradient stays zero (its factor is 1, not 0/0); a NaN propagates,
+    so the train step's guard sees it."""
+    clip = clip_by_global_norm(1.0)
+    zero = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    out, _ = clip.update(zero, clip.init(zero))
+    assert all(np.array_equal(x, np.zeros_like(x)) for x in jax.tree.leaves(out))
+    bad = {"a": jnp.array([1.0, np.nan, 2.0]), "b": jnp.ones((2, 2))}
+    out, _ = clip.update(bad, clip.init(bad))
+    assert all(np.isnan(x).all() for x in jax.tree.leaves(out))
+
+
 @pytest.mark.parametrize(
     "changes", [{"lr": 0}, {"warmup_steps": 20}, {"b2": 1.0}, {"accumulation": 0}]
 )

@@ -61,12 +61,21 @@ def test_steps_learn_and_compile_once_per_task():
 def test_step_applies_the_optimiser_to_its_gradient(accumulation):
     """The step hands its gradient norm to the clip (without accumulation); the
     result must be the optimiser's own update, whose clip computes the norm of
-    the (summed) gradient itself. The clip is active: the norm is far above 0.05."""
+    the (summed) gradient itself. The clip is active: the norm is far above 0.05.
+
+    Adam hardly sees a gradient's scale, only through `eps`: the clipped
+    gradient's elements (about 1e-4 here) must stay well above `eps`, pinned to
+    1e-6, for a wrong clip factor to change the result."""
     settings = StepSettings(
         model=MODEL,
         tasks=SETTINGS.tasks,
         optim=OptimSettings(
-            lr=1e-2, warmup_steps=1, total_steps=10, clip_norm=0.05, accumulation=accumulation
+            lr=1e-2,
+            warmup_steps=1,
+            total_steps=10,
+            clip_norm=0.05,
+            eps=1e-6,
+            accumulation=accumulation,
         ),
     )
     state, key = fresh_state(settings), jax.random.PRNGKey(3)

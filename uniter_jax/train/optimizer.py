@@ -83,9 +83,11 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
     """Scales the gradient by `min(1, max_norm / norm)`, `norm` its global norm,
     as PyTorch's `clip_grad_norm_` does (without its 1e-6 in the denominator).
 
-    `update(grads, state, params, grad_norm=...)` takes the norm when the caller
-    has it already (the train step does, without accumulation), which saves a
-    pass over the gradient; without it the norm is computed here.
+    `update(grads, state, params, grad_norm=...)` takes the norm, a float32
+    scalar, when the caller has it already, which saves a pass over the
+    gradient; without it the norm is computed here. It must be the global L2
+    norm of exactly `grads`: `optimizer_args` says when the train step's norm
+    is that one.
 
     One multiply by a scalar, which XLA fuses into AdamW's moment updates.
     `optax.clip_by_global_norm` selects between the gradient and a divided
@@ -102,7 +104,21 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
-def make_optimizer(settings: OptimSettings) -> optax.GradientTransformation:
+def optimizer_args(settings: OptimSettings, grad_norm: jax.Array) -> dict:
+    """The extra arguments of `make_optimizer(settings).update` for a step whose
+    gradient has global norm `grad_norm` (a float32 scalar).
+
+    Without accumulation that is the norm the clip needs. With it, the clip
+    must measure the summed gradient, which only `optax.MultiSteps` sees, and
+    MultiSteps hands extra arguments to every micro-step: passing the
+    micro-step's norm there would clip by the wrong amount, silently.
+    """
+    return {"grad_norm": grad_norm} if settings.accumulation == 1 else {}
+
+
+def make_optimizer(
+    settings: OptimSettings,
+) -> optax.GradientTransformationExtraArgs | optax.MultiSteps:
     chain = []
     if settings.clip_norm:
         chain.append(clip_by_global_norm(settings.clip_norm))

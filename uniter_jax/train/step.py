@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 from uniter_jax.objectives import tasks as pretraining
 from uniter_jax.sharding import Layout, logical_specs
-from uniter_jax.train.optimizer import OptimSettings, make_optimizer
+from uniter_jax.train.optimizer import OptimSettings, make_optimizer, optimizer_args
 
 # How many times each (kind, task) step has been traced: tests and logs use it
 # to show that each task compiles once per batch shape.
@@ -184,13 +184,12 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    # Without accumulation the clip's norm is this one; with it, the clip needs
-    # the norm of the summed gradient, which only the optimiser sees.
-    norm = {"grad_norm": grad_norm} if settings.optim.accumulation == 1 else {}
+    # The clip reuses this norm when it is the one it needs (no accumulation).
+    extra = optimizer_args(settings.optim, grad_norm)
 
     def update(params, opt_state):
         optimizer = make_optimizer(settings.optim)
-        updates, opt_state = optimizer.update(grads, opt_state, params, **norm)
+        updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state
 
     # A branch, not `where(finite, new, old)` over every array: the select was
