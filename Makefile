@@ -10,7 +10,7 @@ WORKDIR ?= runs/tiny
 # Silence the machine's pip index notes but keep real errors.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: run test test-slow lint format params clean
+.PHONY: run test test-slow lint format params gpu-wheels clean
 
 run: $(VENV)/.run-deps
 	$(PY) main.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
@@ -32,6 +32,17 @@ format: $(VENV)/.test-deps
 params: $(VENV)/.run-deps
 	$(PY) -m uniter_jax.tools.param_count
 
+# For benchmarks/gpu_check.sh on a GPU machine that cannot reach a package
+# index: the wheels of the pure-Python packages a stock CUDA image lacks
+# (ott-jax and its jaxopt), at this venv's versions, into .whl/, which the
+# script installs there.
+gpu-wheels: $(VENV)/.run-deps
+	rm -rf .whl
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps \
+	    --only-binary=:all: -d .whl \
+	    $$($(PY) -m pip list --format=freeze | grep -E '^(ott-jax|jaxopt)==') $(QUIET)
+	ls .whl
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
@@ -48,4 +59,4 @@ $(VENV)/.test-deps: requirements-test.txt $(VENV)/.run-deps
 	touch $@
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .whl

@@ -14,7 +14,8 @@
 #
 # The machine's own jax, flax, optax and CUDA plugin are used as they are.
 # Wheels in .whl/ (pure-Python packages the machine lacks, such as ott-jax and
-# jaxopt) are installed into a scratch folder first, without dependencies.
+# jaxopt; `make gpu-wheels` fetches them) are installed into a scratch folder
+# first, without dependencies.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 PY=${PY:-python3}
