@@ -1,17 +1,17 @@
-"""A deterministic, learnable scene world: the built-in data of demos and tests.
+"""Deterministic, learnable scene worlds: the built-in data of demos and tests.
 
 It is written in the public formats (a folder of per-image npz, COCO caption
 JSON, VQA v2 JSON) and converted by the same converters users run.
 
-Each image holds a few objects (shape, colour, size, position). A region's
-feature is a fixed random projection of its object's attributes plus noise,
-its soft label peaks on the object's class (detector-like, background first),
-and its box is the object's. Captions, VQA questions and referring
-expressions are generated from templates over the same objects, so text and
-regions carry the same facts: image-text matching, masked words and region
-classes are all learnable.
+Each image holds a few objects (shape, colour, size, position), drawn as
+one member of a parameterised family describes (`uniter_jax.data.scenes`).
+Captions (`uniter_jax.data.claims`), VQA questions and referring expressions
+are generated from templates over the same objects, so text and regions
+carry the same facts. The validation captions come with hard negatives (one
+attribute swapped, false in the scene) in `itm_hard_val.jsonl`.
 
   python -m uniter_jax.data.synthetic --out data/synthetic   # seconds
+  python -m uniter_jax.data.synthetic --out data/clutter --world clutter
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from uniter_jax.data import synthetic_downstream as downstream
+from uniter_jax.data.claims import captions, hard_negatives
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
 from uniter_jax.data.convert.karpathy import convert_karpathy
 from uniter_jax.data.convert.nlvr2 import convert_nlvr2
@@ -35,160 +37,25 @@ from uniter_jax.data.convert.snli_ve import convert_snli_ve
 from uniter_jax.data.convert.vcr import convert_vcr
 from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
 from uniter_jax.data.files import write_json
+from uniter_jax.data.scenes import (  # noqa: F401  (the world's names, re-exported)
+    COLOURS,
+    HEIGHT,
+    SHAPES,
+    SIZES,
+    WIDTH,
+    WORLDS,
+    SceneObject,
+    WorldConfig,
+    class_label,
+    generate,
+    label_names,
+)
 from uniter_jax.data.tokenizer import build_vocab
 
 # Bumped whenever the world gains stores or changes: runs rewrite older worlds.
-WORLD_VERSION = 3
-SHAPES = ("cube", "sphere", "cylinder", "cone", "ring", "star", "pyramid", "disc")
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
-SIZES = ("small", "large")
-WIDTH, HEIGHT = 640, 480
-
-
-@dataclasses.dataclass(frozen=True)
-class SceneObject:
-    shape: int
-    colour: int
-    size: int
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 pixels
-
-    @property
-    def words(self) -> str:
-        return f"{SIZES[self.size]} {COLOURS[self.colour]} {SHAPES[self.shape]}"
-
-    @property
-    def side(self) -> str:
-        centre = (self.box[0] + self.box[2]) / 2
-        return "left" if centre < WIDTH / 2 else "right"
-
-
-@dataclasses.dataclass(frozen=True)
-class WorldConfig:
-    num_images: int = 200
-    feature_dim: int = 2048
-    num_labels: int = 1601  # background + object classes, as the BUTD detector
-    min_objects: int = 2
-    max_objects: int = 4
-    # A detector fires several overlapping boxes on one object: the first box
-    # is the object's, the others are jittered copies with their own noise.
-    regions_per_object: int = 3
-    background_regions: int = 0  # regions on no object (label 0, low confidence)
-    captions_per_image: int = 5
-    questions_per_image: int = 3
-    statements_per_image: int = 3  # SNLI-VE
-    nlvr2_pairs_per_image: float = 0.1  # NLVR2 image pairs (each copies two images)
-    nlvr2_statements_per_pair: int = 6
-    feature_noise: float = 0.3
-    seed: int = 0
-
-    def __post_init__(self):
-        needed = 1 + len(SHAPES) * len(COLOURS)
-        if self.num_labels < needed:
-            raise ValueError(f"num_labels must be at least {needed} (one per shape and colour)")
-        if self.min_objects < 2 or self.max_objects < self.min_objects:
-            raise ValueError("need 2 <= min_objects <= max_objects")
-        if self.regions_per_object < 1:
-            raise ValueError("regions_per_object must be at least 1")
-
-
-def class_label(obj: SceneObject) -> int:
-    """The 1601-way label of an object: one class per (shape, colour)."""
-    return 1 + obj.shape * len(COLOURS) + obj.colour
-
-
-def label_names(num_labels: int = 1601) -> list[str]:
-    """Names of the world's detector classes ("red cube"), background first;
-    classes no object uses are "class k"."""
-    names = ["background"] + [f"class {k}" for k in range(1, num_labels)]
-    for shape, shape_name in enumerate(SHAPES):
-        for colour, colour_name in enumerate(COLOURS):
-            obj = SceneObject(shape, colour, 0, (0.0, 0.0, 1.0, 1.0))
-            names[class_label(obj)] = f"{colour_name} {shape_name}"
-    return names
-
-
-def make_scene(rng: np.random.Generator, config: WorldConfig) -> list[SceneObject]:
-    objects = []
-    for _ in range(rng.integers(config.min_objects, config.max_objects + 1)):
-        size = int(rng.integers(len(SIZES)))
-        # Sizes do not overlap: small is under 60 pixels, large over 100.
-        extent = rng.uniform(100, 160) if size else rng.uniform(30, 60)
-        x1 = rng.uniform(0, WIDTH - extent)
-        y1 = rng.uniform(0, HEIGHT - extent)
-        box = (float(x1), float(y1), float(x1 + extent), float(y1 + extent))
-        objects.append(
-            SceneObject(int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS))), size, box)
-        )
-    return objects
-
-
-class _Projections:
-    """Fixed random attribute embeddings, the same for every image of a world."""
-
-    def __init__(self, config: WorldConfig):
-        rng = np.random.default_rng([config.seed, 1])
-        d = config.feature_dim
-        self.shape = rng.standard_normal((len(SHAPES), d))
-        self.colour = rng.standard_normal((len(COLOURS), d))
-        self.size = rng.standard_normal((len(SIZES), d))
-        self.background = rng.standard_normal(d)
-
-
-def region_arrays(
-    objects: list[SceneObject],
-    rng: np.random.Generator,
-    config: WorldConfig,
-    proj: _Projections,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features [n, D], pixel boxes [n, 4], soft labels [n, L]): each object's
-    `regions_per_object` regions in object order, then the background regions."""
-    feats, boxes, labels = [], [], []
-    for obj in objects:
-        f = proj.shape[obj.shape] + proj.colour[obj.colour] + 0.5 * proj.size[obj.size]
-        extent = obj.box[2] - obj.box[0]
-        for copy in range(config.regions_per_object):
-            shift = rng.uniform(-0.05, 0.05, 4) * extent if copy else np.zeros(4)
-            box = np.clip(np.asarray(obj.box) + shift, 0, [WIDTH, HEIGHT, WIDTH, HEIGHT])
-            feats.append(f)
-            boxes.append(tuple(box))
-            labels.append(class_label(obj))
-    for _ in range(config.background_regions):
-        feats.append(proj.background)
-        x1, y1 = rng.uniform(0, WIDTH - 100), rng.uniform(0, HEIGHT - 100)
-        boxes.append((x1, y1, x1 + rng.uniform(20, 100), y1 + rng.uniform(20, 100)))
-        labels.append(0)
-    features = np.maximum(
-        np.stack(feats)
-        + config.feature_noise * rng.standard_normal((len(feats), config.feature_dim)),
-        0.0,
-    )
-    soft = np.full((len(labels), config.num_labels), 0.0)
-    for i, label in enumerate(labels):
-        # Detector-like: most mass on the true class, some on a confusable
-        # neighbour and on background, a little everywhere.
-        peak = rng.uniform(0.6, 0.9)
-        soft[i] = (1.0 - peak) * 0.2 / config.num_labels
-        soft[i, label] += peak
-        soft[i, (label % (config.num_labels - 1)) + 1] += (1.0 - peak) * 0.5
-        soft[i, 0] += (1.0 - peak) * 0.3
-        soft[i] /= soft[i].sum()
-    return features, np.asarray(boxes), soft
-
-
-def captions(objects: list[SceneObject], rng: np.random.Generator, count: int) -> list[str]:
-    out = []
-    for _ in range(count):
-        a, b = (objects[i] for i in rng.choice(len(objects), 2, replace=False))
-        kind = rng.integers(3)
-        if kind == 0:
-            out.append(f"a {a.words} and a {b.words}.")
-        elif kind == 1:
-            out.append(f"a {a.words} on the {a.side}.")
-        else:
-            n = sum(o.shape == a.shape for o in objects)
-            verb, noun = ("are", SHAPES[a.shape] + "s") if n > 1 else ("is", SHAPES[a.shape])
-            out.append(f"there {verb} {n} {noun} and a {COLOURS[b.colour]} {SHAPES[b.shape]}.")
-    return out
+WORLD_VERSION = 4
+# Validation captions paired with hard negatives, one JSON object a line.
+HARD_NEGATIVES = "itm_hard_val.jsonl"
 
 
 def questions(
@@ -252,15 +119,6 @@ def referring(objects: list[SceneObject]) -> list[tuple[str, int]]:
     return out
 
 
-def generate(config: WorldConfig):
-    """Yields `(image_id, objects, features, pixel_boxes, soft_labels)` per image."""
-    proj = _Projections(config)
-    for i in range(config.num_images):
-        rng = np.random.default_rng([config.seed, 2, i])
-        objects = make_scene(rng, config)
-        yield (f"synth{i:06d}", objects, *region_arrays(objects, rng, config, proj))
-
-
 def corpus(config: WorldConfig) -> list[str]:
     """Every word the templates can produce, for building the vocabulary."""
     words = [*SHAPES, *(s + "s" for s in SHAPES), *COLOURS, *SIZES]
@@ -269,12 +127,14 @@ def corpus(config: WorldConfig) -> list[str]:
     # NLVR2 and VCR templates.
     words += ["image", "images", "both", "contain", "has", "more", "than", "it", "because"]
     words += [str(n) for n in range(config.max_objects + 1)] + [".", "?"]
+    if "relation" in config.caption_kinds:
+        words += ["to", "of"]
     return [" ".join(words)] * 3
 
 
 def write_world(
     out: str,
-    config: WorldConfig = WorldConfig(),
+    config: WorldConfig | None = None,
     *,
     max_txt_len: int = 60,
     overwrite: bool = False,
@@ -287,10 +147,9 @@ def write_world(
     caption converter, questions through the VQA v2 converter, statements
     through the SNLI-VE converter and referring expressions through the
     RefCOCO converter (refer toolkit pickle + instances JSON). `keep_raw`
-    keeps the public-format files.
+    keeps the public-format files. `config` defaults to `WorldConfig()`.
     """
-    from uniter_jax.data import synthetic_downstream as downstream  # it imports this module
-
+    config = config or WorldConfig()
     os.makedirs(out, exist_ok=True)
     vocab_path = build_vocab(corpus(config), os.path.join(out, "vocab.txt"), vocab_size=400)
     raw = os.path.join(out, "raw")
@@ -306,7 +165,8 @@ def write_world(
     scenes: list = []
     captions_of: dict[str, list[str]] = {}
     num_val = max(1, config.num_images // 10)
-    for i, (image_id, objects, feats, boxes, soft) in enumerate(generate(config)):
+    hard: list[str] = []
+    for i, (image_id, objects, feats, boxes, soft, _) in enumerate(generate(config)):
         split = "val" if i < num_val else "train"
         scenes.append(downstream.Scene(image_id, objects, split))
         conf = soft[:, 1:].max(axis=1)
@@ -321,7 +181,10 @@ def write_world(
         )
         coco[split]["images"].append({"id": i, "width": WIDTH, "height": HEIGHT})
         rng = np.random.default_rng([config.seed, 3, i])
-        captions_of[image_id] = captions(objects, rng, config.captions_per_image)
+        claims = captions(objects, rng, config.captions_per_image, config.caption_kinds)
+        captions_of[image_id] = [claim.text for claim in claims]
+        if split == "val":
+            hard += hard_negative_lines(image_id, objects, claims, config)
         for text in captions_of[image_id]:
             n = len(coco["train"]["annotations"]) + len(coco["val"]["annotations"])
             coco[split]["annotations"].append({"id": n, "image_id": i, "caption": text})
@@ -476,9 +339,26 @@ def write_world(
             boxes="gt",  # every object's first region is its true box
             **text,
         )
+    paths["itm_hard_val"] = os.path.join(out, HARD_NEGATIVES)
+    write_lines(paths["itm_hard_val"], hard)
     if not keep_raw:
         shutil.rmtree(raw)
     return paths
+
+
+def hard_negative_lines(
+    image_id: str, objects: list[SceneObject], claims: list, config: WorldConfig
+) -> list[str]:
+    """JSON lines pairing each true caption of an image with its hard negatives,
+    one per kind of swap: `{image_id, kind, text, negative, claim, negative_claim}`."""
+    rng = np.random.default_rng([config.seed, 7, int(image_id.removeprefix("synth"))])
+    lines = []
+    for claim in claims:
+        for kind, negative in hard_negatives(claim, objects, rng, config.max_objects).items():
+            record = {"image_id": image_id, "kind": kind, "text": claim.text}
+            record |= {"negative": negative.text, "claim": claim.to_json()}
+            lines.append(json.dumps({**record, "negative_claim": negative.to_json()}))
+    return lines
 
 
 def write_lines(path: str, lines: list[str]) -> None:
@@ -489,18 +369,22 @@ def write_lines(path: str, lines: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic scene world.")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--num-images", type=int, default=WorldConfig.num_images)
-    parser.add_argument("--feature-dim", type=int, default=WorldConfig.feature_dim)
-    parser.add_argument("--num-labels", type=int, default=WorldConfig.num_labels)
+    parser.add_argument("--world", choices=sorted(WORLDS), help="a named world of the family")
+    parser.add_argument("--num-images", type=int, help=f"default {WorldConfig.num_images}")
+    parser.add_argument("--feature-dim", type=int, help=f"default {WorldConfig.feature_dim}")
+    parser.add_argument("--num-labels", type=int, help=f"default {WorldConfig.num_labels}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    config = WorldConfig(
-        num_images=args.num_images,
-        feature_dim=args.feature_dim,
-        num_labels=args.num_labels,
-        seed=args.seed,
+    config = WORLDS[args.world] if args.world else WorldConfig()
+    given = {
+        "num_images": args.num_images,
+        "feature_dim": args.feature_dim,
+        "num_labels": args.num_labels,
+    }
+    config = dataclasses.replace(
+        config, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
     )
     paths = write_world(args.out, config, overwrite=args.force)
     print(f"wrote {len(paths)} stores/files under {args.out} in {time.perf_counter() - start:.1f}s")

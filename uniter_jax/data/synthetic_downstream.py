@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from uniter_jax.data import synthetic as world
+from uniter_jax.data import scenes as world
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@ must beat to have learned anything from the images.
 
   python -m uniter_jax.downstream.baselines --world WORKDIR/synthetic
 
-  vqa        the most frequent training answer, always (prior)
+  vqa        the most frequent training answer, always (prior); and that of
+             each question type (`vqa_type_prior`, the learning check's)
   ve         the most frequent training label, always (majority)
   refexp     a uniformly random kept region: expected accuracy (IoU >= 0.5)
              and expected target accuracy (1 / regions)
@@ -41,6 +42,28 @@ def vqa_prior(train: TextStore, val: TextStore) -> dict[str, float]:
     return {"accuracy": metrics.vqa_accuracy(np.full(n, best), answers, scores)}
 
 
+def vqa_type_prior(train: TextStore, val: TextStore, words: int = 2) -> float:
+    """VQA accuracy of the most frequent (score-weighted) training answer of each
+    question type, the question's first `words` word pieces ("how many"); the
+    overall prior for a type the training split lacks."""
+
+    def kind(store: TextStore, i: int) -> tuple[int, ...]:
+        return tuple(store.input_ids(i)[:words].tolist())
+
+    totals: dict[tuple, np.ndarray] = {}
+    size = int(train.arrays["answers"].max()) + 1
+    for i in range(len(train)):
+        counts = totals.setdefault(kind(train, i), np.zeros(size))
+        np.add.at(counts, train.field("answers", i), train.field("scores", i))
+    overall = int(np.argmax(sum(totals.values())))
+    best = {k: int(np.argmax(v)) for k, v in totals.items()}
+    n = len(val)
+    guesses = np.asarray([best.get(kind(val, i), overall) for i in range(n)])
+    answers = [val.field("answers", i) for i in range(n)]
+    scores = [val.field("scores", i) for i in range(n)]
+    return metrics.vqa_accuracy(guesses, answers, scores)
+
+
 def refexp_chance(
     val: TextStore, images: ImageStore, conf_th: float, min_bb: int, max_bb: int
 ) -> dict[str, float]:
@@ -73,7 +96,10 @@ def world_baselines(world: str, conf_th=0.2, min_bb=10, max_bb=100) -> dict[str,
     images = ImageStore(os.path.join(world, "images"))
     vqa.check(texts("vqa_val"), texts("vqa_train"))
     return {
-        "vqa": vqa_prior(texts("vqa_train"), texts("vqa_val")),
+        "vqa": {
+            **vqa_prior(texts("vqa_train"), texts("vqa_val")),
+            "type_prior": vqa_type_prior(texts("vqa_train"), texts("vqa_val")),
+        },
         "ve": {"accuracy": _majority(texts("ve_train"), texts("ve_val"))},
         "refexp": refexp_chance(texts("refexp_val"), images, conf_th, min_bb, max_bb),
         "nlvr2": {"accuracy": _majority(texts("nlvr2_train"), texts("nlvr2_val"), 2)},

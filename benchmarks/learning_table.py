@@ -1,0 +1,203 @@
+"""The learning table: pretraining learns grounding on worlds it was not tuned on.
+
+For each named world of `uniter_jax.data.scenes.WORLDS` and each seed, it
+writes the world in the public formats (through the converters), computes
+the baselines that learn nothing from region features
+(`uniter_jax.analysis.learning_baselines`, the VQA per-question-type prior),
+pretrains with one recipe (`configs/pretrain.py:<preset>`, only the data
+paths, the region bucket and the seed set per world), scores the validation
+captions against their hard negatives with the ITM head, and fine-tunes VQA
+from the pretrained weights and from scratch. Each metric is compared with
+its baselines plus the margin in MARGINS.
+
+  python benchmarks/learning_table.py --out runs/learning                # all worlds, seeds 0 1
+  python benchmarks/learning_table.py --out runs/learning --worlds clutter --seeds 0
+
+Writes `table.md` (world x seed x metric x baseline) and `table.json` under
+`--out`; exits 1 if any row misses a margin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from uniter_jax.analysis import learning_baselines as baselines  # noqa: E402
+from uniter_jax.analysis.example import RegionSelection, Vocabulary  # noqa: E402
+from uniter_jax.analysis.itm_scores import itm_margins, load_pretraining  # noqa: E402
+from uniter_jax.data import scenes, synthetic  # noqa: E402
+from uniter_jax.data.image_store import ImageStore  # noqa: E402
+from uniter_jax.data.text_store import TextStore  # noqa: E402
+from uniter_jax.downstream.baselines import vqa_type_prior  # noqa: E402
+
+# How far each learned metric must clear its baselines (absolute).
+MARGINS = {
+    "itm_hard": 0.02,  # pairwise accuracy over the detector-label rule
+    "mlm": 0.05,  # accuracy over the text-only n-gram predictor
+    "mrc": 0.05,  # accuracy over the copy rule and the class prior
+    "wra": 0.05,  # mismatched minus matched WRA distance
+    "vqa_prior": 0.05,  # VQA accuracy over the per-question-type prior
+    "vqa_scratch": 0.02,  # VQA accuracy over the same fine-tuning from scratch
+}
+SELECTION = RegionSelection()  # the pipeline's defaults: conf > 0.2, 10 to 100 regions
+
+
+def max_regions(config: scenes.WorldConfig) -> int:
+    """Regions of the fullest image, rounded up to a multiple of 4: the bucket's."""
+    most = config.max_objects * config.regions_per_object + config.background_regions[1]
+    return -(-most // 4) * 4
+
+
+def main_py(workdir: str, config: str, overrides: dict, log: str) -> None:
+    """Runs `main.py` to the end; raises with the log's tail if it fails."""
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+    command = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}", *flags]
+    with open(log, "w") as f:
+        done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        with open(log) as f:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{f.read()[-3000:]}")
+
+
+def hard_itm(model_dir: str, world: str) -> dict[str, float]:
+    """Pairwise accuracy of the ITM margin on true captions against their hard negatives."""
+    records = baselines.read_hard_negatives(os.path.join(world, synthetic.HARD_NEGATIVES))
+    model = load_pretraining(model_dir)
+    images = ImageStore(os.path.join(world, "images"))
+    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
+    true = itm_margins(model, images, vocab, [(r["image_id"], r["text"]) for r in records])
+    false = itm_margins(model, images, vocab, [(r["image_id"], r["negative"]) for r in records])
+    return baselines.by_kind(records, baselines.pairwise_accuracy(true, false))
+
+
+def vqa_accuracy(workdir: str) -> float:
+    with open(os.path.join(workdir, "finetune_report.json")) as f:
+        return float(json.load(f)["validation"]["val/vqa/accuracy"])
+
+
+def run(name: str, seed: int, out: str, preset: str, steps: int, vqa_steps: int) -> dict:
+    root = os.path.join(out, f"{name}-seed{seed}")
+    world = os.path.join(root, "world")
+    config = dataclasses.replace(scenes.WORLDS[name], seed=seed)
+    start = time.perf_counter()
+    synthetic.write_world(world, config, overwrite=True)
+    texts = os.path.join(world, "texts")
+    row: dict = {"world": name, "seed": seed, "probe": baselines.feature_probe(config)}
+    row["baselines"] = baselines.world_baselines(world, SELECTION)
+    row["baselines"]["vqa_type_prior"] = vqa_type_prior(
+        TextStore(os.path.join(texts, "vqa_train")), TextStore(os.path.join(texts, "vqa_val"))
+    )
+    bucket = f"((16,{max_regions(config)},32),)"
+    data = {"data.images": os.path.join(world, "images"), "data.buckets": bucket, "seed": seed}
+    pretrain = os.path.join(root, "pretrain")
+    main_py(
+        pretrain,
+        f"configs/pretrain.py:{preset}",
+        {
+            **data,
+            "data.texts": os.path.join(texts, "captions_train"),
+            "data.val_texts": os.path.join(texts, "captions_val"),
+            "optim.total_steps": steps,
+            "eval.every_steps": steps,
+            "checkpoint.every_steps": steps,
+        },
+        pretrain + ".log",
+    )
+    with open(os.path.join(pretrain, "pretrain_report.json")) as f:
+        row["pretrain"] = json.load(f)["validation"]
+    row["itm_hard"] = hard_itm(os.path.join(pretrain, "model"), world)
+    vqa = {
+        **data,
+        "data.train_texts": os.path.join(texts, "vqa_train"),
+        "data.val_texts": os.path.join(texts, "vqa_val"),
+        "optim.total_steps": vqa_steps,
+        "eval.every_steps": vqa_steps,
+    }
+    for start_from in ("pretrained", "scratch"):
+        workdir = os.path.join(root, f"vqa-{start_from}")
+        init = {"init_from": os.path.join(pretrain, "model")} if start_from == "pretrained" else {}
+        main_py(workdir, f"configs/finetune_vqa.py:{preset}", {**vqa, **init}, workdir + ".log")
+        row[f"vqa_{start_from}"] = vqa_accuracy(workdir)
+    row["seconds"] = time.perf_counter() - start
+    row["checks"] = checks(row)
+    return row
+
+
+def checks(row: dict) -> dict[str, dict]:
+    """Each learned metric, the best baseline it must beat, the margin and the verdict."""
+    b, p = row["baselines"], row["pretrain"]
+    wra_gap = p["val/itm/wra_mismatched"] - p["val/itm/wra_matched"]
+    mrc_base = max(b["mrc_copy"], b["mrc_prior"])
+    rows = {
+        "itm_hard": (row["itm_hard"]["all"], b["itm_rule"]["all"]),
+        "mlm": (p["val/mlm/accuracy"], b["mlm_ngram"]),
+        "mrc": (p["val/mrc/accuracy"], mrc_base),
+        "wra": (wra_gap, 0.0),
+        "vqa_prior": (row["vqa_pretrained"], b["vqa_type_prior"]),
+        "vqa_scratch": (row["vqa_pretrained"], row["vqa_scratch"]),
+    }
+    return {
+        name: {
+            "value": value,
+            "baseline": base,
+            "margin": MARGINS[name],
+            "pass": bool(value >= base + MARGINS[name]),
+        }
+        for name, (value, base) in rows.items()
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| world | seed | metric | value | baseline | margin | pass |", "|---" * 7 + "|"]
+    for row in rows:
+        for name, c in row["checks"].items():
+            verdict = "yes" if c["pass"] else "**no**"
+            lines.append(
+                f"| {row['world']} | {row['seed']} | {name} | {c['value']:.3f} | "
+                f"{c['baseline']:.3f} | {c['margin']:.2f} | {verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--worlds", default=",".join(scenes.WORLDS))
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--preset", default="small", help="configs/pretrain.py variant")
+    parser.add_argument("--steps", type=int, default=0, help="pretraining updates; 0: the preset's")
+    parser.add_argument("--vqa-steps", type=int, default=1000)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if not args.steps:
+        sys.path.insert(0, ROOT)
+        from configs.pretrain import get_config
+
+        args.steps = get_config(args.preset).optim.total_steps
+    rows = []
+    for name in args.worlds.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            rows.append(run(name, seed, args.out, args.preset, args.steps, args.vqa_steps))
+            print(markdown(rows[-1:]), flush=True)
+            with open(os.path.join(args.out, "table.json"), "w") as f:
+                json.dump(rows, f, indent=2, default=float)
+    table = markdown(rows)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return 0 if all(c["pass"] for r in rows for c in r["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())

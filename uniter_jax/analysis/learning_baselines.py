@@ -1,0 +1,192 @@
+"""Baselines of the learning check, computed per synthetic world without
+learning anything from region features.
+
+  itm_rule     hard-negative ITM by a rule: read the objects off the
+               detector's argmax labels and boxes, check each caption's claim
+               on them, prefer the caption that holds (a tie counts half)
+  mlm_ngram    the best text-only n-gram predictor fitted on the training
+               captions: the most frequent token in the same caption
+               context (the whole caption but the masked token), backing
+               off to its two neighbours, its left neighbour, then the most
+               frequent token. Scored with each token masked alone (the
+               rest of the caption visible), which favours it over the
+               model's 15% masking
+  mrc_copy     the class of the most overlapping other region (the
+               prior's class where none overlaps)
+  mrc_prior    the most frequent class of the training images' regions
+  probe        nearest-class-mean accuracy of one object region's feature
+               (fitted on half the objects, scored on the other half) and
+               the share of the feature variance that the class explains:
+               how much of the class a single region carries (a world property)
+Region targets are the detector's argmax over non-background classes, the
+target of the MRC task's accuracy.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import numpy as np
+
+from uniter_jax.analysis.example import RegionSelection
+from uniter_jax.data import scenes
+from uniter_jax.data.claims import NEGATIVE_KINDS, Claim
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.regions import ImageRegions, box_iou, num_kept
+from uniter_jax.data.text_store import TextStore
+
+
+def read_hard_negatives(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def pairwise_accuracy(true_scores: np.ndarray, negative_scores: np.ndarray) -> np.ndarray:
+    """Per pair: 1 where the true caption scores higher, 0.5 on a tie, else 0."""
+    return (np.sign(np.asarray(true_scores) - np.asarray(negative_scores)) + 1) / 2
+
+
+def by_kind(records: list[dict], correct: np.ndarray) -> dict[str, float]:
+    """Mean of `correct` over all pairs (`all`) and per kind of swap."""
+    out = {"all": float(np.mean(correct))}
+    for kind in NEGATIVE_KINDS:
+        picked = [c for r, c in zip(records, correct, strict=True) if r["kind"] == kind]
+        if picked:
+            out[kind] = float(np.mean(picked))
+    return out
+
+
+def _kept(regions: ImageRegions, selection: RegionSelection) -> int:
+    return num_kept(regions.conf, selection.conf_th, selection.min_bb, selection.max_bb)
+
+
+def detected_objects(regions: ImageRegions, selection: RegionSelection) -> list:
+    """The scene as the detector's argmax labels and boxes tell it: one object
+    per object-class region, duplicates (same class, IoU > 0.5) merged."""
+    n = _kept(regions, selection)
+    labels = np.argmax(regions.soft_labels[:n].astype(np.float32), axis=-1)
+    xyxy = regions.boxes[:n, :4].astype(np.float64) * np.tile([scenes.WIDTH, scenes.HEIGHT], 2)
+    out: list[scenes.SceneObject] = []
+    for label, box in zip(labels, xyxy, strict=True):
+        parts = scenes.object_class(int(label))
+        if parts is None or any(
+            (o.shape, o.colour) == parts and box_iou(box, o.box) > 0.5 for o in out
+        ):
+            continue
+        size = int(box[2] - box[0] > scenes.SIZE_THRESHOLD)
+        out.append(scenes.SceneObject(*parts, size, tuple(float(v) for v in box)))
+    return out
+
+
+def itm_rule(
+    records: list[dict], images: ImageStore, selection: RegionSelection
+) -> dict[str, float]:
+    cache: dict[str, list] = {}
+    correct = []
+    for r in records:
+        if r["image_id"] not in cache:
+            cache[r["image_id"]] = detected_objects(images.get(r["image_id"]), selection)
+        objects = cache[r["image_id"]]
+        truth = Claim.from_json(r["claim"]).holds(objects)
+        negative = Claim.from_json(r["negative_claim"]).holds(objects)
+        correct.append(pairwise_accuracy(float(truth), float(negative)))
+    return by_kind(records, np.asarray(correct))
+
+
+def _sequences(store: TextStore) -> list[list[int]]:
+    # Boundaries stand for [CLS] / [SEP]: ids no word piece takes.
+    return [[-1, *store.input_ids(i).tolist(), -2] for i in range(len(store))]
+
+
+def mlm_ngram(train: TextStore, val: TextStore) -> float:
+    # Contexts from the longest to the shortest: the whole caption but the
+    # masked token (templates repeat, so this is the strongest text-only
+    # guess), both neighbours, the left neighbour; then the commonest token.
+    def contexts(seq: list[int], i: int) -> tuple:
+        return (("all", *seq[:i], None, *seq[i + 1 :]), (seq[i - 1], seq[i + 1]), seq[i - 1])
+
+    tables: dict = collections.defaultdict(collections.Counter)
+    unigram: collections.Counter = collections.Counter()
+    for seq in _sequences(train):
+        for i in range(1, len(seq) - 1):
+            for context in contexts(seq, i):
+                tables[context][seq[i]] += 1
+            unigram[seq[i]] += 1
+    top = unigram.most_common(1)[0][0]
+    hits = total = 0
+    for seq in _sequences(val):
+        for i in range(1, len(seq) - 1):
+            found = next((tables[c] for c in contexts(seq, i) if c in tables), None)
+            hits += (found.most_common(1)[0][0] if found else top) == seq[i]
+            total += 1
+    return hits / total
+
+
+def _targets(regions: ImageRegions, n: int) -> np.ndarray:
+    return np.argmax(regions.soft_labels[:n, 1:].astype(np.float32), axis=-1) + 1
+
+
+def mrc_baselines(
+    train_ids, val_ids, images: ImageStore, selection: RegionSelection
+) -> dict[str, float]:
+    counts: collections.Counter = collections.Counter()
+    for image_id in sorted(set(train_ids)):
+        regions = images.get(image_id)
+        counts.update(_targets(regions, _kept(regions, selection)).tolist())
+    prior = counts.most_common(1)[0][0]
+    copy_hits, prior_hits = [], []
+    for image_id in val_ids:  # once per caption, as validation masks each caption's image
+        regions = images.get(image_id)
+        n = _kept(regions, selection)
+        targets = _targets(regions, n)
+        iou = box_iou(regions.boxes[:n, None, :4], regions.boxes[None, :n, :4])
+        np.fill_diagonal(iou, 0.0)
+        nearest = np.argmax(iou, axis=1)
+        copied = np.where(iou.max(axis=1) > 0, targets[nearest], prior)
+        copy_hits += (copied == targets).tolist()
+        prior_hits += (targets == prior).tolist()
+    return {"mrc_copy": float(np.mean(copy_hits)), "mrc_prior": float(np.mean(prior_hits))}
+
+
+def feature_probe(config: scenes.WorldConfig, num_images: int = 400) -> dict[str, float]:
+    """Nearest-class-mean accuracy on one object region's feature, and the share
+    of the object regions' feature variance between classes."""
+    feats, labels = [], []
+    small = scenes.WorldConfig(**{**vars(config), "num_images": num_images})
+    for _, _, features, _, _, true in scenes.generate(small):
+        keep = np.asarray([scenes.object_class(int(t)) is not None for t in true])
+        feats.append(features[keep])
+        labels.append(true[keep])
+    x, y = np.concatenate(feats), np.concatenate(labels)
+    half = np.arange(len(y)) % 2 == 0
+    classes = np.unique(y[half])
+    means = np.stack([x[half][y[half] == c].mean(0) for c in classes])
+    test = x[~half]
+    distance = (test**2).sum(1)[:, None] - 2 * test @ means.T + (means**2).sum(1)[None]
+    accuracy = float(np.mean(classes[np.argmin(distance, axis=1)] == y[~half]))
+    every = np.unique(y)
+    class_means = np.stack([x[y == c].mean(0) for c in every])[np.searchsorted(every, y)]
+    between = float(((class_means - x.mean(0)) ** 2).sum(1).mean())
+    total = float(((x - x.mean(0)) ** 2).sum(1).mean())
+    return {"probe_accuracy": accuracy, "class_variance_share": between / total}
+
+
+def world_baselines(
+    world: str, selection: RegionSelection | None = None
+) -> dict[str, float | dict]:
+    """Every baseline above (but the probe) of a world folder written by
+    `uniter_jax.data.synthetic.write_world`; `selection` defaults to the pipeline's."""
+    selection = selection or RegionSelection()
+    images = ImageStore(os.path.join(world, "images"))
+    train = TextStore(os.path.join(world, "texts", "captions_train"))
+    val = TextStore(os.path.join(world, "texts", "captions_val"))
+    records = read_hard_negatives(os.path.join(world, "itm_hard_val.jsonl"))
+    train_ids = [str(i) for i in train.image_ids]
+    val_ids = [str(i) for i in val.image_ids]
+    return {
+        "itm_rule": itm_rule(records, images, selection),
+        "mlm_ngram": mlm_ngram(train, val),
+        **mrc_baselines(train_ids, val_ids, images, selection),
+    }
