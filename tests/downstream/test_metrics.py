@@ -6,7 +6,7 @@ import pytest
 from uniter_jax.data.convert.vqa import soft_scores
 from uniter_jax.data.regions import box_iou
 from uniter_jax.data.text_store import TextStore, TextStoreWriter
-from uniter_jax.downstream import metrics
+from uniter_jax.downstream import baselines, metrics
 
 # Answers the humans may give; the vocabulary holds only the first five, so
 # "cat" and "dog" are human answers that no prediction can name.
@@ -244,3 +244,48 @@ def test_text_store_ragged_matches_a_loop(ragged_store, name, index):
 def test_text_store_ragged_of_no_examples(ragged_store):
     rows, values = ragged_store.ragged("answers", np.zeros(0, np.int64))
     assert rows.shape == (0,) and values.shape == (0,)
+
+
+def vqa_store(path, questions):
+    """A VQA text store as the converter writes one: `(input_ids, human answers)`."""
+    with TextStoreWriter(
+        str(path), task="vqa", vocab=STORE_VOCAB, max_txt_len=8, ragged=("answers", "scores")
+    ) as writer:
+        for i, (ids, humans) in enumerate(questions):
+            answers, scores = stored_answers(humans)
+            writer.add(f"q{i}", f"img{i}", ids, answers=answers, scores=scores)
+    return TextStore(str(path))
+
+
+def test_vqa_type_prior_by_hand(tmp_path):
+    # Question types by their first two pieces: 10 11 "how many", 12 13 "what
+    # colour", 14 15 "is there". Answer ids: yes 0, no 1, red 2, "2" 3, blue 4.
+    train = vqa_store(
+        tmp_path / "train",
+        [
+            ([10, 11, 20], ["2"] * 10),
+            ([10, 11, 21], ["2"] * 2 + ["cat"] * 8),
+            ([10, 11, 24], ["yes"] + ["cat"] * 9),  # "how many": 2 (5/3) over yes (1/3)
+            ([12, 13, 22], ["red"] * 10),
+            # blue is named in two questions, red in one, but red scores 1, blue 2/3.
+            ([12, 13, 23], ["blue"] + ["cat"] * 9),
+            ([12, 13, 27], ["blue"] + ["dog"] * 9),
+            ([14, 15], ["no"] * 10),
+            ([14, 15, 25], ["no"] * 10),  # "is there": no (2) over yes (1)
+            ([14, 15, 26], ["yes"] * 10),
+        ],
+    )
+    # Over all types: no 2, "2" 5/3, yes 4/3, red 1, blue 2/3.
+    val = vqa_store(
+        tmp_path / "val",
+        [
+            ([10, 11, 30], ["2"] * 3),  # guess 2: 1
+            ([12, 13, 31], ["red"] * 2 + ["blue"] * 8),  # guess red: 2/3
+            ([14, 15, 32], ["no"] + ["yes"] * 9),  # guess no: 1/3
+            ([16, 17], ["no"] * 10),  # type unseen: the overall no, 1
+            ([10, 12], ["2"] * 10),  # type unseen (only its first piece is "how"): no, 0
+        ],
+    )
+    assert baselines.vqa_type_prior(train, val) == pytest.approx(3 / 5)
+    # By the first piece alone the last question is a "how" one: 2, 1.
+    assert baselines.vqa_type_prior(train, val, words=1) == pytest.approx(4 / 5)
