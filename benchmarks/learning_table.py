@@ -81,7 +81,7 @@ def hard_itm(model_dir: str, world: str) -> dict[str, float]:
 
 
 def vqa_accuracy(workdir: str) -> float:
-    with open(os.path.join(workdir, "finetune_report.json")) as f:
+    with open(os.path.join(workdir, "finetune_vqa_report.json")) as f:
         return float(json.load(f)["validation"]["val/vqa/accuracy"])
 
 

@@ -72,8 +72,8 @@ class WorldConfig:
     # Regions on no object, a count drawn uniformly from [min, max] per image.
     background_regions: tuple[int, int] = (0, 0)
     # 0: background regions are label 0 with one shared feature; k > 0: each
-    # is one of the first k STUFF classes (by its vertical position), with
-    # its own feature embedding and a confident detection.
+    # is one of k STUFF classes, k/2 of the upper ones or k/2 of the lower
+    # ones by its vertical position, with its own feature embedding.
     stuff_classes: int = 0
     shuffle_rows: bool = False  # rows in random order instead of object order
     feature_signal: float = 1.0  # scale of the attribute embeddings
@@ -88,11 +88,11 @@ class WorldConfig:
     seed: int = 0
 
     def __post_init__(self):
-        needed = 1 + OBJECT_CLASSES + self.stuff_classes
+        needed = 1 + OBJECT_CLASSES + (len(STUFF) if self.stuff_classes else 0)
         if self.num_labels < needed:
             raise ValueError(
                 f"num_labels must be at least {needed} (background, one per shape and "
-                f"colour, {self.stuff_classes} stuff classes)"
+                f"colour, the {len(STUFF)} stuff classes)"
             )
         if self.min_objects < 2 or self.max_objects < self.min_objects:
             raise ValueError("need 2 <= min_objects <= max_objects")
@@ -207,9 +207,9 @@ def _background(rng: np.random.Generator, config: WorldConfig, proj: _Projection
     box = (x1, y1, x1 + rng.uniform(20, 100), y1 + rng.uniform(20, 100))
     if not config.stuff_classes:
         return proj.background, box, 0
-    half = config.stuff_classes // 2
-    band = 0 if (box[1] + box[3]) / 2 < HEIGHT / 2 else half
-    k = band + int(rng.integers(half))
+    # The first `stuff_classes / 2` classes of each half of STUFF.
+    band = 0 if (box[1] + box[3]) / 2 < HEIGHT / 2 else len(STUFF) // 2
+    k = band + int(rng.integers(config.stuff_classes // 2))
     return proj.stuff[k], box, stuff_label(k)
 
 
@@ -218,7 +218,8 @@ def _confusable(label: int, rng: np.random.Generator, config: WorldConfig) -> in
     object class sharing the shape or the colour for objects."""
     parts = object_class(label)
     if parts is None:
-        others = [stuff_label(k) for k in range(config.stuff_classes) if stuff_label(k) != label]
+        used = [k + band for band in (0, len(STUFF) // 2) for k in range(config.stuff_classes // 2)]
+        others = [stuff_label(k) for k in used if stuff_label(k) != label]
         return others[rng.integers(len(others))] if others else label
     shape, colour = parts
     others = [1 + s * len(COLOURS) + colour for s in range(len(SHAPES)) if s != shape]
