@@ -164,7 +164,31 @@ def test_mrc_copy_and_prior_by_hand(mrc_store):
     # Training images count once each (were t1 counted three times, class 1
     # would be the prior). v1 is scored twice (two captions): copy 5 of 6
     # regions, prior 1 of 6; v2: neither.
+    got.pop("mrc_box")
     assert got == pytest.approx({"mrc_copy": 10 / 13, "mrc_prior": 2 / 13}, abs=1e-12)
+
+
+def test_mrc_box_prior_by_hand(tmp_path):
+    """The box-only prior: the commonest training class of the same coarse box
+    bin (centre in a 4 x 4 grid of the 640 x 480 image, width in 8 bins)."""
+
+    def r(box, label):
+        return (box, 0.9, {label: 0.7})
+
+    images = {
+        # Upper-left small boxes are class 1 (twice), lower-right wide ones class 2.
+        "t": [r((0, 0, 40, 40), 1), r((10, 10, 50, 50), 1), r((500, 400, 640, 480), 2)],
+        "v": [
+            r((5, 5, 45, 45), 1),  # the upper-left small bin -> 1, hit
+            r((520, 410, 640, 480), 2),  # the lower-right wide bin -> 2, hit (the prior misses)
+            r((300, 200, 340, 240), 1),  # a bin training never saw -> the prior 1, hit
+            r((0, 0, 40, 40), 2),  # upper-left small -> 1, miss
+        ],
+    }
+    store = image_store(tmp_path / "images", images, NUM_MRC_LABELS)
+    got = lb.mrc_baselines(["t"], ["v"], store, SELECTION)
+    assert got["mrc_box"] == pytest.approx(3 / 4, abs=1e-12)
+    assert got["mrc_prior"] == pytest.approx(2 / 4, abs=1e-12)
 
 
 # ---------------------------------------------------------------- the detector-label ITM rule

@@ -14,6 +14,9 @@ learning anything from region features.
   mrc_copy     the class of the most overlapping other region (the
                prior's class where none overlaps)
   mrc_prior    the most frequent class of the training images' regions
+  mrc_box      the most frequent training class of regions whose box falls in
+               the same coarse bin (centre in a 4 x 4 grid, width in 8 bins):
+               what the box alone tells, such as sky above and floor below
   probe        nearest-class-mean accuracy of one object region's feature
                (fitted on half the objects, scored on the other half) and
                the share of the feature variance that the class explains:
@@ -132,11 +135,17 @@ def mrc_baselines(
     train_ids, val_ids, images: ImageStore, selection: RegionSelection
 ) -> dict[str, float]:
     counts: collections.Counter = collections.Counter()
+    by_box: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     for image_id in sorted(set(train_ids)):
         regions = images.get(image_id)
-        counts.update(_targets(regions, _kept(regions, selection)).tolist())
+        n = _kept(regions, selection)
+        targets = _targets(regions, n).tolist()
+        counts.update(targets)
+        for key, target in zip(_box_bins(regions.boxes[:n]), targets, strict=True):
+            by_box[key][target] += 1
     prior = counts.most_common(1)[0][0]
-    copy_hits, prior_hits = [], []
+    box_prior = {key: c.most_common(1)[0][0] for key, c in by_box.items()}
+    hits: dict[str, list] = {"mrc_copy": [], "mrc_prior": [], "mrc_box": []}
     for image_id in val_ids:  # once per caption, as validation masks each caption's image
         regions = images.get(image_id)
         n = _kept(regions, selection)
@@ -145,9 +154,21 @@ def mrc_baselines(
         np.fill_diagonal(iou, 0.0)
         nearest = np.argmax(iou, axis=1)
         copied = np.where(iou.max(axis=1) > 0, targets[nearest], prior)
-        copy_hits += (copied == targets).tolist()
-        prior_hits += (targets == prior).tolist()
-    return {"mrc_copy": float(np.mean(copy_hits)), "mrc_prior": float(np.mean(prior_hits))}
+        boxed = np.asarray([box_prior.get(k, prior) for k in _box_bins(regions.boxes[:n])])
+        hits["mrc_copy"] += (copied == targets).tolist()
+        hits["mrc_prior"] += (targets == prior).tolist()
+        hits["mrc_box"] += (boxed == targets).tolist()
+    return {name: float(np.mean(values)) for name, values in hits.items()}
+
+
+def _box_bins(boxes7: np.ndarray) -> list[tuple[int, int, int]]:
+    """A region's box, coarsely: its centre's row and column in a 4 x 4 grid and
+    its width in 8 bins, the key of the box-only class prior."""
+    boxes7 = np.asarray(boxes7, np.float64)
+    row = np.clip(((boxes7[:, 1] + boxes7[:, 3]) / 2 * 4).astype(int), 0, 3)
+    column = np.clip(((boxes7[:, 0] + boxes7[:, 2]) / 2 * 4).astype(int), 0, 3)
+    width = np.clip((boxes7[:, 4] * 8).astype(int), 0, 7)
+    return list(zip(row.tolist(), column.tolist(), width.tolist(), strict=True))
 
 
 def feature_probe(config: scenes.WorldConfig, num_images: int = 2000) -> dict[str, float]:
