@@ -38,6 +38,7 @@ from uniter_jax.sharding import Layout, check_divisible, make_mesh, to_host
 from uniter_jax.train import inputs
 from uniter_jax.train.checkpoint import Checkpoints
 from uniter_jax.train.evaluate import eval_tasks, evaluate
+from uniter_jax.train.image_init import principal_directions, with_principal_projection
 from uniter_jax.train.optimizer import OptimSettings, learning_rate
 from uniter_jax.train.step import (
     TRACES,
@@ -129,14 +130,22 @@ def initial_params(
     init_from: str,
     layout: Layout | None = None,
     objective: Objective | None = None,
+    image_directions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Fresh parameters of `objective`'s model (pretraining when None), overlaid
     with `init_from` (a parameter checkpoint folder such as a run's
     `workdir/model` or a converted UNITER, or a UNITER `.pt` / BERT `.bin` /
     `.safetensors` file) when given, laid out by `layout` (one device by
-    default). Fine-tuning keeps its fresh head and drops pretraining heads."""
+    default). Fine-tuning keeps its fresh head and drops pretraining heads.
+    `image_directions` (mean, directions) start the fresh image projection
+    from the features' principal directions (`train/image_init.py`)."""
     layout = layout or Layout.single_device()
     fresh = init_params(config, seed, layout, objective)
+    if image_directions is not None:
+        start = with_principal_projection(
+            to_host(fresh), *image_directions, config.initializer_range
+        )
+        fresh = jax.device_put(start, param_shardings(config, layout, objective))
     if not init_from:
         return fresh
     if os.path.isdir(init_from):
@@ -250,8 +259,31 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
         mix=mix,
         pipelines=pipelines,
         validate=validate if val is not None else None,
-        initial_params=lambda: initial_params(model_cfg, config.seed, config.init_from, layout),
+        initial_params=lambda: initial_params(
+            model_cfg,
+            config.seed,
+            config.init_from,
+            layout,
+            image_directions=_image_directions(config, any_pipeline, model_cfg),
+        ),
         close=close,
+    )
+
+
+def _image_directions(config: ml_collections.ConfigDict, pipeline, model_cfg: UniterConfig):
+    """`config.image_init`: None for "random", the training regions' principal
+    directions for "pca"."""
+    if config.image_init == "random":
+        return None
+    if config.image_init != "pca":
+        raise ValueError(f"config.image_init is {config.image_init!r}: choose random or pca")
+    data = config.data
+    return principal_directions(
+        pipeline.images,
+        [str(i) for i in pipeline.texts.image_ids],
+        model_cfg.hidden_size,
+        selection=(data.conf_th, data.min_bb, data.max_bb),
+        seed=config.seed,
     )
 
 
