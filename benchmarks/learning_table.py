@@ -10,7 +10,7 @@ captions against their hard negatives with the ITM head, and fine-tunes VQA
 from the pretrained weights and from scratch. Each metric is compared with
 its baselines plus the margin in MARGINS.
 
-  python benchmarks/learning_table.py --out runs/learning                # all worlds, seeds 0 1
+  python benchmarks/learning_table.py --out runs/learning       # all worlds, seeds 0 1, tiny
   python benchmarks/learning_table.py --out runs/learning --worlds clutter --seeds 0
 
 Writes `table.md` (world x seed x metric x baseline) and `table.json` under
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--worlds", default=",".join(scenes.WORLDS))
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--preset", default="small", help="configs/pretrain.py variant")
+    parser.add_argument("--preset", default="tiny", help="configs/pretrain.py variant")
     parser.add_argument("--steps", type=int, default=0, help="pretraining updates; 0: the preset's")
     parser.add_argument("--vqa-steps", type=int, default=1000)
     args = parser.parse_args(argv)
