@@ -224,3 +224,23 @@ def test_padded_regions_change_no_loss_or_prediction(vqa, refexp):
     assert objective.loss("refexp", model, kept_change, None, None)[0] != pytest.approx(
         float(objective.loss("refexp", model, BATCH, None, None)[0]), rel=1e-6
     )
+
+
+def test_refexp_target_past_the_padded_regions_is_skipped_not_nan(refexp):
+    """A target cut by region selection can index past the batch's padded
+    region count (max_bb below the store's boxes); that row has weight 0 and
+    must leave the loss and its gradient finite and unchanged."""
+    objective, model = refexp
+    reference = objective.loss("refexp", model, BATCH, None, None)
+    for index in (NR, NR + 4, 100):
+        far = dict(BATCH, target=np.where(np.arange(B) == 1, index, BATCH["target"]).astype(np.int32))
+        loss, metrics = objective.loss("refexp", model, far, None, None)
+        np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
+        assert metrics["loss"][1] == reference[1]["loss"][1] == 4
+
+        def value(m, batch=far):
+            return objective.loss("refexp", m, batch, None, None)[0]
+
+        grads = nnx.grad(value)(model)
+        leaves = jax.tree_util.tree_leaves(nnx.state(grads))
+        assert all(np.isfinite(np.asarray(g)).all() for g in leaves), index

@@ -57,8 +57,12 @@ class ReferringExpressions:
         scores = self.scores(model, batch, dropout_key)
         target = batch["target"]
         # A target region cut by the region selection (conf_th / max_bb) cannot
-        # be learned: it is left out of the loss (counted by the caller).
-        kept = jnp.take_along_axis(batch["img_mask"], target[:, None], 1)[:, 0] > 0
+        # be learned: it is left out of the loss (counted by the caller). Its
+        # index may lie past this batch's padded region count, so it is looked
+        # up clipped and the row weighted 0 (an out-of-range gather is NaN).
+        inside = target < scores.shape[1]
+        target = jnp.clip(target, 0, scores.shape[1] - 1)
+        kept = inside & (jnp.take_along_axis(batch["img_mask"], target[:, None], 1)[:, 0] > 0)
         weight = batch["valid"].astype(jnp.float32) * kept
         ce = losses.cross_entropy(scores, target, weight)
         out = {"loss": ce, "accuracy": losses.accuracy(scores, target, weight)}

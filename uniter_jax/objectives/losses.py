@@ -19,7 +19,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> S
     weights = weights.astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-    return -jnp.sum(picked * weights), jnp.sum(weights)
+    # An ignored row adds nothing, even where its label is out of range (NaN).
+    return -jnp.sum(jnp.where(weights > 0, picked * weights, 0.0)), jnp.sum(weights)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> SumCount:
