@@ -6,7 +6,9 @@ import csv
 import importlib
 import json
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -110,6 +112,16 @@ def check_ranking_resumes_from_its_chunks(config, workdir, metrics):
     reversed_ = recall_at_k(-scores, text_image)
     for name in ("t2i_r1", "i2t_r1", "t2i_r5", "i2t_r5"):
         assert again[name] == pytest.approx(reversed_[name]), name
+    # Trained again into the same folder: other parameters, so the saved
+    # chunks are stale and the ranking is scored afresh.
+    model = os.path.join(workdir, "model")
+    params, model_cfg, _ = param_checkpoint.load(model)
+    shutil.rmtree(model)
+    param_checkpoint.save(model, jax.tree.map(lambda x: x * 1.5, params), model_cfg)
+    fresh = finetune.run_predict(config, workdir)["metrics"]
+    rescored = np.load(path)
+    assert not np.allclose(rescored, -scores) and not np.allclose(rescored, scores)
+    assert fresh["t2i_r1"] == pytest.approx(recall_at_k(rescored, text_image)["t2i_r1"])
 
 
 def check_results(task, path, world):

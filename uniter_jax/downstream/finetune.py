@@ -398,7 +398,7 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
             layout,
             two_stage_k=config.eval.get("two_stage_k", 0),
             cache_dir=str(root / f"ranking_{split}"),
-            fingerprint=source,
+            fingerprint=retrieval.params_fingerprint(params),
         )
         if jax.process_index() == 0:
             retrieval.write_ranking(scores, pipeline, str(results))

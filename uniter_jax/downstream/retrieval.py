@@ -25,6 +25,7 @@ change against the full ranking.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 
@@ -275,6 +276,27 @@ def pair_scores(
     return out
 
 
+def params_fingerprint(params: dict) -> str:
+    """A digest of the parameters' values, to key cached scores by what scored
+    them: a model trained again into the same folder gets a new one.
+
+    Two weighted sums per array, reduced where the arrays live (sharded over
+    hosts alike), then hashed with the tree's paths.
+    """
+
+    def sums(x):
+        x = x.astype(jnp.float32).ravel()
+        w = jnp.sin(jnp.arange(x.size, dtype=jnp.float32) * 0.618 + 1.0)
+        return jnp.stack([jnp.sum(x * w), jnp.sum(x * x)])
+
+    reduced = jax.jit(lambda tree: jax.tree.map(sums, tree))(params)
+    digest = hashlib.sha256()
+    for path, value in jax.tree_util.tree_leaves_with_path(reduced):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.asarray(value, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def full_scores(
     params: dict,
     pipeline: Pipeline,
@@ -289,7 +311,8 @@ def full_scores(
 
     Texts go in chunks of `chunk_texts` (x all images); with `cache_dir`, each
     finished chunk is saved there and reused by a later call with the same
-    `fingerprint` (say, the checkpoint), so a long ranking resumes.
+    `fingerprint` (`params_fingerprint` of the scoring parameters), so a long
+    ranking resumes.
     """
     split = Split.of(pipeline)
     t_count, i_count = len(split.text_image), len(split.images)
