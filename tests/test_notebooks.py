@@ -9,6 +9,8 @@ import json
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import nbclient
 import nbformat
@@ -75,6 +77,52 @@ def test_stored_notebooks_are_clean(name):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
     assert nb.metadata.kernelspec.name == "python3"
+
+
+def setup_cell(name):
+    """The first code cell's Python (IPython magics dropped)."""
+    cell = next(c for c in read(name).cells if c.cell_type == "code")
+    return "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+
+
+def test_every_notebook_starts_with_the_same_setup_cell():
+    first = setup_cell(NAMES[0])
+    assert "find_repository" in first and "missing_requirements" in first
+    assert all(setup_cell(name) == first for name in NAMES)
+
+
+@pytest.mark.slow
+def test_setup_cell_installs_into_a_fresh_python_and_clones_outside_a_copy(tmp_path):
+    """On a Python without our requirements (a new venv, as a fresh Colab
+    runtime lacks ott-jax and clu), the first cell installs them, inside a
+    copy of the repository and, cloned, outside one. Not the project's venv:
+    there every module is already importable and the install never runs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    probe = "\nimport ott, clu, uniter_jax.model\nprint('uniter_jax from', uniter_jax.__file__)\n"
+    code = setup_cell(NAMES[0]) + probe
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+    def run(cwd, **extra):
+        return subprocess.run(
+            [python, "-c", code], cwd=cwd, env={**env, **extra}, capture_output=True, text=True
+        )
+
+    inside = run(NOTEBOOKS)
+    assert inside.returncode == 0, inside.stderr[-3000:]
+    assert "installing requirements.txt; missing:" in inside.stdout
+    assert f"repository: {ROOT}" in inside.stdout
+    assert f"uniter_jax from {ROOT}" in inside.stdout
+
+    colab = tmp_path / "content"
+    colab.mkdir()
+    nowhere = run(colab)
+    assert nowhere.returncode != 0 and "set REPOSITORY" in nowhere.stderr
+    cloned = run(colab, UNITER_JAX_REPOSITORY=str(ROOT))
+    assert cloned.returncode == 0, cloned.stderr[-3000:]
+    assert "installing" not in cloned.stdout  # the first run installed everything
+    assert f"uniter_jax from {colab / 'uniter_jax'}" in cloned.stdout
 
 
 @pytest.fixture(scope="module")
