@@ -233,7 +233,9 @@ def test_refexp_target_past_the_padded_regions_is_skipped_not_nan(refexp):
     objective, model = refexp
     reference = objective.loss("refexp", model, BATCH, None, None)
     for index in (NR, NR + 4, 100):
-        far = dict(BATCH, target=np.where(np.arange(B) == 1, index, BATCH["target"]).astype(np.int32))
+        far = dict(
+            BATCH, target=np.where(np.arange(B) == 1, index, BATCH["target"]).astype(np.int32)
+        )
         loss, metrics = objective.loss("refexp", model, far, None, None)
         np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
         assert metrics["loss"][1] == reference[1]["loss"][1] == 4
