@@ -6,11 +6,15 @@
 #       [--config configs/pretrain.py] [--project P] [--version V] [--spot] \
 #       [--keep] [--dry-run] [-- --config.data.images=gs://... more main.py flags]
 #
-# 1. creates the slice, or reuses it when a TPU VM of that name exists;
+# 1. creates the slice, or reuses a READY TPU VM of that name (a preempted or
+#    terminated one is deleted and created again; one in any other state stops
+#    the script, naming the state);
 # 2. copies this checkout (git archive of HEAD) to every worker and installs it
-#    into ~/uniter_jax/.venv with jax's TPU wheel;
+#    into ~/uniter_jax/.venv with jax's TPU wheel, on Python 3.11 or newer
+#    (the image's python3 if new enough, else python3.11 from apt);
 # 3. starts main.py on every worker at once (jax finds the other workers by
 #    itself), streaming all workers' output here and into ~/uniter_jax/main.log;
+#    the script exits with main.py's status;
 # 4. deletes the slice afterwards if this script created it (not with --keep).
 # Checkpoints and logs go to --workdir, which must be a gs:// path that every
 # worker can write. A preempted run resumes from there: run the script again.
@@ -18,7 +22,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -84,7 +88,20 @@ teardown() {
 trap teardown EXIT
 
 # ---- 1. the slice ------------------------------------------------------------
-if ((!DRY_RUN)) && "${TPU[@]}" describe "$NAME" "${WHERE[@]}" >/dev/null 2>&1; then
+STATE=""
+if ((!DRY_RUN)); then
+  STATE=$("${TPU[@]}" describe "$NAME" "${WHERE[@]}" --format='value(state)' 2>/dev/null || true)
+fi
+case "$STATE" in
+  "" | READY) ;;
+  PREEMPTED | TERMINATED)
+    echo "TPU VM $NAME is $STATE: deleting it to create it again"
+    run "${TPU[@]}" delete "$NAME" "${WHERE[@]}" --quiet
+    STATE=""
+    ;;
+  *) die "TPU VM $NAME exists in state $STATE: wait until it is READY, or delete it" ;;
+esac
+if [[ "$STATE" == READY ]]; then
   echo "reusing TPU VM $NAME"
 else
   create=("${TPU[@]}" create "$NAME" "${WHERE[@]}" --accelerator-type "$ACCELERATOR" --version "$VERSION")
@@ -100,12 +117,17 @@ ARCHIVE="${TMPDIR:-/tmp}/uniter_jax-$NAME-$$.tar.gz"
 run git archive --format=tar.gz -o "$ARCHIVE" HEAD
 run "${TPU[@]}" scp "$ARCHIVE" "$NAME:uniter_jax.tar.gz" "${WHERE[@]}" --worker=all
 run rm -f "$ARCHIVE"
-INSTALL="set -e; rm -rf uniter_jax && mkdir uniter_jax && tar xzf uniter_jax.tar.gz -C uniter_jax"
-INSTALL+=" && cd uniter_jax && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt"
+# The default TPU VM images ship Python 3.10; the package needs 3.11.
+PYTHON='PY=python3; if ! python3 -c "import sys; sys.exit(sys.version_info < (3, 11))"; then'
+PYTHON+=' PY=python3.11; command -v python3.11 >/dev/null || { sudo apt-get update -qq &&'
+PYTHON+=' sudo apt-get install -y -qq python3.11 python3.11-venv; }; fi'
+INSTALL="set -e; $PYTHON; rm -rf uniter_jax && mkdir uniter_jax && tar xzf uniter_jax.tar.gz -C uniter_jax"
+INSTALL+=" && cd uniter_jax && \$PY -m venv .venv && .venv/bin/pip install -q -r requirements.txt"
 INSTALL+=" && .venv/bin/pip install -q 'jax[tpu]==$JAX_VERSION'"
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command "$INSTALL"
 
 # ---- 3. the run, on every worker at once ---------------------------------------
 MAIN=(.venv/bin/python main.py "--config=$CONFIG" "--workdir=$WORKDIR" "${EXTRA[@]}")
-LAUNCH="cd uniter_jax && $(printf '%q ' "${MAIN[@]}")2>&1 | tee -a main.log"
+# pipefail: the ssh (and this script) ends with main.py's status, not tee's.
+LAUNCH="set -o pipefail; cd uniter_jax && $(printf '%q ' "${MAIN[@]}")2>&1 | tee -a main.log"
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command "$LAUNCH"
