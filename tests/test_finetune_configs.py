@@ -37,3 +37,12 @@ def test_config_variants_are_consistent(task, variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant"):
         importlib.import_module("configs.finetune_vqa").get_config("huge")
+
+
+@pytest.mark.parametrize("variant", ["tiny", "base"])
+def test_retrieval_defaults_are_the_original_objective_and_full_ranking(variant):
+    """The dual loss weakens the cross-encoder (docs/results.md): it and the
+    two-stage ranking it feeds are opt-in."""
+    config = importlib.import_module("configs.finetune_retrieval").get_config(variant)
+    assert config.task_options.dual_weight == 0.0
+    assert config.eval.two_stage_k == 0

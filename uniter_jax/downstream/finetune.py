@@ -275,6 +275,11 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     optim = loop.optim_settings(config.optim)
     optim = dataclasses.replace(optim, head_groups=objective.head_groups)
     settings = StepSettings(model=model_cfg, tasks=objective, optim=optim)
+    if config.eval.get("two_stage_k", 0) and not getattr(objective, "dual_weight", 1.0):
+        logging.warning(
+            "eval.two_stage_k is set but task_options.dual_weight is 0: the first stage "
+            "is a dual encoder this run does not train, so its candidates are poor"
+        )
 
     def validate(params: dict) -> dict[str, float]:
         if task is retrieval:
