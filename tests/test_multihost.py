@@ -7,9 +7,11 @@ write one set of checkpoints and logs.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -49,11 +51,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def restore(workdir):
-    """Step 6's state onto this process's first device, whatever topology saved it."""
+def restore(workdir, step=6):
+    """A step's state onto this process's first device, whatever topology saved it."""
     import jax
 
-    path = os.path.join(workdir, "checkpoints", "6", "state")
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as checkpointer:
         target = jax.tree.map(
@@ -97,3 +99,68 @@ def test_two_processes_train_like_one(tmp_path):
         json.loads((tmp_path / d / "pretrain_report.json").read_text()) for d in ("one", "two")
     ]
     assert reports[0]["step"] == reports[1]["step"] == 6
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_all_at_one_step_and_resumes_exactly(tmp_path):
+    """Only process 1 is signalled, inside some step; both processes agree on
+    the stop step, save one checkpoint together and exit 143. Resumed, the
+    pair ends with the parameters of an uninterrupted pair."""
+    steps = 24
+    extra = [
+        f"--config.optim.total_steps={steps}",
+        "--config.log.every_steps=1",
+        "--config.eval.every_steps=0",
+        "--config.checkpoint.every_steps=1000",
+    ]
+
+    def start_pair(name):
+        port = free_port()
+        command = [sys.executable, "main.py", f"--workdir={tmp_path / name}", *ARGS, *extra]
+        command += [f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+        logs = [open(tmp_path / f"{name}{i}.log", "a") for i in range(2)]  # noqa: SIM115
+        procs = [
+            subprocess.Popen(
+                [*command, f"--process_id={i}"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for i, log in enumerate(logs)
+        ]
+        return procs, logs
+
+    def wait(procs, logs, timeout=600):
+        codes = []
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                codes.append(proc.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                for p in procs:
+                    p.kill()
+                codes.append("hung")
+            log.close()
+        return codes
+
+    def log_text(name, i=0):
+        return crash_excerpt((tmp_path / f"{name}{i}.log").read_text())
+
+    whole = start_pair("whole")
+    procs, logs = start_pair("two")
+    # SIGTERM to process 1 alone, once step 3 is logged (process 0 logs).
+    deadline = time.monotonic() + 600
+    while "[3] train/" not in (tmp_path / "two0.log").read_text():
+        assert procs[1].poll() is None and time.monotonic() < deadline, log_text("two")
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = wait(procs, logs, timeout=240)
+    assert codes == [143, 143], f"{codes}\n{log_text('two')}\n{log_text('two', 1)}"
+    saved = os.listdir(tmp_path / "two" / "checkpoints")
+    assert len(saved) == 1 and 3 <= int(saved[0]) < steps, saved
+
+    procs, logs = start_pair("two")
+    assert wait(procs, logs) == [0, 0], log_text("two")
+    assert wait(*whole) == [0, 0], log_text("whole")
+    assert_trees_close(restore(tmp_path / "two", steps), restore(tmp_path / "whole", steps))

@@ -14,7 +14,7 @@ from configs.pretrain import get_config
 from uniter_jax import param_checkpoint
 from uniter_jax.data import synthetic
 from uniter_jax.model import UniterForPretraining, get_params
-from uniter_jax.train import inputs, loop
+from uniter_jax.train import evaluate, inputs, loop
 from uniter_jax.train.step import TRACES
 
 
@@ -80,6 +80,41 @@ def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
 def interrupt_at_2(step):
     if step == 2:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_validation_ends_it_saves_and_resumes_exactly(world, tmp_path, monkeypatch):
+    """A SIGTERM that comes during a long validation stops it at the next
+    batch (not after one more train step), saves that step and returns; the
+    resumed run ends where an uninterrupted one does."""
+    config = small_config(world)
+    config.eval.num_batches = 3
+    whole = loop.train(config, str(tmp_path / "whole"))
+    calls = []
+    real_step = evaluate.eval_step
+
+    def signalled_step(*args, **kwargs):
+        if not calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+        calls.append(kwargs["task"])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "eval_step", signalled_step)
+    split = str(tmp_path / "split")
+    first = loop.train(config, split)
+    assert first["status"] == "preempted" and first["step"] == 4  # the first validation step
+    assert first["validation"] == {}
+    assert len(calls) == len(evaluate.eval_tasks(True))  # one batch of the three, then stop
+    assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == ["4"]
+    monkeypatch.undo()
+    second = loop.train(config, split)
+    assert second["status"] == "finished" and second["step"] == 8
+    for x, y in zip(
+        jax.tree.leaves(saved_state(tmp_path / "whole", 8)),
+        jax.tree.leaves(saved_state(split, 8)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+    assert second["validation"] == whole["validation"]
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced) devices")

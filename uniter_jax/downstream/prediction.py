@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from uniter_jax.objectives.tasks import MODEL_INPUTS
 from uniter_jax.sharding import Layout, to_host
+from uniter_jax.train.preemption import interruption_point
 from uniter_jax.train.step import StepSettings, predict_step
 
 
@@ -37,6 +38,7 @@ def predict_batches(
         disable=not progress or jax.process_index() > 0,
     )
     for batch in bar:
+        interruption_point()  # in training's validation: a SIGTERM agreed by all processes
         fields = layout.global_batch({k: batch[k] for k in MODEL_INPUTS})
         out = to_host(predict_step(params, fields, settings, layout))
         rows = len(batch["valid"])

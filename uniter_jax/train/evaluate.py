@@ -20,6 +20,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.pipeline import Pipeline
 from uniter_jax.objectives.tasks import TASKS
 from uniter_jax.sharding import Layout, to_host
+from uniter_jax.train.preemption import interruption_point
 from uniter_jax.train.step import StepSettings, batch_fields, eval_step
 
 # What validation reports for each task. MRC's batches give both region-class
@@ -65,19 +66,22 @@ def evaluate(
             len(pipeline.texts),
         )
     sums: dict[str, np.ndarray] = collections.defaultdict(lambda: np.zeros(2))
-    for index in tqdm(
-        range(count), desc="validation", unit="batch", disable=jax.process_index() > 0
-    ):
-        batch = next(pipeline)
-        for task in tasks:
-            task_key = jax.random.fold_in(jax.random.fold_in(key, index), TASKS.index(task))
-            fields = layout.global_batch({k: batch[k] for k in batch_fields(task)})
-            metrics = to_host(
-                eval_step(params, fields, task_key, task=task, settings=settings, layout=layout)
-            )
-            for name in REPORTED[task]:
-                sums[f"val/{task}/{name}"] += np.asarray(metrics[name], np.float64)
-    pipeline.close()
+    try:
+        for index in tqdm(
+            range(count), desc="validation", unit="batch", disable=jax.process_index() > 0
+        ):
+            interruption_point()  # a SIGTERM agreed by all processes ends validation here
+            batch = next(pipeline)
+            for task in tasks:
+                task_key = jax.random.fold_in(jax.random.fold_in(key, index), TASKS.index(task))
+                fields = layout.global_batch({k: batch[k] for k in batch_fields(task)})
+                metrics = to_host(
+                    eval_step(params, fields, task_key, task=task, settings=settings, layout=layout)
+                )
+                for name in REPORTED[task]:
+                    sums[f"val/{task}/{name}"] += np.asarray(metrics[name], np.float64)
+    finally:
+        pipeline.close()
     out = {name: float(s / c) for name, (s, c) in sums.items() if c > 0}
     logging.info(
         "validation on %d batches in %.1fs: %s",

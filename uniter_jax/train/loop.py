@@ -5,8 +5,9 @@ One task per micro-step, drawn by mix ratio from `(seed, step)`; gradients of
 newest checkpoint in `workdir/checkpoints` with params, optimiser state, step,
 PRNG key, every pipeline's position and the partly filled metric window, so
 an interrupted run continues exactly as if it had not stopped. SIGTERM saves
-and returns; a non-finite loss or gradient raises `NonFiniteError` naming the
-step and task, leaving the last checkpoint as the newest.
+and returns, at a step all processes agree on (`preemption`); a non-finite
+loss or gradient raises `NonFiniteError` naming the step and task, leaving
+the last checkpoint as the newest.
 
 Written to the workdir: TensorBoard events and `metrics.jsonl` (one JSON
 object per logged step), `checkpoints/`, `pretrain_report.json`.
@@ -18,7 +19,6 @@ import collections
 import dataclasses
 import json
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +40,7 @@ from uniter_jax.train.checkpoint import Checkpoints
 from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.image_init import principal_directions, with_principal_projection
 from uniter_jax.train.optimizer import OptimSettings, learning_rate
+from uniter_jax.train.preemption import Interrupted, Preemption
 from uniter_jax.train.step import (
     TRACES,
     Objective,
@@ -169,24 +170,6 @@ def initial_params(
         "initialised from %s; freshly initialised groups: %s", init_from, list(absent) or "none"
     )
     return jax.device_put(merged, param_shardings(config, layout, objective))
-
-
-class _Preemption:
-    """Notes SIGTERM so the loop can save and stop between steps."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self) -> _Preemption:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        logging.warning("SIGTERM: saving a checkpoint after the current step")
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -421,7 +404,7 @@ def train(
     status, metrics = "finished", {}
     logging.info("training %s for %d micro-steps, mix %s", model_cfg, total, mix)
     try:
-        with _Preemption() as preemption:
+        with Preemption() as preemption:
             for step in range(start, total):
                 task = task_for_step(mix, config.seed, step)
                 batch = next(pipelines[task])
@@ -441,10 +424,15 @@ def train(
                     scalars["train/lr"] = float(schedule((done - 1) // settings.optim.accumulation))
                     writer.write_scalars(done, scalars)
                     history.write(done, scalars)
-                stop = preemption.requested  # before validation: save within the grace period
+                # Agreed by all processes; before validation: save within the grace period.
+                stop = preemption.stop()
                 if every(config.eval.every_steps, done) and not stop:
                     settle()
-                    metrics = validate(done)
+                    try:
+                        metrics = validate(done)
+                    except Interrupted:
+                        stop = True
+                        logging.warning("validation at step %d interrupted by SIGTERM", done)
                 if every(config.checkpoint.every_steps, done) or stop or done == total:
                     settle()
                     save(done)
