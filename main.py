@@ -102,7 +102,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
     distributed = _start_distributed()
-    code = _run(_CONFIG.value, _WORKDIR.value)
+    from uniter_jax.train.checkpoint import CheckpointError
+
+    try:
+        code = _run(_CONFIG.value, _WORKDIR.value)
+    except CheckpointError as error:  # a full disk, unreadable checkpoints: say what to do
+        sys.exit(f"FATAL {error}")
     if distributed:
         # Every process waits here for the others before process 0 takes the
         # coordination service down; without it a process still leaving

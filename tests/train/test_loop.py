@@ -1,7 +1,9 @@
 """End to end on a small synthetic world: exact resume, SIGTERM, non-finite stop, init_from."""
 
+import glob
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -13,8 +15,10 @@ from trees import assert_trees_close
 from configs.pretrain import get_config
 from uniter_jax import param_checkpoint
 from uniter_jax.data import synthetic
+from uniter_jax.data.errors import DataError
 from uniter_jax.model import UniterForPretraining, get_params
 from uniter_jax.train import evaluate, inputs, loop
+from uniter_jax.train.checkpoint import CheckpointError
 from uniter_jax.train.step import TRACES
 
 
@@ -207,3 +211,67 @@ def test_init_from_a_bert_file_loads_the_text_stack(world, tmp_path):
         params["uniter"]["img_embeddings"]["img_linear"]["kernel"],
         fresh["uniter"]["img_embeddings"]["img_linear"]["kernel"],
     )
+
+
+def truncate_arrays(step_dir):
+    for path in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
+        with open(path, "r+b") as f:
+            f.truncate(10)
+
+
+def test_unreadable_checkpoints_are_named_moved_aside_and_the_previous_one_used(world, tmp_path):
+    config = small_config(world)
+    config.optim.total_steps = 12
+    config.eval.every_steps = 0
+    whole = loop.train(config, str(tmp_path / "whole"))
+    split = str(tmp_path / "split")
+    first = loop.train(config, split, on_step=interrupt_at_8)
+    assert first["status"] == "preempted"
+    checkpoints = os.path.join(split, "checkpoints")
+    assert sorted(os.listdir(checkpoints), key=int) == ["4", "8", "9"]
+    truncate_arrays(os.path.join(checkpoints, "9"))  # truncated array files
+    with open(os.path.join(checkpoints, "8", "meta", "metadata"), "w") as f:
+        f.write('{"key": [0,')  # a cut-off JSON file
+    second = loop.train(config, split)
+    assert second["status"] == "finished" and second["step"] == 12
+    assert {"8.unreadable", "9.unreadable"} <= set(os.listdir(checkpoints))
+    for x, y in zip(
+        jax.tree.leaves(saved_state(tmp_path / "whole", 12)),
+        jax.tree.leaves(saved_state(split, 12)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+    assert whole["step"] == 12
+
+    # Nothing readable: one error naming every checkpoint tried.
+    for step in os.listdir(checkpoints):
+        if step.isdigit():
+            truncate_arrays(os.path.join(checkpoints, step))
+    config.optim.total_steps = 16
+    with pytest.raises(CheckpointError, match=r"no checkpoint could be read") as error:
+        loop.train(config, split)
+    assert os.path.join(checkpoints, "12") in str(error.value)
+
+
+def interrupt_at_8(step):
+    if step == 8:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_region_blob_deleted_mid_run_stops_it_naming_the_file(tmp_path):
+    """No silent skipping: a blob that vanishes (a store on a flaky mount, or
+    removed by hand) ends the run with a DataError naming the missing file."""
+    world = synthetic.write_world(str(tmp_path / "world"), synthetic.WorldConfig(num_images=40))
+    config = small_config(world)
+    config.eval.every_steps = 0
+    config.optim.total_steps = 30
+    regions = os.path.join(world["images"], "regions")
+
+    def delete_blobs(step):
+        if step == 2:
+            shutil.rmtree(regions)
+
+    with pytest.raises(DataError, match=r"reading region blobs failed") as error:
+        loop.train(config, str(tmp_path / "run"), on_step=delete_blobs)
+    message = str(error.value)
+    assert world["images"] in message and ".rgn" in message, message

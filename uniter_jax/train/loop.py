@@ -325,9 +325,12 @@ def train(
     # Masking and dropout keys: apart from nnx.Rngs(seed)'s init stream.
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _TRAIN_STREAM)
     window = Window()
-    if start:
-        # Restored straight into this run's shards, whatever mesh saved them.
-        state, meta = checkpoints.restore(start, abstract)
+    # Restored straight into this run's shards, whatever mesh saved them; an
+    # unreadable newest step gives way to the one before.
+    newest = checkpoints.restore_newest(abstract) if start else None
+    start = newest[0] if newest else 0
+    if newest:
+        _, state, meta = newest
         key = np.asarray(meta["key"], np.uint32)
         if set(meta["data"]) != set(pipelines):
             raise ValueError(
