@@ -95,8 +95,13 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.tasks.mask_prob = 0.15  # MLM token / MRM region selection probability
     config.tasks.gather_sigmas = 5.0  # masked positions gathered: mean + 5 std devs
     config.tasks.wra_weight = 0.1  # ITM loss + wra_weight * WRA loss
+    # The WRA plan's solver: sinkhorn (ott-jax, entropic at wra_epsilon) or
+    # ipot (the original's proximal point method at wra_beta; distances about
+    # 5% apart on the same hidden states, docs/results.md).
+    config.tasks.wra_solver = "sinkhorn"
     config.tasks.wra_epsilon = 0.1  # Sinkhorn entropic regularisation
-    config.tasks.wra_iterations = 50  # Sinkhorn iterations (fixed count)
+    config.tasks.wra_beta = 0.5  # IPOT proximal step
+    config.tasks.wra_iterations = 50  # solver iterations (fixed count)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 1e-3 if tiny else 5e-5  # peak learning rate

@@ -11,13 +11,15 @@ VOCAB = {"mask_id": 103, "cls_id": 101, "sep_id": 102, "pad_id": 0, "random_rang
 def test_every_configured_value_arrives():
     section = get_config("base").tasks
     section.gather_sigmas, section.wra_iterations = 3.5, 17
+    section.wra_solver, section.wra_beta = "ipot", 0.7
     settings = task_settings(section, VOCAB)
     assert (settings.mask_id, settings.special_ids, settings.random_range) == (
         103,
         (101, 102, 0),
         (999, 28996),
     )
-    for name in ("mask_prob", "gather_sigmas", "wra_weight", "wra_epsilon", "wra_iterations"):
+    names = ("mask_prob", "gather_sigmas", "wra_weight", "wra_epsilon", "wra_iterations")
+    for name in (*names, "wra_solver", "wra_beta"):
         assert getattr(settings, name) == section[name], name
 
 
@@ -27,4 +29,15 @@ def test_a_key_left_out_takes_the_default_and_an_unknown_key_is_an_error():
     assert task_settings(section, VOCAB).gather_sigmas == 5.0
     section.max_masked_fraction = 0.3  # the key gather_sigmas replaced
     with pytest.raises(ValueError, match=r"unknown keys \['max_masked_fraction'\]"):
+        task_settings(section, VOCAB)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("wra_solver", "emd", "tasks.wra_solver must be one of"), ("wra_beta", 0.0, "wra_beta")],
+)
+def test_bad_wra_settings_are_named(key, value, message):
+    section = get_config("tiny").tasks
+    section[key] = value
+    with pytest.raises(ValueError, match=message):
         task_settings(section, VOCAB)

@@ -22,7 +22,7 @@ from flax import nnx
 from uniter_jax.model import UniterConfig, UniterForPretraining
 from uniter_jax.objectives import losses
 from uniter_jax.objectives.masking import gather_chosen, mlm_mask, mrm_mask
-from uniter_jax.objectives.wra import wra_distance, wra_loss
+from uniter_jax.objectives.wra import SOLVERS, wra_distance, wra_loss
 
 TASKS = ("itm", "mlm", "mrfr", "mrc", "mrc_kl")
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -41,8 +41,10 @@ class TaskSettings:
     mask_prob: float = 0.15  # MLM and MRM selection probability
     gather_sigmas: float = 5.0  # gather room: expected masked count + this many std devs
     wra_weight: float = 0.1  # ITM loss + wra_weight * WRA loss
+    wra_solver: str = "sinkhorn"  # the WRA plan: sinkhorn | ipot (the original's)
     wra_epsilon: float = 0.1  # Sinkhorn entropic regularisation
-    wra_iterations: int = 50  # Sinkhorn iterations (fixed)
+    wra_beta: float = 0.5  # IPOT proximal step (the original's 0.5)
+    wra_iterations: int = 50  # solver iterations (fixed)
 
     def __post_init__(self):
         problems = []
@@ -54,6 +56,10 @@ class TaskSettings:
             )
         if not self.wra_epsilon > 0.0:
             problems.append(f"tasks.wra_epsilon must be > 0, got {self.wra_epsilon}")
+        if self.wra_solver not in SOLVERS:
+            problems.append(f"tasks.wra_solver must be one of {SOLVERS}, got {self.wra_solver!r}")
+        if not self.wra_beta > 0.0:
+            problems.append(f"tasks.wra_beta must be > 0, got {self.wra_beta}")
         if self.wra_iterations < 1:
             problems.append(f"tasks.wra_iterations must be >= 1, got {self.wra_iterations}")
         if problems:
@@ -138,6 +144,8 @@ def itm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array
         batch["img_mask"],
         epsilon=s.wra_epsilon,
         iterations=s.wra_iterations,
+        solver=s.wra_solver,
+        beta=s.wra_beta,
     )
     ot = wra_loss(distance, labels)
     matched = (labels == 1).astype(jnp.float32)
