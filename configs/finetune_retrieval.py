@@ -13,7 +13,8 @@
 
 Text stores: the Karpathy-split converter (`karpathy`, split train+restval /
 val / test). The recipe is the original's train-itm-flickr-base-16gpu-hn:
-per text 399 sampled images, the 31 hardest trained with margin 0.2, lr
+per text 399 sampled images and per image 399 sampled texts (two streams of
+batches), the 31 hardest of each trained with margin 0.2, lr
 5e-5, 500 warm-up and 5000 updates, gradient clip 2.0, 16 x 8 texts per
 step. Batch sizes count rows: 1 + 399 per text.
 
@@ -37,10 +38,14 @@ RECIPE = dict(
     eval_every=1000,
     two_stage_k=0,  # cross-encode only each text's k best dual-encoder images; 0: off
     tiny_buckets=((16, 12, 128),),  # 8 texts x (1 + 15)
-    tiny_options=dict(negatives=15, hard_negatives=3, dual_weight=0.0),
+    tiny_options=dict(negatives=15, text_negatives=15, hard_negatives=3, dual_weight=0.0),
 )
 
 
 def get_config(arg: str = "base"):
-    options = dict(negatives=399, hard_negatives=31, margin=0.2, dual_weight=0.0)
+    # Hard negatives mined both ways, as the original: 399 sampled images per
+    # text and 399 sampled texts per image, the 31 hardest of each trained.
+    options = dict(
+        negatives=399, text_negatives=399, hard_negatives=31, margin=0.2, dual_weight=0.0
+    )
     return finetune_config("retrieval", arg, RECIPE, options=options)

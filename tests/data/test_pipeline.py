@@ -1,5 +1,6 @@
 """The tf.data pipeline against the stores, read back independently."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -351,3 +352,39 @@ def test_negatives_per_text_rows_are_own_image_then_other_images():
     for s in range(plan.num_steps):  # the bucket holds the unit's largest image
         batch = plan.rows[plan.offsets[s] : plan.offsets[s + 1]]
         assert (kept[batch[:, 1]] <= buckets[plan.bucket[s]].num_regions).all()
+
+
+def test_negatives_per_image_rows_are_own_text_then_texts_of_other_images():
+    rng = np.random.default_rng(7)
+    n, num_images, q = 90, 25, 3
+    text_lens, text_images = rng.integers(3, 40, n), rng.integers(0, num_images, n)
+    kept = rng.integers(2, 30, num_images + 3).astype(np.int32)
+    buckets = (Bucket(20, 30, 8), Bucket(42, 30, 4))
+    config = PipelineConfig(buckets=buckets, negatives_per_image=q, keep_partial=True, seed=4)
+    plan = plan_epoch(text_lens, text_images, kept, config, epoch=0)
+    rows = plan.rows.reshape(-1, 1 + q, 4)
+    # One image per unit: its own text first (label 1), then q texts of other images.
+    assert (rows[:, :, 1] == rows[:, :1, 1]).all()
+    np.testing.assert_array_equal(rows[:, 0, 1], text_images[rows[:, 0, 0]])
+    np.testing.assert_array_equal(rows[:, :, 2], np.tile([1] + [0] * q, (len(rows), 1)))
+    assert (text_images[rows[:, 1:, 0]] != rows[:, :1, 1]).all()
+    valid = rows[rows[:, 0, 3] == 1, 0, 0]
+    np.testing.assert_array_equal(np.sort(valid), np.arange(n))
+    for s in range(plan.num_steps):  # the bucket holds the unit's longest text
+        batch = plan.rows[plan.offsets[s] : plan.offsets[s + 1]]
+        assert (text_lens[batch[:, 0]] + 2 <= buckets[plan.bucket[s]].text_len).all()
+    # Uniform over the other images' texts: every such text is about equally likely.
+    many = plan_epoch(
+        np.full(6, 5),
+        np.array([0, 0, 0, 1, 2, 2]),
+        np.full(3, 4),
+        dataclasses.replace(config, buckets=(Bucket(20, 30, 6006),), negatives_per_image=1000),
+        0,
+    ).rows.reshape(-1, 1001, 4)
+    first = many[many[:, 0, 0] == 0][0, 1:, 0]  # text 0 (image 0): texts 3, 4, 5
+    np.testing.assert_allclose(np.bincount(first, minlength=6)[3:] / 1000, 1 / 3, atol=0.06)
+    assert set(first) == {3, 4, 5}
+    with pytest.raises(ValueError, match="cannot be combined"):
+        plan_epoch(
+            text_lens, text_images, kept, dataclasses.replace(config, negatives_per_text=2), 0
+        )

@@ -434,3 +434,30 @@ def test_split_columns_are_the_sorted_distinct_images():
     np.testing.assert_array_equal(split.images, [3, 7, 12])
     np.testing.assert_array_equal(split.text_image, [1, 0, 1, 2, 0, 0])
     np.testing.assert_array_equal(split.images[split.text_image], text_images)
+
+
+def test_image_anchored_groups_mine_the_hardest_texts():
+    """The second stream: an image with its own text first and `text_negatives`
+    texts of other images; the loss groups rows by 1 + text_negatives (not 1 +
+    negatives) and picks the hardest texts, as numpy does."""
+    q = G - 1  # every other text of the pool, a group width unlike W
+    objective = Retrieval(negatives=P, text_negatives=q, hard_negatives=K, margin=0.3)
+    model = objective.build(CONFIG, nnx.Rngs(0))
+    assert objective.pipeline_streams == {
+        "": {"negatives_per_text": P},
+        "_by_image": {"negatives_per_image": q},
+    }
+    pool = make_pool(2)
+    images = np.repeat(np.arange(G), 1 + q)  # image g's group ...
+    texts = np.concatenate([[g, *np.setdiff1d(np.arange(G), [g])] for g in range(G)])
+    valid = np.ones(len(texts))
+    batch = pair_batch(pool, texts, images, valid)
+    scores = np.asarray(objective.scores(model, inputs_of(batch), None), np.float64)
+    prob = expit(scores.reshape(G, 1 + q))
+    hard = np.sort(prob[:, 1:], axis=1)[:, ::-1][:, :K]
+    want = np.maximum(0.0, 0.3 + hard - prob[:, :1]).mean(1).mean()
+    loss, out = objective.loss("retrieval_by_image", model, batch, None, None)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    assert out["loss"][1] == G
+    with pytest.raises(ValueError, match="text_negatives"):
+        Retrieval(negatives=P, text_negatives=1, hard_negatives=K)

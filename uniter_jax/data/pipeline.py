@@ -62,6 +62,15 @@ class PipelineConfig:
     # other images (uniform over the texts' images, drawn with replacement),
     # as consecutive rows (label 1, then 0s) that stay together.
     negatives_per_text: int = 0
+    # Retrieval, the other direction: each text comes with its own image and
+    # this many texts of other images (uniform over those texts), all paired
+    # with that image (label 1, then 0s), as consecutive rows.
+    negatives_per_image: int = 0
+
+    @property
+    def unit_width(self) -> int:
+        """Rows that stay together: a group, or a text with its negatives."""
+        return self.group_size * (1 + self.negatives_per_text + self.negatives_per_image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,14 +116,17 @@ def plan_epoch(
     and largest image, then expanded back to texts.
     """
     n, g, p = len(text_lens), config.group_size, config.negatives_per_text
+    q = config.negatives_per_image
     if n % g:
         raise DataError(f"{n} texts do not split into groups of {g}")
-    if (g > 1 or p) and config.itm_neg_prob:
+    if (g > 1 or p or q) and config.itm_neg_prob:
         raise ValueError("ITM negatives are not drawn for grouped texts or retrieval negatives")
-    if g > 1 and p:
-        raise ValueError("group_size and negatives_per_text cannot be combined")
+    if g > 1 and (p or q):
+        raise ValueError("group_size and retrieval negatives cannot be combined")
+    if p and q:
+        raise ValueError("negatives_per_text and negatives_per_image cannot be combined")
     units = n // g
-    width = g * (1 + p)  # rows per unit
+    width = config.unit_width  # rows per unit
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(units) if config.shuffle else np.arange(units)
     # Negatives: per example, uniformly one of the *other* images of these
@@ -139,6 +151,10 @@ def plan_epoch(
         unit_texts = np.repeat(unit_texts, 1 + p, axis=1)
         unit_images = np.concatenate([text_images[:, None], pool[draw]], axis=1)
         unit_labels = np.concatenate([np.ones((n, 1), np.int64), np.zeros((n, p), np.int64)], 1)
+    if q:
+        unit_texts = np.concatenate([unit_texts, _texts_of_other_images(text_images, q, rng)], 1)
+        unit_images = np.repeat(text_images[:, None], 1 + q, axis=1)
+        unit_labels = np.concatenate([np.ones((n, 1), np.int64), np.zeros((n, q), np.int64)], 1)
 
     lengths = text_lens[unit_texts].max(1) + 2
     regions = kept[unit_images].max(1)
@@ -220,6 +236,24 @@ def plan_epoch(
     )
 
 
+def _texts_of_other_images(
+    text_images: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """`[N, count]` text indices, each drawn uniformly (with replacement) from
+    the texts whose image is not that text's image."""
+    order = np.argsort(text_images, kind="stable")  # texts grouped by image
+    ordered = text_images[order]
+    first = np.searchsorted(ordered, text_images, side="left")  # own image's block
+    own = np.searchsorted(ordered, text_images, side="right") - first
+    others = len(text_images) - own
+    if (others < 1).any():
+        raise DataError("retrieval text negatives need texts of at least two images")
+    draw = (rng.random((len(text_images), count)) * others[:, None]).astype(np.int64)
+    draw = np.minimum(draw, others[:, None] - 1)
+    skip = draw >= first[:, None]  # past the own block: step over it
+    return order[draw + skip * own[:, None]]
+
+
 class Pipeline:
     """Batches of one text store joined with one image store, for one host.
 
@@ -244,7 +278,7 @@ class Pipeline:
         self.texts, self.images, self.config = texts, images, config
         self.process_index, self.process_count = process_index, process_count
         for b in config.buckets:
-            width = config.group_size * (1 + config.negatives_per_text)
+            width = config.unit_width
             if b.batch_size % (process_count * width):
                 raise ValueError(
                     f"bucket batch {b.batch_size} not divisible by {process_count} hosts x "
@@ -309,6 +343,7 @@ class Pipeline:
             itm_neg_prob=0.0,
             group_size=1,
             negatives_per_text=0,
+            negatives_per_image=0,
         )
         plan = plan_epoch(self.text_lens[texts], images, self.kept, config, 0)
         rows = plan.rows.copy()

@@ -256,13 +256,21 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     first = next(iter(train_texts.values()))
     objective, model_cfg = make_objective(config, task, first)
     options = getattr(objective, "pipeline_options", {})
+    # Streams of one store (retrieval: text-anchored and image-anchored groups).
+    streams = getattr(objective, "pipeline_streams", {"": options})
     train, val = {}, {}
     for index, (name, texts) in enumerate(train_texts.items()):
-        pipeline = _pipeline(
-            config, texts, stores.images, train=True, options=options, stream=index
-        )
-        inputs.check_compatible(texts, pipeline.images, model_cfg)
-        train[name] = WithTargets(pipeline, functools.partial(task.targets, texts))
+        for offset, (suffix, stream_options) in enumerate(streams.items()):
+            pipeline = _pipeline(
+                config,
+                texts,
+                stores.images,
+                train=True,
+                options=stream_options,
+                stream=index * len(streams) + offset,
+            )
+            inputs.check_compatible(texts, pipeline.images, model_cfg)
+            train[name + suffix] = WithTargets(pipeline, functools.partial(task.targets, texts))
     for name, path in stores.val.items():
         texts = TextStore(path)
         task.check(texts, train_texts.get(name))

@@ -3,7 +3,10 @@ full ranking of every pair, and a two-stage ranking.
 
 Training (REFERENCE.md section 4, the original's hard-negative recipe): each
 text comes with its image and `negatives` other images (the pipeline's
-`negatives_per_text`). A no-dropout pass scores all of them, the
+`negatives_per_text`), and, as a second stream of batches, each image with
+one of its texts and `text_negatives` texts of other images
+(`negatives_per_image`): the original mines hard negatives in both
+directions. A no-dropout pass scores every pair of a group, the
 `hard_negatives` best-scored negatives are kept, and the margin ranking loss
 `max(0, margin + s(neg) - s(pos))` on sigmoid scores trains the cross-encoder
 on those. The score is the pretrained ITM head's "match" logit. A second,
@@ -49,6 +52,8 @@ from uniter_jax.sharding import Layout
 
 MODES = ("cross", "text", "image")
 RESULTS_FORMAT = "json"
+# Name suffix of the training stream whose groups are an image with sampled texts.
+BY_IMAGE = "_by_image"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +61,8 @@ class Retrieval:
     """The retrieval objective (a step's `Objective`); `mode` picks what `predict` gives."""
 
     negatives: int = 399  # sampled images per text (the original's negative_size)
-    hard_negatives: int = 31  # trained on per text (hard_neg_size)
+    hard_negatives: int = 31  # trained on per group (hard_neg_size)
+    text_negatives: int = 0  # sampled texts per image (the other direction); 0: off
     margin: float = 0.2
     dual_weight: float = 0.0  # weight of the dual-encoder loss; 0: the original recipe
     dual_temperature: float = 0.05
@@ -66,12 +72,23 @@ class Retrieval:
     def __post_init__(self):
         if not 0 < self.hard_negatives <= self.negatives:
             raise ValueError("need 0 < hard_negatives <= negatives")
+        if self.text_negatives and not self.hard_negatives <= self.text_negatives:
+            raise ValueError("need hard_negatives <= text_negatives (or text_negatives 0)")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose from {MODES}")
 
     @property
     def pipeline_options(self) -> dict:
         return {"negatives_per_text": self.negatives}
+
+    @property
+    def pipeline_streams(self) -> dict[str, dict]:
+        """Training streams by name suffix: texts with sampled images and, with
+        `text_negatives`, images with sampled texts."""
+        streams = {"": self.pipeline_options}
+        if self.text_negatives:
+            streams[BY_IMAGE] = {"negatives_per_image": self.text_negatives}
+        return streams
 
     def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterWithHead:
         return UniterWithHead(config, rngs, "itm", ITMHead)
@@ -102,8 +119,10 @@ class Retrieval:
         return _unit(sequence[:, 1:])
 
     def loss(self, task, model, batch, mask_key, dropout_key):
-        del task, mask_key
-        width, k = 1 + self.negatives, self.hard_negatives
+        del mask_key
+        # A group: the positive pair first, then its sampled negatives.
+        sampled = self.text_negatives if task.endswith(BY_IMAGE) else self.negatives
+        width, k = 1 + sampled, self.hard_negatives
         inputs = {name: batch[name] for name in MODEL_INPUTS}
         # Mining pass: no dropout, no gradient (the original scores in eval mode).
         pool = jax.lax.stop_gradient(self.scores(model, inputs, None)).reshape(-1, width)
