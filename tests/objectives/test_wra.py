@@ -82,10 +82,11 @@ def test_loss_signs_matched_and_mismatched():
 # ---- IPOT, the original's solver ---------------------------------------------
 
 
-def numpy_ipot_distance(cost, text_mask, img_mask, beta, iterations):
-    """IPOT in float64, laid out as the original computes it: plan and kernel
-    region-major `[Nr, Lt]`, padded scalings pushed to ~0 by a large additive
-    term in their denominators, the plan masked at the end."""
+def numpy_ipot(cost, text_mask, img_mask, beta, iterations):
+    """`(distance, plan [Lt, Nr])` of IPOT in float64, laid out as the original
+    computes it: plan and kernel region-major `[Nr, Lt]`, padded scalings pushed
+    to ~0 by a large additive term in their denominators, the plan masked at
+    the end."""
     x_pad, y_pad = text_mask == 0, img_mask == 0
     x_len, y_len = (~x_pad).sum(), (~y_pad).sum()
     joint_pad = (x_pad[:, None] | y_pad[None, :]).T
@@ -97,7 +98,8 @@ def numpy_ipot_distance(cost, text_mask, img_mask, beta, iterations):
         delta = 1.0 / (y_len * (q @ sigma) + 1e4 * y_pad)
         sigma = 1.0 / (x_len * (delta @ q) + 1e4 * x_pad)
         plan = delta[:, None] * q * sigma[None, :]
-    return float(np.sum(cost.T * np.where(joint_pad, 0.0, plan)))
+    plan = np.where(joint_pad, 0.0, plan)
+    return float(np.sum(cost.T * plan)), plan.T
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -106,8 +108,32 @@ def test_ipot_distance_matches_an_independent_float64_ipot(seed):
     got = np.asarray(wra_distance(text, tm, regions, im, solver="ipot", beta=0.5, iterations=50))
     for i in range(len(text)):
         cost = numpy_cost(text[i].astype(np.float64), regions[i].astype(np.float64))
-        want = numpy_ipot_distance(cost, tm[i], im[i], beta=0.5, iterations=50)
-        np.testing.assert_allclose(got[i], want, rtol=2e-5)
+        want, _ = numpy_ipot(cost, tm[i], im[i], beta=0.5, iterations=50)
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-6)
+
+
+def test_ipot_gradient_is_the_envelope_gradient():
+    """Through the cost only, the plan (the float64 IPOT's) held fixed."""
+    text, tm, regions, im = batch(4)
+    weights = jnp.array([1.0, -1.0, 1.0])
+
+    def ours(t, r):
+        return jnp.sum(weights * wra_distance(t, tm, r, im, solver="ipot", iterations=50))
+
+    plans = []
+    for i in range(len(text)):
+        cost = numpy_cost(text[i].astype(np.float64), regions[i].astype(np.float64))
+        plans.append(numpy_ipot(cost, tm[i], im[i], beta=0.5, iterations=50)[1])
+    plans = jnp.asarray(np.stack(plans), jnp.float32)
+
+    def envelope(t, r):
+        return jnp.sum(weights * jnp.sum(jax.vmap(cosine_cost)(t, r) * plans, axis=(1, 2)))
+
+    got = jax.grad(ours, argnums=(0, 1))(text, regions)
+    want = jax.grad(envelope, argnums=(0, 1))(text, regions)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert np.abs(np.asarray(got[0])[tm == 0]).max() == 0
 
 
 def test_ipot_approaches_the_exact_transport_distance():
