@@ -22,3 +22,11 @@ def assert_trees_close(actual, expected, *, atol=1e-5, rtol=1e-5, what=""):
         np.testing.assert_allclose(x, y, atol=atol, rtol=rtol, err_msg=f"{what} {name}")
         compared += 1
     assert compared > 0
+
+
+def assert_trees_equal(actual, expected):
+    """Bit for bit: the same leaves in the same order, every value equal."""
+    leaves_a, leaves_b = jax.tree.leaves(actual), jax.tree.leaves(expected)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)

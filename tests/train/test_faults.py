@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from test_main import ROOT, run_main
+from trees import assert_trees_equal
 
 from configs.pretrain import get_config
 from uniter_jax.data import synthetic
@@ -73,12 +72,7 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path)
     resumed = run_main(workdir, *ARGS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step" in resumed.stderr
-    for x, y in zip(
-        jax.tree.leaves(final_state(tmp_path / "whole")),
-        jax.tree.leaves(final_state(workdir)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(x, y)
+    assert_trees_equal(final_state(workdir), final_state(tmp_path / "whole"))
 
 
 @pytest.fixture
@@ -119,9 +113,4 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_it_resumes_after(tmp
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     resumed = loop.train(config, str(workdir))
     assert resumed["status"] == "finished" and resumed["step"] == 12
-    for x, y in zip(
-        jax.tree.leaves(final_state(tmp_path / "whole", 12)),
-        jax.tree.leaves(final_state(workdir, 12)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(x, y)
+    assert_trees_equal(final_state(workdir, 12), final_state(tmp_path / "whole", 12))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from trees import assert_trees_close
+from trees import assert_trees_close, assert_trees_equal
 
 from configs.pretrain import get_config
 from uniter_jax import param_checkpoint
@@ -112,12 +112,7 @@ def test_sigterm_during_validation_ends_it_saves_and_resumes_exactly(world, tmp_
     monkeypatch.undo()
     second = loop.train(config, split)
     assert second["status"] == "finished" and second["step"] == 8
-    for x, y in zip(
-        jax.tree.leaves(saved_state(tmp_path / "whole", 8)),
-        jax.tree.leaves(saved_state(split, 8)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(x, y)
+    assert_trees_equal(saved_state(split, 8), saved_state(tmp_path / "whole", 8))
     assert second["validation"] == whole["validation"]
 
 
@@ -235,12 +230,7 @@ def test_unreadable_checkpoints_are_named_moved_aside_and_the_previous_one_used(
     second = loop.train(config, split)
     assert second["status"] == "finished" and second["step"] == 12
     assert {"8.unreadable", "9.unreadable"} <= set(os.listdir(checkpoints))
-    for x, y in zip(
-        jax.tree.leaves(saved_state(tmp_path / "whole", 12)),
-        jax.tree.leaves(saved_state(split, 12)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(x, y)
+    assert_trees_equal(saved_state(split, 12), saved_state(tmp_path / "whole", 12))
     assert whole["step"] == 12
 
     # Nothing readable: one error naming every checkpoint tried.
