@@ -1,7 +1,9 @@
 """The tf.data pipeline against the stores, read back independently."""
 
 import dataclasses
+import hashlib
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from uniter_jax.data.pipeline import (
     Bucket,
     Pipeline,
     PipelineConfig,
+    _fingerprint,
     default_buckets,
     padding_waste,
     plan_epoch,
@@ -388,3 +391,17 @@ def test_negatives_per_image_rows_are_own_text_then_texts_of_other_images():
         plan_epoch(
             text_lens, text_images, kept, dataclasses.replace(config, negatives_per_text=2), 0
         )
+
+
+def test_saved_positions_from_before_negatives_per_image_still_restore(stores):
+    """The fingerprint is the one computed before that field existed (the
+    config without it) while it is 0; setting it changes the fingerprint."""
+    texts, images = stores
+    fields = {k: v for k, v in dataclasses.asdict(CONFIG).items() if k != "negatives_per_image"}
+    described = json.dumps(
+        [fields, texts.manifest["data_sha256"], images.manifest["index_sha256"]], sort_keys=True
+    )
+    old = hashlib.sha256(described.encode()).hexdigest()[:16]
+    assert Pipeline(texts, images, CONFIG).fingerprint == old
+    with_negatives = dataclasses.replace(CONFIG, negatives_per_image=2, itm_neg_prob=0.0)
+    assert _fingerprint(with_negatives, texts, images) != old

@@ -493,11 +493,20 @@ def check_groups(texts: TextStore, group_size: int) -> None:
         )
 
 
+_LATER_FIELDS = ("negatives_per_image",)
+
+
 def _fingerprint(config: PipelineConfig, texts: TextStore, images: ImageStore) -> str:
     """What a saved position depends on: the config and both stores' checksums."""
+    fields = dataclasses.asdict(config)
+    # Fields added later count only when set, so checkpoints saved before
+    # they existed still resume.
+    for name in _LATER_FIELDS:
+        if fields[name] == 0:
+            del fields[name]
     described = json.dumps(
         [
-            dataclasses.asdict(config),
+            fields,
             texts.manifest["data_sha256"],
             images.manifest["index_sha256"],
         ],
