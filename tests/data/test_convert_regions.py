@@ -755,3 +755,31 @@ def test_fuzz_npz_raises_only_data_error(data, skip_bad):
             assert_no_store(out)
             return
         assert len(ImageStore(out)) == summary.images > 0
+
+
+@pytest.mark.parametrize("key", ["soft_labels", "cls_prob", "anything"])
+def test_butd_soft_labels_from_npz_archives(tmp_path, key):
+    """Extraction scripts write `.npz`: the distribution is read under either
+    key, or as the archive's only array, exactly as from `.npy`."""
+    image = make_image(7, n=6)
+    tsv = write_text(tmp_path / "a.tsv", [butd_line("42", image)])
+    (tmp_path / "soft").mkdir()
+    extra = {} if key == "anything" else {"boxes": image["boxes"]}
+    np.savez(tmp_path / "soft" / "42.npz", **{key: image["soft"]}, **extra)
+    out = tmp_path / "store"
+    convert_butd_tsv(tsv, out, soft_label_dir=tmp_path / "soft", feature_dim=D, progress=False)
+    order = np.argsort(-image["soft"][:, 1:].max(1), kind="stable")
+    regions = ImageStore(str(out)).get("42")
+    np.testing.assert_array_equal(regions.soft_labels, np.float16(image["soft"])[order])
+
+
+def test_butd_npz_without_a_distribution_names_its_keys(tmp_path):
+    image = make_image(7, n=6)
+    tsv = write_text(tmp_path / "a.tsv", [butd_line("42", image)])
+    (tmp_path / "soft").mkdir()
+    np.savez(tmp_path / "soft" / "42.npz", x=image["features"], bbox=image["boxes"])
+    out = tmp_path / "store"
+    with pytest.raises(DataError, match=r"holds \['bbox', 'x'\]") as error:
+        convert_butd_tsv(tsv, out, soft_label_dir=tmp_path / "soft", feature_dim=D, progress=False)
+    assert_located(error.value, tmp_path / "soft" / "42.npz", f"line 1 of {tsv}", "soft_labels")
+    assert_no_store(out)

@@ -80,7 +80,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _add_butd_tsv(subparsers: Any) -> None:
     p = subparsers.add_parser("butd-tsv", help="bottom-up-attention TSV files")
     p.add_argument("tsv", nargs="+", help="TSV files, converted into one store")
-    p.add_argument("--soft-labels", metavar="DIR", help="folder of <image_id>.npy [n, 1601]")
+    p.add_argument(
+        "--soft-labels",
+        metavar="DIR",
+        help="folder of <image_id>.npy [n, 1601], or <image_id>.npz holding it as "
+        "soft_labels, cls_prob or its only array",
+    )
     _common_arguments(p)
     p.set_defaults(
         convert=lambda a: convert_butd_tsv(

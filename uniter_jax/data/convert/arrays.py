@@ -100,14 +100,16 @@ def load_npy(path: str, field: str) -> np.ndarray:
         ) from None
 
 
-def load_npz(path: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """The arrays of an `.npz` archive named in `keys` that it holds (others ignored)."""
+def load_npz(path: str, keys: Iterable[str] | None) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` archive named in `keys` that it holds (others
+    ignored); every array when `keys` is None."""
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError("not an .npz archive", file=path)
         with archive:
-            return {key: archive[key] for key in keys if key in archive.files}
+            names = archive.files if keys is None else keys
+            return {key: archive[key] for key in names if key in archive.files}
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
     except DataError:

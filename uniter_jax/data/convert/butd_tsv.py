@@ -7,7 +7,8 @@ boxes, features`; `boxes` is base64 float32 `[num_boxes, 4]` pixel
 The TSV holds no class information. Soft labels come, optionally, from a
 folder of per-image class probabilities `<image_id>.npy`, float `[num_boxes,
 1601]` with background first (the detector's `cls_prob`), in the TSV's box
-order. The confidence stored is then the highest non-background probability;
+order, or `<image_id>.npz` as extraction scripts write it, holding that
+array as `soft_labels`, `cls_prob` or its only array. The confidence stored is then the highest non-background probability;
 without soft labels it is 1.0 for every region.
 """
 
@@ -17,8 +18,10 @@ import functools
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from uniter_jax.data.convert import tsv
-from uniter_jax.data.convert.arrays import NUM_LABELS, load_npy, soft_label_conf
+from uniter_jax.data.convert.arrays import NUM_LABELS, load_npy, load_npz, soft_label_conf
 from uniter_jax.data.convert.common import Summary, input_paths, write_store
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import exists
@@ -62,10 +65,35 @@ def _parse(columns: tsv.Columns, *, feature_dim: int, soft_label_dir: str | None
     )
     if soft_label_dir is None:
         return detections.regions(feature_dim=feature_dim)
-    path = os.path.join(soft_label_dir, f"{detections.image_id}.npy")
-    soft_labels = load_npy(path, "soft_labels")
+    path, soft_labels = _soft_label_file(soft_label_dir, detections.image_id)
     try:
         soft_labels, conf = soft_label_conf(soft_labels, len(detections.xyxy))
     except DataError as e:
         raise e.located(file=path) from None
     return detections.regions(feature_dim=feature_dim, conf=conf, soft_labels=soft_labels)
+
+
+# Keys an extraction script's `.npz` may hold the class distribution under.
+SOFT_LABEL_KEYS = ("soft_labels", "cls_prob")
+
+
+def _soft_label_file(folder: str, image_id: str) -> tuple[str, np.ndarray]:
+    """`(path, [n, 1601] array)` of an image's class distribution:
+    `<image_id>.npy`, else `<image_id>.npz` holding it under one of
+    `SOFT_LABEL_KEYS` or as its only array."""
+    npy = os.path.join(folder, f"{image_id}.npy")
+    npz = os.path.join(folder, f"{image_id}.npz")
+    if exists(npy) or not exists(npz):
+        return npy, load_npy(npy, "soft_labels")
+    arrays = load_npz(npz, None)
+    for key in SOFT_LABEL_KEYS:
+        if key in arrays:
+            return npz, arrays[key]
+    if len(arrays) == 1:
+        return npz, next(iter(arrays.values()))
+    raise DataError(
+        f"no class distribution: the archive holds {sorted(arrays)}, not one of "
+        f"{list(SOFT_LABEL_KEYS)} (or a single array)",
+        file=npz,
+        field="soft_labels",
+    )
