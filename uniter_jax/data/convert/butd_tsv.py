@@ -8,8 +8,9 @@ The TSV holds no class information. Soft labels come, optionally, from a
 folder of per-image class probabilities `<image_id>.npy`, float `[num_boxes,
 1601]` with background first (the detector's `cls_prob`), in the TSV's box
 order, or `<image_id>.npz` as extraction scripts write it, holding that
-array as `soft_labels`, `cls_prob` or its only array. The confidence stored is then the highest non-background probability;
-without soft labels it is 1.0 for every region.
+array as `soft_labels`, `cls_prob` or its only array. The confidence stored
+is then the highest non-background probability; without soft labels it is
+1.0 for every region.
 """
 
 from __future__ import annotations
