@@ -5,7 +5,7 @@
       --config.data.images=RE_COCO_GT --config.data.train_texts=TXT/refcoco_train \\
       --config.data.val_images=RE_COCO_DET --config.data.val_texts=TXT/refcoco_val
   python main.py --config=configs/finetune_refexp.py --workdir=W --mode=predict \\
-      --config.data.test_texts=TXT/refcoco_testA   # writes W/results_refexp.json
+      --config.data.test_texts=TXT/refcoco_testA   # writes W/results_refcoco_testA.json
   python main.py --config=configs/finetune_refexp.py:tiny --workdir=W \\
       --config.init_from=PRETRAIN_WORKDIR/model     # the synthetic world, minutes
 

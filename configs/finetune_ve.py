@@ -4,7 +4,7 @@
       --config.init_from=PRETRAINED --config.data.images=FLICKR_IMG \\
       --config.data.train_texts=TXT/ve_train --config.data.val_texts=TXT/ve_dev
   python main.py --config=configs/finetune_ve.py --workdir=W --mode=predict \\
-      --config.data.test_texts=TXT/ve_test      # writes W/results_ve.json
+      --config.data.test_texts=TXT/ve_test      # writes W/results_ve_test.json
   python main.py --config=configs/finetune_ve.py:tiny --workdir=W \\
       --config.init_from=PRETRAIN_WORKDIR/model  # the synthetic world, minutes
 

@@ -4,7 +4,7 @@
       --config.init_from=PRETRAINED --config.data.images=IMG \\
       --config.data.train_texts=TXT/vqa_train --config.data.val_texts=TXT/vqa_val
   python main.py --config=configs/finetune_vqa.py --workdir=W --mode=predict \\
-      --config.data.test_texts=TXT/vqa_test     # writes W/results_vqa.json
+      --config.data.test_texts=TXT/vqa_test     # writes W/results_vqa_test.json
   python main.py --config=configs/finetune_vqa.py:tiny --workdir=W \\
       --config.init_from=PRETRAIN_WORKDIR/model  # the synthetic world, minutes
 

@@ -16,6 +16,7 @@ from uniter_jax.data.image_store import ImageStoreWriter
 from uniter_jax.data.regions import make_regions
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.data.tokenizer import build_vocab
+from uniter_jax.downstream import vqa
 
 CAPTIONS = [
     "A man riding a horse on the beach.",
@@ -155,6 +156,50 @@ def test_vqa_answer_vocabulary_and_soft_scores(tmp_path, vocab):
             )
         )
         assert got == pytest.approx(want)
+
+
+def official_accuracy(humans: list[str], predicted: str) -> float:
+    """The official evaluation, literally: for each annotator left out, the
+    others who gave the predicted answer, over 3, at most 1; averaged."""
+    credit = []
+    for left_out in range(len(humans)):
+        others = humans[:left_out] + humans[left_out + 1 :]
+        credit.append(min(others.count(predicted) / 3, 1.0))
+    return float(np.mean(credit))
+
+
+def test_vqa_validation_accuracy_is_the_official_leave_one_out_average(tmp_path, vocab):
+    rng = np.random.default_rng(1)
+    pool = ["red", "blue", "two", "yes", "no"]
+    questions, annotations, humans = [], [], []
+    for q in range(60):
+        # Mostly 10 annotators, some 9; skewed so that 1, 2, 3 and 4+ matches occur.
+        given = list(rng.choice(pool, 10 - (q % 7 == 0), p=[0.5, 0.2, 0.1, 0.1, 0.1]))
+        humans.append(given)
+        questions.append({"question_id": q, "image_id": 0, "question": "what colour is it?"})
+        annotations.append(
+            {
+                "question_id": q,
+                "image_id": 0,
+                "answers": human(*given),
+                "multiple_choice_answer": "red",
+            }
+        )
+    qs = write_json(tmp_path / "q.json", {"questions": questions})
+    ans = write_json(tmp_path / "a.json", {"annotations": annotations})
+    convert_vqa(
+        qs, tmp_path / "out", vocab=vocab, annotations_path=ans, answer_vocab=pool, progress=False
+    )
+    store = TextStore(str(tmp_path / "out"))
+    predicted = rng.integers(0, len(pool), len(questions))
+    want = np.mean([official_accuracy(h, pool[p]) for h, p in zip(humans, predicted, strict=True)])
+    got = vqa.evaluate({"answer": predicted}, store)["accuracy"]
+    assert got == pytest.approx(want, abs=1e-9)
+    # Three of ten humans: 0.9 officially, where min(3 / 3, 1) would give 1.
+    assert official_accuracy(["red"] * 3 + ["no"] * 7, "red") == pytest.approx(0.9)
+    assert want < np.mean(
+        [min(h.count(pool[p]) / 3, 1) for h, p in zip(humans, predicted, strict=True)]
+    )
 
 
 def test_vqa_test_split_and_missing_annotations(tmp_path, vocab):

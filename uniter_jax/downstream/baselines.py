@@ -36,10 +36,7 @@ def _majority(train: TextStore, val: TextStore, step: int = 1) -> float:
 def vqa_prior(train: TextStore, val: TextStore) -> dict[str, float]:
     counts = np.bincount(train.arrays["answers"], weights=train.arrays["scores"])
     best = int(np.argmax(counts))
-    n = len(val)
-    answers = [val.field("answers", i) for i in range(n)]
-    scores = [val.field("scores", i) for i in range(n)]
-    return {"accuracy": metrics.vqa_accuracy(np.full(n, best), answers, scores)}
+    return {"accuracy": metrics.vqa_accuracy(np.full(len(val), best), *vqa.answer_credits(val))}
 
 
 def vqa_type_prior(train: TextStore, val: TextStore, words: int = 2) -> float:
@@ -59,9 +56,7 @@ def vqa_type_prior(train: TextStore, val: TextStore, words: int = 2) -> float:
     best = {k: int(np.argmax(v)) for k, v in totals.items()}
     n = len(val)
     guesses = np.asarray([best.get(kind(val, i), overall) for i in range(n)])
-    answers = [val.field("answers", i) for i in range(n)]
-    scores = [val.field("scores", i) for i in range(n)]
-    return metrics.vqa_accuracy(guesses, answers, scores)
+    return metrics.vqa_accuracy(guesses, *vqa.answer_credits(val))
 
 
 def refexp_chance(

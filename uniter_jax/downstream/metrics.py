@@ -13,15 +13,31 @@ import numpy as np
 from uniter_jax.data.regions import box_iou
 
 
+def vqa_credit(counts: np.ndarray, humans: int) -> np.ndarray:
+    """The official VQA evaluation's credit for answers that `counts` of `humans`
+    annotators gave: `min(matches / 3, 1)` averaged over the `humans` subsets
+    that leave one annotator out.
+
+    Leaving out one of the `k` who gave the answer leaves `k - 1` matches;
+    leaving out one of the others leaves `k`. So an answer given by 3 of 10
+    scores 0.9, not the 1.0 of `min(k / 3, 1)`.
+    """
+    k = np.asarray(counts, np.float64)
+    if humans <= 0:
+        return np.zeros_like(k)
+    return ((humans - k) * np.minimum(k / 3, 1) + k * np.minimum((k - 1) / 3, 1)) / humans
+
+
 def vqa_accuracy(
     predicted: np.ndarray, answers: list[np.ndarray], scores: list[np.ndarray]
 ) -> float:
-    """Mean soft score of the predicted answers: `min(#humans who gave it / 3, 1)`.
+    """Mean credit of the predicted answers (0 for an answer no human gave).
 
     Args:
       predicted: `[N]` answer ids.
-      answers, scores: per question, the answer ids the humans named and their
-        soft scores (`min(count / 3, 1)`, as the VQA converter stores them).
+      answers, scores: per question, the answer ids the humans named and each
+        one's credit: `vqa_credit` for the official accuracy, or the training
+        target `min(count / 3, 1)` (about a point higher).
     """
     if not len(predicted):
         raise ValueError("no predictions to score")

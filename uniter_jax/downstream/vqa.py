@@ -2,8 +2,9 @@
 
 Loss: binary cross-entropy against the human answers' soft scores, summed
 over answers and averaged over questions (the original's mean-BCE times the
-number of answers). Metric: VQA accuracy, the predicted answer's soft score
-`min(#humans who gave it / 3, 1)`. Results file: the official
+number of answers). Metric: the official VQA accuracy, `min(#humans who gave
+it / 3, 1)` averaged over the ten leave-one-annotator-out subsets
+(`metrics.vqa_credit`). Results file: the official
 `[{"question_id": int, "answer": str}]` JSON.
 """
 
@@ -100,14 +101,28 @@ def targets(texts: TextStore, text_index: np.ndarray) -> dict[str, np.ndarray]:
     return {"targets": out}
 
 
-def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, float]:
-    """VQA accuracy; nothing for a split converted without annotations (test)."""
-    if not (texts.manifest.get("source") or {}).get("annotations"):
-        return {}
+def answer_credits(texts: TextStore) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per question, the answer ids humans gave and the official accuracy's credit
+    for each (`metrics.vqa_credit`).
+
+    Stores without human counts (converted from the original's LMDB, or by an
+    older converter) give `min(count / 3, 1)` instead, about a point higher.
+    """
     n = len(texts)
     answers = [texts.field("answers", i) for i in range(n)]
-    scores = [texts.field("scores", i) for i in range(n)]
-    return {"accuracy": metrics.vqa_accuracy(outputs["answer"], answers, scores)}
+    if not {"counts", "humans"} <= set(texts.fields):
+        return answers, [texts.field("scores", i) for i in range(n)]
+    humans = texts.arrays["humans"]
+    credits = [metrics.vqa_credit(texts.field("counts", i), int(humans[i])) for i in range(n)]
+    return answers, credits
+
+
+def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, float]:
+    """The official VQA accuracy; nothing for a split converted without
+    annotations (test)."""
+    if not (texts.manifest.get("source") or {}).get("annotations"):
+        return {}
+    return {"accuracy": metrics.vqa_accuracy(outputs["answer"], *answer_credits(texts))}
 
 
 def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:

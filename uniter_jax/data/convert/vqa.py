@@ -5,8 +5,9 @@ train/val, `{"annotations": [{"question_id", "answers": [{"answer"}, ...],
 "multiple_choice_answer"}]}`. The answer vocabulary is the `num_answers`
 (3129) most frequent `multiple_choice_answer`s of the given annotations (ties
 alphabetical), or a JSON list passed in (use the train vocabulary for val).
-Each question stores the vocabulary answers its ten human answers name, with
-soft scores `min(count / 3, 1)`. Answers are compared after a light
+Each question stores the vocabulary answers its ten human answers name, how
+many humans gave each (`counts`, with `humans`, for the official accuracy)
+and the training targets `min(count / 3, 1)` (`scores`). Answers are compared after a light
 normalization (lower case, surrounding space and a final period removed);
 the official evaluation's full normalization is not applied here.
 
@@ -53,14 +54,20 @@ def answer_vocabulary(annotations: list, num_answers: int) -> list[str]:
     return ranked[:num_answers]
 
 
-def soft_scores(answers: list, vocab: dict[str, int]) -> tuple[list[int], list[float]]:
-    """Vocabulary ids of the human answers and their scores `min(count / 3, 1)`."""
+def answer_counts(answers: list, vocab: dict[str, int]) -> tuple[list[int], list[int]]:
+    """Vocabulary ids of the human answers and how many humans gave each."""
     if not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers):
         raise DataError("every answer must be an object with a string 'answer'", field="answers")
     counts = collections.Counter(normalize_answer(a["answer"]) for a in answers)
     ids = sorted(vocab[a] for a in counts if a in vocab)
     inverse = {i: a for a, i in vocab.items()}
-    return ids, [min(counts[inverse[i]] / 3.0, 1.0) for i in ids]
+    return ids, [counts[inverse[i]] for i in ids]
+
+
+def soft_scores(answers: list, vocab: dict[str, int]) -> tuple[list[int], list[float]]:
+    """Vocabulary ids of the human answers and their scores `min(count / 3, 1)`."""
+    ids, counts = answer_counts(answers, vocab)
+    return ids, [min(k / 3.0, 1.0) for k in counts]
 
 
 def _parse(
@@ -77,20 +84,27 @@ def _parse(
         raise DataError(f"missing keys {missing}", field=missing[0])
     if not isinstance(question["question"], str):
         raise DataError("expected a string", field="question")
-    ids, scores = [], []
+    ids, counts, humans = [], [], 0
     if annotated and annotation is None:
         raise DataError("no annotation for this question", field="question_id")
     if annotation is not None:
         answers = annotation.get("answers")
         if not isinstance(answers, list):
             raise DataError("annotation without an 'answers' list", field="answers")
-        ids, scores = soft_scores(answers, vocab)
+        ids, counts = answer_counts(answers, vocab)
+        humans = len(answers)
     image_id = format_image_id(image_id_format, question["image_id"])
     return Text(
         str(question["question_id"]),
         image_id,
         question["question"],
-        {"answers": np.asarray(ids, np.int64), "scores": np.asarray(scores, np.float64)},
+        {
+            "answers": np.asarray(ids, np.int64),
+            "scores": np.minimum(np.asarray(counts, np.float64) / 3.0, 1.0),
+            # For the official accuracy (`metrics.vqa_credit`).
+            "counts": np.asarray(counts, np.int32),
+            "humans": np.int32(humans),
+        },
     )
 
 
@@ -158,7 +172,7 @@ def convert_vqa(
         tokenizer=Tokenizer(vocab),
         max_txt_len=max_txt_len,
         images=ImageStore(images) if images else None,
-        ragged=("answers", "scores"),
+        ragged=("answers", "scores", "counts"),
         source={
             "format": "vqa-v2",
             "questions": questions_path,
