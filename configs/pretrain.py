@@ -92,6 +92,11 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         if tiny
         else dict(itm=2.0, mlm=2.0, mrfr=1.0, mrc_kl=1.0, mrc=0.0)
     )
+    # Tasks of the first `first_steps` micro-steps (0: the mix from the start).
+    # ITM alone first lets it leave chance where the regions a caption names
+    # are few among many (docs/results.md, "Dilution alone").
+    config.tasks.first_mix = ml_collections.ConfigDict(dict(itm=1.0))
+    config.tasks.first_steps = 0
     config.tasks.mask_prob = 0.15  # MLM token / MRM region selection probability
     config.tasks.gather_sigmas = 5.0  # masked positions gathered: mean + 5 std devs
     config.tasks.wra_weight = 0.1  # ITM loss + wra_weight * WRA loss

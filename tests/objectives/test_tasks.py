@@ -193,3 +193,25 @@ def test_task_draws_follow_the_mix_and_are_stateless():
 def test_bad_mix_is_named(mix, message):
     with pytest.raises(ValueError, match=message):
         tasks.check_mix(mix)
+
+
+def test_a_first_phase_draws_only_its_tasks_then_the_mix():
+    mix = tasks.check_mix({"itm": 3, "mlm": 1, "mrfr": 1, "mrc": 1})
+    schedule = tasks.MixSchedule(mix, first={"itm": 1.0}, first_steps=500)
+    draws = [tasks.task_for_step(schedule.at(s), 0, s) for s in range(2_000)]
+    assert set(draws[:500]) == {"itm"}
+    assert set(draws[500:]) == set(mix)
+    # After the first phase the draws are the plain mix's, step for step.
+    assert draws[500:] == [tasks.task_for_step(mix, 0, s) for s in range(500, 2_000)]
+    assert schedule.tasks == ("itm", "mlm", "mrc", "mrfr")
+    # A first mix with a task the mix lacks still gets that task's input stream.
+    assert tasks.MixSchedule({"mlm": 1.0}, {"itm": 1.0}, 10).tasks == ("itm", "mlm")
+    assert tasks.MixSchedule({"mlm": 1.0}, {"itm": 1.0}, 0).tasks == ("mlm",)
+
+
+@pytest.mark.parametrize(
+    ("first", "steps", "message"), [({}, 10, "first_mix gives no task"), ({"itm": 1}, -1, ">= 0")]
+)
+def test_bad_first_phase_is_named(first, steps, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.MixSchedule({"itm": 1.0}, first, steps)

@@ -4,6 +4,7 @@ import pytest
 
 from configs.pretrain import get_config
 from uniter_jax.train.inputs import task_settings
+from uniter_jax.train.loop import mix_schedule
 
 VOCAB = {"mask_id": 103, "cls_id": 101, "sep_id": 102, "pad_id": 0, "random_range": [999, 28996]}
 
@@ -41,3 +42,17 @@ def test_bad_wra_settings_are_named(key, value, message):
     section[key] = value
     with pytest.raises(ValueError, match=message):
         task_settings(section, VOCAB)
+
+
+def test_the_mix_schedule_comes_from_the_tasks_section():
+    section = get_config("tiny").tasks
+    assert mix_schedule(section).first_steps == 0  # the mix from the start by default
+    section.first_steps = 3000
+    section.first_mix = {"itm": 1.0, "mlm": 0.0}
+    schedule = mix_schedule(section)
+    assert (schedule.first, schedule.first_steps) == ({"itm": 1.0}, 3000)
+    assert schedule.at(2999) == {"itm": 1.0} and schedule.at(3000) == dict(schedule.mix)
+    task_settings(section, VOCAB)  # the schedule's keys are not unknown task settings
+    section.first_mix = {"nsp": 1.0}
+    with pytest.raises(ValueError, match="unknown tasks"):
+        mix_schedule(section)

@@ -31,6 +31,7 @@ from uniter_jax.data.pipeline import Pipeline
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
 from uniter_jax.downstream.prediction import predict_batches
+from uniter_jax.objectives.tasks import MixSchedule
 from uniter_jax.sharding import Layout
 from uniter_jax.train import inputs
 from uniter_jax.train.step import StepSettings
@@ -306,7 +307,7 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     return loop.Job(
         name=f"finetune_{config.task}",
         settings=settings,
-        mix={name: 1.0 for name in train},
+        mix=MixSchedule({name: 1.0 for name in train}),
         pipelines=train,
         validate=validate if val else None,
         initial_params=lambda: loop.initial_params(

@@ -261,6 +261,36 @@ def check_mix(mix: Mapping[str, float]) -> dict[str, float]:
     return active
 
 
+@dataclasses.dataclass(frozen=True)
+class MixSchedule:
+    """The task mix by micro-step: `first` for the first `first_steps`, `mix` after.
+
+    A first phase of ITM alone lets ITM leave chance on images where the
+    regions a caption names are few among many; the full mix from the start
+    holds it there longer (docs/results.md, "Dilution alone").
+    """
+
+    mix: dict[str, float]
+    first: dict[str, float] = dataclasses.field(default_factory=dict)
+    first_steps: int = 0
+
+    def __post_init__(self):
+        if self.first_steps < 0:
+            raise ValueError(f"tasks.first_steps must be >= 0, got {self.first_steps}")
+        if self.first_steps and not self.first:
+            raise ValueError("tasks.first_steps is set but tasks.first_mix gives no task")
+
+    def at(self, step: int) -> dict[str, float]:
+        """The mix that draws the task of micro-step `step`."""
+        return self.first if step < self.first_steps else self.mix
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task some step may draw, sorted."""
+        first = set(self.first) if self.first_steps else set()
+        return tuple(sorted(set(self.mix) | first))
+
+
 def task_for_step(mix: Mapping[str, float], seed: int, step: int) -> str:
     """The task of a step, drawn by mix ratio from an RNG seeded by `(seed, step)`.
 

@@ -205,17 +205,19 @@ def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:
 
 # Fields of `TaskSettings` that come from the text store, not the config.
 _VOCAB_FIELDS = ("mask_id", "special_ids", "random_range")
+# Keys of the `tasks` section that schedule the tasks (`loop.mix_schedule`).
+_MIX_KEYS = ("mix", "first_mix", "first_steps")
 
 
 def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettings:
     """`TaskSettings` from the `tasks` section and a text store's vocabulary.
 
     Keys the section leaves out take `TaskSettings`' defaults; a key it does
-    not know (besides `mix`, read by the loop) is an error."""
+    not know (besides the mix schedule's keys, read by the loop) is an error."""
     fields = [f.name for f in dataclasses.fields(TaskSettings) if f.name not in _VOCAB_FIELDS]
-    unknown = sorted(set(section.keys()) - set(fields) - {"mix"})
+    unknown = sorted(set(section.keys()) - set(fields) - set(_MIX_KEYS))
     if unknown:
-        raise ValueError(f"config tasks: unknown keys {unknown}; known: {['mix', *fields]}")
+        raise ValueError(f"config tasks: unknown keys {unknown}; known: {[*_MIX_KEYS, *fields]}")
     return TaskSettings(
         mask_id=vocab["mask_id"],
         special_ids=(vocab["cls_id"], vocab["sep_id"], vocab["pad_id"]),

@@ -33,7 +33,7 @@ from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
 from uniter_jax.model import OPTIONAL_GROUPS, UniterConfig
 from uniter_jax.model.pretraining import HEADS as PRETRAINING_HEADS
-from uniter_jax.objectives.tasks import check_mix, task_for_step
+from uniter_jax.objectives.tasks import MixSchedule, check_mix, task_for_step
 from uniter_jax.sharding import Layout, check_divisible, make_mesh, to_host
 from uniter_jax.train import inputs
 from uniter_jax.train.checkpoint import Checkpoints
@@ -185,18 +185,29 @@ class Job:
 
     name: str  # the report is `<name>_report.json`
     settings: StepSettings
-    mix: dict[str, float]
+    mix: MixSchedule
     pipelines: dict[str, Any]
     validate: Callable[[dict], dict[str, float]] | None
     initial_params: Callable[[], dict]
     close: Callable[[], None]
 
 
+def mix_schedule(section: ml_collections.ConfigDict) -> MixSchedule:
+    """`tasks.mix`, after `tasks.first_mix` for `tasks.first_steps` micro-steps."""
+    first_steps = int(section.get("first_steps", 0))
+    first = section.get("first_mix")
+    return MixSchedule(
+        mix=check_mix(section.mix.to_dict()),
+        first=check_mix(first.to_dict()) if first_steps and first is not None else {},
+        first_steps=first_steps,
+    )
+
+
 def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Job:
     """The pretraining tasks of `config.tasks.mix` on the configured (or synthetic) stores."""
     model_cfg = inputs.model_config(config.model)
-    mix = check_mix(config.tasks.mix.to_dict())
-    tasks = tuple(sorted(mix))
+    mix = mix_schedule(config.tasks)
+    tasks = mix.tasks
     inputs.check_batches(config.data, layout)
     stores = inputs.resolve_stores(config, workdir)
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -409,7 +420,7 @@ def train(
     try:
         with Preemption() as preemption:
             for step in range(start, total):
-                task = task_for_step(mix, config.seed, step)
+                task = task_for_step(mix.at(step), config.seed, step)
                 batch = next(pipelines[task])
                 fields = layout.global_batch(
                     {k: batch[k] for k in batch_fields(task, settings.tasks)}
