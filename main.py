@@ -4,6 +4,7 @@ python main.py --config=configs/pretrain.py --workdir=DIR
 python main.py --config=configs/pretrain.py:tiny --workdir=DIR --config.seed=1
 python main.py --config=configs/finetune_vqa.py --workdir=DIR --config.init_from=PRETRAINED
 python main.py --config=configs/finetune_vqa.py --workdir=DIR --mode=predict
+python main.py --config=configs/pretrain.py --workdir=DIR --mode=score --pairs=PAIRS.jsonl
 
 On a TPU pod slice, run the same command on every worker (run_tpu.sh does);
 the processes find each other by themselves. Elsewhere, start one process per
@@ -40,10 +41,16 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "predict"],
+    ["train", "predict", "score"],
     "train: run (or resume) the config's job; predict: write a fine-tuned model's "
-    "results file for data.test_texts (fine-tuning configs only)",
+    "results file for data.test_texts (fine-tuning configs only); score: ITM scores "
+    "of a pretrained model for the (image_id, text) pairs of --pairs (pretraining configs)",
 )
+_PAIRS = flags.DEFINE_string(
+    "pairs", None, "--mode=score: JSON Lines file of {image_id, text} objects"
+)
+_OUT = flags.DEFINE_string("out", None, "--mode=score: output JSON Lines (WORKDIR/scores.jsonl)")
+_WRA = flags.DEFINE_bool("wra", False, "--mode=score: add each pair's WRA distance")
 flags.mark_flags_as_required(["config", "workdir"])
 
 JOBS = ("pretrain", "finetune")
@@ -102,11 +109,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
     distributed = _start_distributed()
+    from uniter_jax.data.errors import DataError
     from uniter_jax.train.checkpoint import CheckpointError
 
     try:
         code = _run(_CONFIG.value, _WORKDIR.value)
-    except CheckpointError as error:  # a full disk, unreadable checkpoints: say what to do
+    # A full disk, unreadable checkpoints, bad input data: one line that says
+    # what and where (file, record, field) instead of a traceback.
+    except (CheckpointError, DataError) as error:
         sys.exit(f"FATAL {error}")
     if distributed:
         # Every process waits here for the others before process 0 takes the
@@ -140,6 +150,15 @@ def _run(config, workdir: str) -> int:
         from uniter_jax.downstream import finetune
 
         finetune.run_predict(config, workdir)
+        return 0
+    if _MODE.value == "score":
+        if config.job != "pretrain":
+            raise app.UsageError("--mode=score needs a pretraining config (configs/pretrain.py)")
+        if not _PAIRS.value:
+            raise app.UsageError("--mode=score needs --pairs=FILE (JSON Lines of image_id, text)")
+        from uniter_jax.analysis.score_file import run_score
+
+        run_score(config, workdir, _PAIRS.value, _OUT.value, wra=_WRA.value)
         return 0
     from uniter_jax.train import loop
 

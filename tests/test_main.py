@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,6 +59,45 @@ def test_tiny_pretraining_runs_and_reports(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [3, 6, 6]  # train, train, val
     assert "validation at step 6" in result.stderr
     assert "orbax" not in result.stderr  # its per-save chatter is filtered
+    check_score_mode(tmp_path)
+
+
+def check_score_mode(workdir):
+    """`--mode=score` on the run's model: the margins `itm_margins` gives for the
+    same model and pairs, the input keys kept, probabilities from the margins."""
+    from uniter_jax.analysis.example import Vocabulary
+    from uniter_jax.analysis.itm_scores import itm_margins, load_pretraining
+    from uniter_jax.data.image_store import ImageStore
+
+    world = workdir / "synthetic"
+    pairs = [
+        {"image_id": "synth000003", "text": "a red cube.", "id": 7},
+        {"image_id": "synth000011", "text": "there are 2 spheres on the left."},
+    ]
+    (workdir / "pairs.jsonl").write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
+    common = [*SIX_STEPS[:1], "--mode=score", f"--pairs={workdir / 'pairs.jsonl'}"]
+    result = run_main(workdir, *common, "--wra")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (workdir / "scores.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in line.items() if k in pairs[0] or k == "text"} for line in lines] == [
+        {k: v for k, v in p.items()} for p in pairs
+    ]
+    want = itm_margins(
+        load_pretraining(str(workdir / "model")),
+        ImageStore(str(world / "images")),
+        Vocabulary(str(world / "vocab.txt")),
+        [(p["image_id"], p["text"]) for p in pairs],
+    )
+    np.testing.assert_allclose([line["itm_margin"] for line in lines], want, atol=1e-5)
+    np.testing.assert_allclose(
+        [line["itm_score"] for line in lines], 1 / (1 + np.exp(-want)), atol=1e-5
+    )
+    assert all(line["wra_distance"] > 0 for line in lines)
+    # An image the store lacks: one line naming the file, the line and the field.
+    (workdir / "bad.jsonl").write_text('{"image_id": "nope", "text": "a cube."}\n')
+    result = run_main(workdir, *common[:2], f"--pairs={workdir / 'bad.jsonl'}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"file {workdir / 'bad.jsonl'}, record line 1, field image_id" in result.stderr
 
 
 def test_unknown_config_key_is_an_error(tmp_path):

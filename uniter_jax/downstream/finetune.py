@@ -35,6 +35,7 @@ from uniter_jax.objectives.tasks import MixSchedule
 from uniter_jax.sharding import Layout
 from uniter_jax.train import inputs
 from uniter_jax.train.step import StepSettings
+from uniter_jax.train.trained import trained_params
 
 # Task name -> module with `objective(texts)`, `check(texts, train)`,
 # `targets(texts, index)`, `evaluate(outputs, texts)`, `write_results(...)`.
@@ -317,50 +318,6 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     )
 
 
-def _trained_params(
-    config: ml_collections.ConfigDict, workdir: str, settings: StepSettings, layout: Layout
-) -> tuple[dict, str]:
-    """The fine-tuned parameters: `workdir/model`, else the newest checkpoint in
-    `workdir/checkpoints`, else `config.init_from`; and where they came from."""
-    from etils import epath
-
-    from uniter_jax import param_checkpoint
-    from uniter_jax.train import loop
-    from uniter_jax.train.checkpoint import Checkpoints
-    from uniter_jax.train.step import abstract_state
-
-    root = epath.Path(workdir)
-    objective = settings.tasks
-    if (root / loop.MODEL_DIR).exists():
-        source = str(root / loop.MODEL_DIR)
-    elif (root / "checkpoints").exists():
-        checkpoints = Checkpoints(str(root / "checkpoints"), async_save=False)
-        step = checkpoints.latest_step()
-        if step is not None:
-            state, _ = checkpoints.restore(step, abstract_state(settings, layout))
-            checkpoints.close()
-            return state["params"], f"{checkpoints.directory}/{step}"
-        checkpoints.close()
-        source = config.init_from
-    else:
-        source = config.init_from
-    if not source:
-        raise FileNotFoundError(
-            f"nothing to predict with: {workdir} has no model/ or checkpoints/ and "
-            "config.init_from is empty"
-        )
-    if os.path.isdir(source):
-        loaded, _, _ = param_checkpoint.load(source)
-        missing = [g for g in objective.head_groups if g not in loaded]
-        if missing:
-            raise ValueError(
-                f"{source} has no {missing} head: fine-tune on {config.task} first "
-                "(or point config.init_from at a fine-tuned model)"
-            )
-    params = loop.initial_params(settings.model, config.seed, source, layout, objective)
-    return params, source
-
-
 def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Predicts `data.test_texts` (else `data.val_texts`) with the fine-tuned model,
     writes the task's official result file into the workdir and, where the
@@ -392,7 +349,15 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     for name, pipeline in pipelines.items():
         inputs.check_compatible(texts[name], pipeline.images, model_cfg)
     settings = StepSettings(model_cfg, objective, loop.optim_settings(config.optim))
-    params, source = _trained_params(config, workdir, settings, layout)
+    params, source = trained_params(
+        config,
+        workdir,
+        settings,
+        layout,
+        objective,
+        require=objective.head_groups,
+        hint=f"fine-tune on {config.task} first (or point config.init_from at a fine-tuned model)",
+    )
     root = epath.Path(workdir)
     split = os.path.basename(os.path.normpath(next(iter(paths.values()))))
     results = root / f"results_{split}.{getattr(task, 'RESULTS_FORMAT', 'json')}"

@@ -19,7 +19,7 @@ import collections
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -132,6 +132,7 @@ def initial_params(
     layout: Layout | None = None,
     objective: Objective | None = None,
     image_directions: tuple[np.ndarray, np.ndarray] | None = None,
+    require: Sequence[str] = (),
 ) -> dict:
     """Fresh parameters of `objective`'s model (pretraining when None), overlaid
     with `init_from` (a parameter checkpoint folder such as a run's
@@ -139,7 +140,8 @@ def initial_params(
     `.safetensors` file) when given, laid out by `layout` (one device by
     default). Fine-tuning keeps its fresh head and drops pretraining heads.
     `image_directions` (mean, directions) start the fresh image projection
-    from the features' principal directions (`train/image_init.py`)."""
+    from the features' principal directions (`train/image_init.py`). A group
+    of `require` that `init_from` lacks is an error naming both."""
     layout = layout or Layout.single_device()
     fresh = init_params(config, seed, layout, objective)
     if image_directions is not None:
@@ -148,6 +150,8 @@ def initial_params(
         )
         fresh = jax.device_put(start, param_shardings(config, layout, objective))
     if not init_from:
+        if require:
+            raise ValueError(f"no parameters to read {list(require)} from: init_from is empty")
         return fresh
     if os.path.isdir(init_from):
         loaded, _, _ = param_checkpoint.load(init_from)
@@ -166,6 +170,9 @@ def initial_params(
         optional=(*OPTIONAL_GROUPS, *heads),
         unused=PRETRAINING_HEADS if objective is not None else (),
     )
+    missing = [g for g in require if g in absent]
+    if missing:
+        raise ValueError(f"{init_from} has no {missing} parameters")
     logging.info(
         "initialised from %s; freshly initialised groups: %s", init_from, list(absent) or "none"
     )
