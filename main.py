@@ -110,13 +110,14 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietOrbax())
     distributed = _start_distributed()
     from uniter_jax.data.errors import DataError
+    from uniter_jax.model.config import ConfigError
     from uniter_jax.train.checkpoint import CheckpointError
 
     try:
         code = _run(_CONFIG.value, _WORKDIR.value)
-    # A full disk, unreadable checkpoints, bad input data: one line that says
-    # what and where (file, record, field) instead of a traceback.
-    except (CheckpointError, DataError) as error:
+    # A full disk, unreadable checkpoints, bad input data, a config that does
+    # not fit the data: one line that says what, where and the fix.
+    except (CheckpointError, ConfigError, DataError) as error:
         sys.exit(f"FATAL {error}")
     if distributed:
         # Every process waits here for the others before process 0 takes the

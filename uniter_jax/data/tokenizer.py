@@ -20,7 +20,7 @@ from uniter_jax.data.errors import DataError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 # bert-base-cased: [PAD], [unused1..99], [UNK], [CLS], [SEP], [MASK], then words.
-_SPECIAL_LAYOUT = [PAD] + [f"[unused{i}]" for i in range(1, 100)] + [UNK, CLS, SEP, MASK]
+SPECIAL_LAYOUT = [PAD] + [f"[unused{i}]" for i in range(1, 100)] + [UNK, CLS, SEP, MASK]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +90,9 @@ def build_vocab(texts: Iterable[str], path: str, *, vocab_size: int = 2000) -> s
         counts.update(word for word, _ in split.pre_tokenize_str(text))
     chars = sorted({c for word in counts for c in word})
     pieces = chars + [f"##{c}" for c in chars]
-    room = max(0, vocab_size - len(_SPECIAL_LAYOUT) - len(pieces))
+    room = max(0, vocab_size - len(SPECIAL_LAYOUT) - len(pieces))
     ranked = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(_SPECIAL_LAYOUT + pieces + ranked[:room]) + "\n")
+        f.write("\n".join(SPECIAL_LAYOUT + pieces + ranked[:room]) + "\n")
     return path

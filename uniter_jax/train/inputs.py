@@ -26,6 +26,7 @@ from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
+from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import TASKS, TaskSettings, needs_soft_labels
 from uniter_jax.sharding import Layout
 
@@ -111,21 +112,25 @@ def pipeline_config(
 
 
 def check_compatible(texts: TextStore, images: ImageStore, model: UniterConfig) -> None:
-    """Raises ValueError when the stores do not fit the model."""
+    """Raises ConfigError, naming the store and the flag to set, when the stores
+    do not fit the model."""
     if images.feature_dim != model.img_dim:
-        raise ValueError(
+        raise ConfigError(
             f"{images.directory}: {images.feature_dim}-d region features, but the model's "
-            f"img_dim is {model.img_dim}"
+            f"img_dim is {model.img_dim}: set --config.model.img_dim={images.feature_dim}"
         )
     if images.num_labels and images.num_labels != model.num_region_labels:
-        raise ValueError(
+        raise ConfigError(
             f"{images.directory}: {images.num_labels} soft-label classes, but the model's "
-            f"num_region_labels is {model.num_region_labels}"
+            f"num_region_labels is {model.num_region_labels}: set "
+            f"--config.model.num_region_labels={images.num_labels}"
         )
-    vocab = texts.manifest["vocab"]["size"]
-    if vocab > model.vocab_size:
-        raise ValueError(
-            f"{texts.directory}: the vocabulary has {vocab} ids, the model only {model.vocab_size}"
+    vocab = texts.manifest["vocab"]
+    if vocab["size"] > model.vocab_size:
+        raise ConfigError(
+            f"{texts.directory}: its vocabulary ({vocab.get('path')}) has {vocab['size']} ids, "
+            f"the model's embedding only {model.vocab_size}: set "
+            f"--config.model.vocab_size={vocab['size']} (or convert with a smaller --vocab)"
         )
 
 
