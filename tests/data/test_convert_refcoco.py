@@ -19,6 +19,7 @@ import transformers
 
 from uniter_jax.data.convert.__main__ import main
 from uniter_jax.data.convert.refcoco import convert_refcoco, load_plain_pickle
+from uniter_jax.data.convert.refexp_json import convert_refexp_json
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStoreWriter
 from uniter_jax.data.regions import box_features, make_regions
@@ -570,3 +571,106 @@ def test_cli(tmp_path, vocab, capsys):
         main([*args, "--force"])
     assert exit_.value.code == 2
     assert "needs --images" in capsys.readouterr().err
+
+
+def expressions(split):
+    """The refs of `split` as plain JSON expressions, one per sentence."""
+    out = []
+    for ref in refs():
+        if ref["split"] != split:
+            continue
+        image_id, bbox = ANNS[ref["ann_id"]]
+        w, h = SIZES[image_id]
+        for s in ref["sentences"]:
+            out.append(
+                {
+                    "ref_id": ref["ref_id"],
+                    "image_id": image_id,
+                    "sentence": s["sent"],
+                    "bbox": bbox,
+                    "width": w,
+                    "height": h,
+                    "sent_id": s["sent_id"],
+                }
+            )
+    return out
+
+
+@pytest.mark.parametrize("kind", ["detected", "gt"])
+@pytest.mark.parametrize("lines", [False, True], ids=["json", "jsonl"])
+def test_plain_json_expressions_give_the_store_the_refer_toolkit_gives(
+    tmp_path, vocab, kind, lines
+):
+    store = image_store(tmp_path / "img", pixel_boxes(kind))
+    refs_path, inst_path = write(tmp_path, refs())
+    convert_refcoco(
+        refs_path,
+        inst_path,
+        tmp_path / "toolkit",
+        split="train",
+        vocab=vocab,
+        images=store,
+        boxes=kind,
+        progress=False,
+    )
+    items = expressions("train")
+    path = tmp_path / ("e.jsonl" if lines else "e.json")
+    path.write_text("".join(json.dumps(e) + "\n" for e in items) if lines else json.dumps(items))
+    args = [
+        "refexp-json",
+        str(path),
+        "--vocab",
+        vocab,
+        "--images",
+        store,
+        "--boxes",
+        kind,
+        "--out",
+        str(tmp_path / "plain"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    want, got = TextStore(str(tmp_path / "toolkit")), TextStore(str(tmp_path / "plain"))
+    assert list(got.text_ids) == list(want.text_ids) and list(got.image_ids) == list(want.image_ids)
+    for i in range(len(want)):
+        np.testing.assert_array_equal(got.input_ids(i), want.input_ids(i))
+        for name in ("gt_box", "target", "target_iou"):
+            np.testing.assert_array_equal(got.field(name, i), want.field(name, i), err_msg=name)
+    # Without sent_id, sentences are numbered per ref.
+    for e in items:
+        del e["sent_id"]
+    path.write_text(json.dumps(items))
+    convert_refexp_json(path, tmp_path / "numbered", vocab=vocab, images=store, progress=False)
+    assert list(TextStore(str(tmp_path / "numbered")).text_ids) == [
+        "1-0",
+        "1-1",
+        "2-0",
+        "3-0",
+        "3-1",
+        "3-2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bbox": [1, 2, 3]}, "expression 1, field bbox: .*four finite numbers"),
+        ({"width": 0}, "expression 1, field width: .*no positive 'width'"),
+        ({"sentence": " "}, "expression 1, field sentence: expected a non-empty string"),
+        ({"image_id": 99}, "expression 1, field image_id: image '99' is not in the image store"),
+        ({"ref_id": None}, "expression 1, field ref_id: expected an int or string"),
+    ],
+)
+def test_bad_json_expressions_are_named(tmp_path, vocab, change, message):
+    store = image_store(tmp_path / "img", pixel_boxes("detected"))
+    items = expressions("train")
+    items[1].update(change)
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(items))
+    with pytest.raises(DataError, match=f"file {path}, record {message}"):
+        convert_refexp_json(path, tmp_path / "o", vocab=vocab, images=store, progress=False)
+    assert not (tmp_path / "o").exists()
+    del items[1]["sentence"]
+    path.write_text(json.dumps(items))
+    with pytest.raises(DataError, match="missing keys \\['sentence'\\]"):
+        convert_refexp_json(path, tmp_path / "o", vocab=vocab, images=store, progress=False)

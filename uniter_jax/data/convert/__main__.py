@@ -21,6 +21,8 @@
   python -m uniter_jax.data.convert refcoco "refcoco/refs(unc).p" refcoco/instances.json \\
       --split train [--boxes gt] --vocab vocab.txt --images data/coco_img \\
       --out data/txt/refcoco_train
+  python -m uniter_jax.data.convert refexp-json expressions.jsonl --vocab vocab.txt \\
+      --images data/coco_img --out data/txt/refexp_train   # {ref_id, image_id, sentence, bbox}
   python -m uniter_jax.data.convert karpathy dataset_coco.json --split train+restval \\
       --vocab vocab.txt --images data/coco_img --out data/txt/coco_karpathy_train
   python -m uniter_jax.data.convert vcr train.jsonl --mode qa --vocab vocab.txt \\
@@ -48,6 +50,7 @@ from uniter_jax.data.convert.lxmert_tsv import convert_lxmert_tsv
 from uniter_jax.data.convert.nlvr2 import convert_nlvr2
 from uniter_jax.data.convert.npz_dir import convert_npz_dir
 from uniter_jax.data.convert.refcoco import convert_refcoco
+from uniter_jax.data.convert.refexp_json import convert_refexp_json
 from uniter_jax.data.convert.snli_ve import convert_snli_ve
 from uniter_jax.data.convert.uniter_lmdb import (
     TEXT_TASKS,
@@ -256,6 +259,29 @@ def _add_refcoco(subparsers: Any) -> None:
     p.set_defaults(convert=convert)
 
 
+def _add_refexp_json(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "refexp-json",
+        help="referring expressions as JSON / JSON Lines "
+        "({ref_id, image_id, sentence, bbox [x, y, w, h], width, height}) -> refexp store",
+    )
+    p.add_argument("expressions", help="a JSON list or JSON Lines file")
+    p.add_argument(
+        "--boxes",
+        choices=("detected", "gt"),
+        default="detected",
+        help="gt: --images holds the ground-truth boxes, each target must match (IoU >= 0.99)",
+    )
+    _text_arguments(p)
+
+    def convert(a: argparse.Namespace):
+        if a.images is None:
+            p.error("refexp-json needs --images: the image store whose regions are the targets")
+        return convert_refexp_json(a.expressions, a.out, boxes=a.boxes, **_text_options(a))
+
+    p.set_defaults(convert=convert)
+
+
 def _add_karpathy(subparsers: Any) -> None:
     p = subparsers.add_parser("karpathy", help="Karpathy caption splits -> captions text store")
     p.add_argument("json", help="dataset_coco.json or dataset_flickr30k.json")
@@ -293,6 +319,7 @@ _ADDERS = (
     _add_snli_ve,
     _add_nlvr2,
     _add_refcoco,
+    _add_refexp_json,
     _add_karpathy,
     _add_vcr,
 )

@@ -160,7 +160,7 @@ def _index(instances_path: str) -> tuple[dict, dict]:
     return tables[0], tables[1]
 
 
-def _gt_box(ann: dict, image: dict, image_id: object) -> np.ndarray:
+def gt_box_of(ann: dict, image: dict, image_id: object) -> np.ndarray:
     """The annotation's `[x1, y1, x2, y2]` over the image's width and height, `[4]` float32."""
     for key in ("width", "height"):
         if not _number(image.get(key)) or image[key] <= 0:
@@ -213,22 +213,27 @@ def _ref_fields(ref: dict, resolve: _Resolver) -> tuple[str, dict[str, np.ndarra
     image = resolve.images_by_id.get(ref["image_id"])
     if image is None:
         raise DataError(f"image {ref['image_id']!r} is not in instances.json", field="image_id")
-    gt_box = _gt_box(ann, image, ref["image_id"])
+    gt_box = gt_box_of(ann, image, ref["image_id"])
     image_id = format_image_id(resolve.image_id_format, ref["image_id"])
-    iou = box_iou(gt_box, resolve.boxes_of(image_id))
+    return image_id, target_fields(gt_box, resolve.boxes_of(image_id), image_id, resolve.boxes)
+
+
+def target_fields(
+    gt_box: np.ndarray, regions: np.ndarray, image_id: str, boxes: str
+) -> dict[str, np.ndarray]:
+    """The refexp fields of a referred box: `gt_box`, the index of the stored
+    region (`regions`, `[n, 4]` normalised) that overlaps it most, and that IoU;
+    with `boxes="gt"` that IoU must show the store holds the annotated box."""
+    iou = box_iou(gt_box, regions)
     target = int(np.argmax(iou))
-    if resolve.boxes == "gt" and iou[target] < GT_MIN_IOU:
+    if boxes == "gt" and iou[target] < GT_MIN_IOU:
         raise DataError(
             f"no region of image {image_id!r} matches the annotation's box (best IoU "
             f"{iou[target]:.3f} < {GT_MIN_IOU}): the image store does not hold the "
             "ground-truth boxes",
             field="gt_box",
         )
-    return image_id, {
-        "gt_box": gt_box,
-        "target": np.int64(target),
-        "target_iou": np.float32(iou[target]),
-    }
+    return {"gt_box": gt_box, "target": np.int64(target), "target_iou": np.float32(iou[target])}
 
 
 def _parse_sentence(
@@ -273,7 +278,7 @@ def _ref_records(path: str, n: int, ref: object, resolve: _Resolver) -> list[Tex
     ]
 
 
-def _boxes_of(store: ImageStore) -> Callable[[str], np.ndarray]:
+def boxes_of(store: ImageStore) -> Callable[[str], np.ndarray]:
     """image id -> its stored `[n, 4]` normalised boxes, read once per image (refs share images)."""
 
     @functools.lru_cache(maxsize=4096)
@@ -315,7 +320,7 @@ def convert_refcoco(
         )
     anns, images_by_id = _index(instances_path)
     store = ImageStore(images)
-    resolve = _Resolver(anns, images_by_id, _boxes_of(store), image_id_format, boxes)
+    resolve = _Resolver(anns, images_by_id, boxes_of(store), image_id_format, boxes)
     records = [
         record
         for n, (ref, ref_split) in enumerate(zip(refs, splits, strict=True))
