@@ -15,8 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from uniter_jax.convert import heads
 from uniter_jax.model.config import UniterConfig
-from uniter_jax.model.pretraining import OPTIONAL_GROUPS
+from uniter_jax.model.pretraining import OPTIONAL_GROUPS, param_groups
 
 Params = dict[str, Any]
 
@@ -104,9 +105,12 @@ class ImportReport:
     absent_groups: tuple[str, ...]  # optional groups the file did not hold
     dropped_keys: tuple[str, ...]  # keys read and deliberately not used
     source_dtypes: tuple[str, ...]  # dtypes of the tensors in the file
+    task: str | None = None  # the fine-tuned head the file held (heads.TABLES)
 
     def summary(self) -> str:
         lines = [f"source layout: {self.source}; tensor dtypes: {', '.join(self.source_dtypes)}"]
+        if self.task:
+            lines.append(f"fine-tuned head: {self.task}")
         if self.absent_groups:
             lines.append(
                 "absent (freshly initialised when training starts): "
@@ -131,8 +135,9 @@ def _expand(prefix: str, path: str, kind: str, layer: int | None) -> Iterator[En
         yield Entry(prefix, parts, layer, False)
 
 
-def entries(config: UniterConfig) -> list[Entry]:
-    """Every tensor of an original pretraining checkpoint, tied copies excluded."""
+def entries(config: UniterConfig, task: str | None = None) -> list[Entry]:
+    """Every tensor of an original pretraining checkpoint, tied copies excluded,
+    plus those of `task`'s fine-tuned head (a key of `heads.TABLES`)."""
     out = []
     for name, path, kind in _ENCODER:
         out += _expand(f"uniter.{name}", path, kind, None)
@@ -144,6 +149,8 @@ def entries(config: UniterConfig) -> list[Entry]:
     for name, path, kind in _POOLER:
         out += _expand(f"uniter.{name}", path, kind, None)
     for name, path, kind in _HEADS:
+        out += _expand(name, path, kind, None)
+    for name, path, kind in heads.TABLES[task] if task else ():
         out += _expand(name, path, kind, None)
     return out
 
@@ -194,12 +201,24 @@ def region_sizes(state: Mapping[str, np.ndarray]) -> dict[str, int]:
     labels = state.get("region_classifier.net.3.weight")
     if labels is not None and labels.ndim == 2:
         sizes["num_region_labels"] = int(labels.shape[0])
+    # Fine-tuned files may have more: NLVR2 3 token types, VCR 4 and 81 more words.
+    for key, name in (
+        ("uniter.embeddings.word_embeddings.weight", "vocab_size"),
+        ("uniter.embeddings.token_type_embeddings.weight", "type_vocab_size"),
+    ):
+        table = state.get(key)
+        if table is not None and table.ndim == 2:
+            sizes[name] = int(table.shape[0])
     return sizes
 
 
-def _expected_shape(entry: Entry, expected: Params) -> tuple[int, ...]:
-    """The PyTorch-layout shape of `entry` given our expected parameter shapes."""
-    shape = tuple(_get(expected, entry.path).shape)
+def _expected_shape(entry: Entry, expected: Params) -> tuple[int, ...] | None:
+    """The PyTorch-layout shape of `entry` given our expected parameter shapes
+    (None for a head the expected tree lacks: the file's own shape holds)."""
+    try:
+        shape = tuple(_get(expected, entry.path).shape)
+    except KeyError:
+        return None
     if entry.layer is not None:
         shape = shape[1:]
     return shape[::-1] if entry.transpose else shape
@@ -211,6 +230,7 @@ def import_state_dict(
     expected: Params,
     *,
     drop_unknown: bool = False,
+    task: str | None = "auto",
 ) -> tuple[Params, ImportReport]:
     """Original (or BERT) state dict -> our (possibly partial) fp32 parameter tree.
 
@@ -219,8 +239,10 @@ def import_state_dict(
       config: the model the file is meant for.
       expected: our full parameter tree (arrays or ShapeDtypeStructs), giving
         the shapes each tensor must have.
-      drop_unknown: drop keys we have no place for (a downstream task's own
-        head, say) instead of failing; they are listed in the report.
+      drop_unknown: drop keys we have no place for instead of failing; they
+        are listed in the report.
+      task: the fine-tuned head the file holds (a key of `heads.TABLES`),
+        "auto" to tell it from the keys, None for none.
 
     Returns:
       The parameters the file holds (optional groups it lacks are left out)
@@ -228,7 +250,10 @@ def import_state_dict(
       unexpected key, shape mismatch and untied copy at once.
     """
     state, source = normalize_keys(state)
-    table = entries(config)
+    if task == "auto":
+        task = heads.detect(state, config.hidden_size)
+    state = heads.to_ours(state, task)
+    table = entries(config, task)
     present = {e.group for e in table if e.key in state}
     absent = tuple(g for g in OPTIONAL_GROUPS if g not in present)
     problems, dropped = [], []
@@ -246,7 +271,7 @@ def import_state_dict(
             continue
         want = _expected_shape(entry, expected)
         got = tuple(state[entry.key].shape)
-        if got != want:
+        if want is not None and got != want:
             problems.append(f"shape mismatch: {entry.key} is {list(got)}, expected {list(want)}")
 
     tied = {copy: original for copy, (original, _) in TIED.items()} | _HF_TIED
@@ -290,23 +315,46 @@ def import_state_dict(
             stacked.setdefault(entry.path, []).append(value)
     for path, layers in stacked.items():
         _set(params, path, np.stack(layers))
+    _zero_unused_mask_row(params)
 
     dtypes = tuple(sorted({str(np.asarray(v).dtype) for v in state.values()}))
-    report = ImportReport(source, absent, tuple(dropped), dtypes)
+    report = ImportReport(source, absent, tuple(dropped), dtypes, task)
     return params, report
 
 
+def _zero_unused_mask_row(params: Params) -> None:
+    """Row 0 of the mask embedding is added to unmasked regions; the original
+    zeroes it in the forward pass (files may hold any value there), so it is
+    zero in ours whatever the file says, and written back as zero."""
+    table = params.get("uniter", {}).get("img_embeddings", {}).get("mask_embedding")
+    if table is not None:
+        table[0] = 0.0
+
+
 def export_state_dict(
-    params: Params, config: UniterConfig, *, dtype: str = "float32"
+    params: Params, config: UniterConfig, *, dtype: str = "float32", task: str | None = "auto"
 ) -> dict[str, np.ndarray]:
     """Our parameter tree -> the original UNITER state dict, tied copies included.
 
     Groups missing from `params` (a partial tree) are left out of the result.
+    `task` names the fine-tuned head (`heads.TABLES`); "auto" finds it from the
+    tree's groups. A group of `params` that no table writes is an error: a
+    head is never dropped without a word.
     """
-    params = jax.tree.map(np.asarray, params)
+    params = jax.tree.map(np.array, params)
+    if task == "auto":
+        task = task_of(params, config)
+    _zero_unused_mask_row(params)
     out: dict[str, np.ndarray] = {}
     exported = set()
-    for entry in entries(config):
+    table = entries(config, task)
+    unknown = sorted(set(param_groups(params)) - {e.group for e in table})
+    if unknown:
+        raise CheckpointError(
+            f"no original layout for the parameter groups {unknown}: export knows the "
+            f"encoder, the pretraining heads and the heads {sorted(heads.TABLES)}"
+        )
+    for entry in table:
         try:
             value = _get(params, entry.path)
         except KeyError:
@@ -322,7 +370,25 @@ def export_state_dict(
     for copy, (original, group) in TIED.items():
         if group in exported and original in out:
             out[copy] = out[original].copy()
-    return out
+    return heads.to_original(out, task)
+
+
+def task_of(params: Params, config: UniterConfig) -> str | None:
+    """The fine-tuned head a parameter tree holds (a key of `heads.TABLES`), or
+    None; a tree with an ITM head and nothing else of pretraining is retrieval."""
+    groups = set(params)
+    for task in ("vqa", "ve", "refexp", "vcr"):
+        if task in groups:
+            return task
+    if "nlvr2" in groups:
+        head = params["nlvr2"]
+        if "left_to_right" in head:
+            return "nlvr2-pair-attn"
+        width = np.shape(head["kernel"])[0]
+        return "nlvr2-pair" if width == 2 * config.hidden_size else "nlvr2-triplet"
+    if "itm" in groups and not groups & {"mlm", "mrfr", "mrc"}:
+        return "retrieval"
+    return None
 
 
 def _get(tree: Params, path: tuple[str, ...]) -> Any:
