@@ -8,7 +8,6 @@ sections are pretraining's (configs/pretrain.py) for the same variant.
 import ml_collections
 
 from configs import pretrain
-from uniter_jax.data.pipeline import default_buckets
 
 
 def finetune_config(
@@ -24,8 +23,8 @@ def finetune_config(
     `recipe` holds the original's values for base and large: lr, head_lr_mul,
     warmup_steps, total_steps, accumulation, clip_norm, global_batch (examples
     of the largest bucket shape per micro-step), eval_every, and optionally
-    conf_th, max_bb, max_text_len (longest bucket), buckets (instead of the
-    default shapes) and tiny_buckets.
+    conf_th, max_bb, buckets and tiny_buckets (fixed shapes instead of shapes
+    chosen from the stores).
     `options` become `task_options` (e.g. NLVR2's variant); `store_suffixes`
     name a task's text stores (VCR: `train_texts` and `train_texts_qar`).
     """
@@ -58,17 +57,12 @@ def finetune_config(
         config.data[f"val_texts{suffix}"] = ""  # validation text store; empty: none
         config.data[f"test_texts{suffix}"] = ""  # for --mode=predict; empty: val
     config.data.synthetic_images = 2000 if tiny else 200  # synthetic world size
-    config.data.buckets = (
-        recipe.get("tiny_buckets", ((16, 12, 32),))
-        if tiny
-        else recipe.get("buckets")
-        or tuple(
-            (b.text_len, b.num_regions, b.batch_size)
-            for b in default_buckets(
-                recipe["global_batch"], max_text_len=recipe.get("max_text_len", 62)
-            )
-        )
-    )
+    # Static (text_len, num_regions, global batch) shapes; empty: chosen from the
+    # stores at the first start and kept in workdir/buckets.json (as pretraining).
+    config.data.buckets = recipe.get("tiny_buckets" if tiny else "buckets", ())
+    config.data.batch_size = 32 if tiny else recipe["global_batch"]  # of the largest shape
+    config.data.max_buckets = 1 if tiny else 6  # chosen buckets: at most this many
+    config.data.target_padding = 0.15
     config.data.conf_th = recipe.get("conf_th", 0.2)  # region selection, as pretraining
     config.data.min_bb = 10
     config.data.max_bb = recipe.get("max_bb", 100)

@@ -26,7 +26,6 @@ RECIPE = dict(
     clip_norm=2.0,
     global_batch=96,  # rows x (62 + 100) positions: about the original's 4 x 4000 tokens
     eval_every=5000,
-    max_text_len=122,  # the converter keeps 120 tokens, plus [CLS] and [SEP]
     tiny_buckets=((24, 12, 32),),
 )
 

@@ -12,7 +12,6 @@ sized to learn the synthetic world in a few minutes on two CPU cores.
 
 import ml_collections
 
-from uniter_jax.data.pipeline import default_buckets
 from uniter_jax.model.config import PRESETS
 
 
@@ -71,13 +70,18 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.data.val_images = ""  # validation image store; empty: data.images
     config.data.val_texts = ""  # validation text store; empty: no validation
     config.data.synthetic_images = 2000 if tiny else 200  # synthetic world size
-    # Static (text_len incl. [CLS]/[SEP], num_regions, global batch) shapes. Base:
-    # 512 x (62 + 100) positions per step, the original's 8 x 10240-token budget.
-    config.data.buckets = (
-        ((16, 12, 32),)
-        if tiny
-        else tuple((b.text_len, b.num_regions, b.batch_size) for b in default_buckets(512))
-    )
+    # Static (text_len incl. [CLS]/[SEP], num_regions, global batch) shapes; empty:
+    # chosen from the stores at the first start (uniter_jax/train/shapes.py) and
+    # kept in workdir/buckets.json. A fixed list, e.g. the original's budget of
+    # 8 x 10240 tokens over COCO-like lengths:
+    # --config.data.buckets="$(python -c 'from uniter_jax.data.buckets import \
+    #     default_buckets as d; print(tuple(tuple(vars(b).values()) for b in d(512)))')"
+    config.data.buckets = ()
+    config.data.batch_size = 32 if tiny else 512  # chosen buckets: examples of the largest
+    # Chosen buckets: at most this many shapes (one compiled program per task
+    # each), fewer once padding is within target_padding. Tiny: one program.
+    config.data.max_buckets = 1 if tiny else 6
+    config.data.target_padding = 0.15
     config.data.conf_th = 0.2  # regions kept: clip(#(conf > conf_th), min_bb, max_bb)
     config.data.min_bb = 10
     config.data.max_bb = 100

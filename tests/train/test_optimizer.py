@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from uniter_jax.model.config import ConfigError
 from uniter_jax.train.optimizer import (
     OptimSettings,
     clip_by_global_norm,
@@ -133,8 +134,14 @@ def test_clip_of_a_zero_or_non_finite_gradient():
 
 
 @pytest.mark.parametrize(
-    "changes", [{"lr": 0}, {"warmup_steps": 20}, {"b2": 1.0}, {"accumulation": 0}]
+    ("changes", "named"),
+    [
+        ({"lr": 0}, "lr must be positive"),
+        ({"warmup_steps": 20}, "--config.optim.warmup_steps or --config.optim.total_steps"),
+        ({"b2": 1.0}, "betas"),
+        ({"accumulation": 0}, "accumulation"),
+    ],
 )
-def test_bad_settings_are_named(changes):
-    with pytest.raises(ValueError, match="invalid optimiser settings"):
+def test_bad_settings_are_named(changes, named):
+    with pytest.raises(ConfigError, match=f"config optim: .*{named}"):
         OptimSettings(**{**SETTINGS.__dict__, **changes})

@@ -26,18 +26,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from uniter_jax.data.buckets import Bucket, default_buckets  # noqa: F401  (re-exported)
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import IMAGES_PER_SHARD, ImageStore
 from uniter_jax.data.text_store import TextStore
-
-
-@dataclasses.dataclass(frozen=True)
-class Bucket:
-    """One static batch shape: padded text length (with [CLS]/[SEP]), regions, global batch."""
-
-    text_len: int
-    num_regions: int
-    batch_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +157,7 @@ def plan_epoch(
         choice[(lengths <= b.text_len) & (regions <= b.num_regions)] = k
     if (choice < 0).any():
         i = int(np.argmax(choice < 0))
-        raise DataError(
-            f"text of {lengths[i]} tokens with {regions[i]} regions fits no bucket "
-            f"{[(b.text_len, b.num_regions) for b in config.buckets]}",
-            record=int(i) * g,
-        )
+        raise _fits_no_bucket(lengths[i], regions[i], config.buckets, int(i) * g)
 
     # Walking `order`, a bucket's queue fills at every batch_size-th member:
     # batches are consecutive runs of each bucket's members, and steps are
@@ -295,6 +283,15 @@ class Pipeline:
         self.text_lens = np.diff(texts.arrays["input_ids__offsets"])
         self.text_images = images.positions(texts.image_ids)
         self.kept = images.num_kept(config.conf_th, config.min_bb, config.max_bb)
+        # Before any epoch is planned: every text fits a bucket with its own
+        # image and, where random other images are drawn, with the fullest one.
+        lengths, own = self.text_lens + 2, self.kept[self.text_images]
+        try:
+            check_fit(lengths, own, config.buckets)
+            if len(own) and (config.itm_neg_prob or config.negatives_per_text):
+                check_fit(lengths, np.full_like(own, self.kept.max()), config.buckets)
+        except DataError as error:
+            raise error.located(file=texts.directory) from None
         self.fingerprint = _fingerprint(config, texts, images)
         self._epoch, self._step = 0, 0
         self._iterator: Iterator | None = None
@@ -316,7 +313,10 @@ class Pipeline:
         self._epoch, self._step, self._iterator = epoch, step, None
 
     def plan(self, epoch: int) -> EpochPlan:
-        return plan_epoch(self.text_lens, self.text_images, self.kept, self.config, epoch)
+        try:
+            return plan_epoch(self.text_lens, self.text_images, self.kept, self.config, epoch)
+        except DataError as error:
+            raise error.located(file=self.texts.directory) from None
 
     def close(self) -> None:
         """Stops the background reads (also before the store folder goes away)."""
@@ -519,24 +519,25 @@ _OUTPUT_NAMES = {"features": "img_feat", "boxes": "img_pos", "soft_labels": "img
 _TF = {"<f2": tf.float16, "<f4": tf.float32}
 
 
-def default_buckets(
-    global_batch: int, max_text_len: int = 62, max_regions: int = 100, *, multiple: int = 8
-) -> tuple[Bucket, ...]:
-    """Shapes for COCO-like data (captions 8-30 tokens, 10-100 regions).
-
-    Two text lengths times six region counts, plus the largest shape for long
-    texts: about 14% padding on that mix (`benchmarks/input_pipeline.py`).
-    Batch sizes follow a position budget, `global_batch` examples of the
-    largest shape, rounded down to a `multiple` (make it divisible by the number
-    of hosts and data-parallel devices): each step costs about the same.
-    """
-    shapes = {(t, r) for t in (20, 32) for r in (20, 35, 50, 65, 80, max_regions)}
-    shapes.add((max_text_len, max_regions))
-    budget = global_batch * (max_text_len + max_regions)
-    return tuple(
-        Bucket(t, r, max(multiple, int(budget / (t + r)) // multiple * multiple))
-        for t, r in sorted(shapes)
+def _fits_no_bucket(length: int, regions: int, buckets: Sequence[Bucket], record: int) -> DataError:
+    return DataError(
+        f"text of {length} tokens (with [CLS]/[SEP]) and {regions} regions fits no "
+        f"bucket {[(b.text_len, b.num_regions) for b in buckets]}: set "
+        "--config.data.buckets='()' to choose them from the stores (a resumed run keeps "
+        "the ones in WORKDIR/buckets.json), or list larger ones (or lower data.max_bb)",
+        record=record,
     )
+
+
+def check_fit(lengths: np.ndarray, regions: np.ndarray, buckets: Sequence[Bucket]) -> None:
+    """Raises DataError for the first example (text length with [CLS]/[SEP],
+    region count) that no bucket holds."""
+    fits = np.zeros(len(lengths), bool)
+    for b in buckets:
+        fits |= (lengths <= b.text_len) & (regions <= b.num_regions)
+    if not fits.all():
+        i = int(np.argmax(~fits))
+        raise _fits_no_bucket(int(lengths[i]), int(regions[i]), buckets, i)
 
 
 def padding_waste(plan: EpochPlan, buckets: Sequence[Bucket]) -> float:

@@ -32,7 +32,14 @@ from uniter_jax.data.text_store import TextStore
 # Task fields per config: name -> (per-example shape, dtype).
 TASK_FIELDS: dict[str, dict[str, tuple[tuple, np.dtype]]] = {
     "captions": {},
-    "vqa": {"answers": ((None,), np.int64), "scores": ((None,), np.float64)},
+    # counts / humans: how many of how many annotators gave each answer, for the
+    # official accuracy; empty and 0 for stores that lack them (the original's LMDB).
+    "vqa": {
+        "answers": ((None,), np.int64),
+        "scores": ((None,), np.float64),
+        "counts": ((None,), np.int32),
+        "humans": ((), np.int32),
+    },
     "refexp": {
         "target": ((), np.int64),
         "gt_box": ((4,), np.float32),
@@ -109,6 +116,9 @@ class UniterData(tfds.core.GeneratorBasedBuilder):
                 "conf": regions.conf,
                 "soft_labels": np.zeros((0, 0), np.float16) if soft is None else soft,
             }
-            for name, (_, dtype) in fields.items():
-                example[name] = np.asarray(texts.field(name, i), dtype)
+            for name, (shape, dtype) in fields.items():
+                if name in texts.fields:
+                    example[name] = np.asarray(texts.field(name, i), dtype)
+                else:  # an optional field this store lacks
+                    example[name] = np.zeros([0 if d is None else d for d in shape], dtype)
             yield example["text_id"], example

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,13 +28,13 @@ from absl import logging
 
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
-from uniter_jax.data.pipeline import Pipeline
+from uniter_jax.data.pipeline import Pipeline, PipelineConfig
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
 from uniter_jax.downstream.prediction import predict_batches
 from uniter_jax.objectives.tasks import MixSchedule
 from uniter_jax.sharding import Layout
-from uniter_jax.train import inputs
+from uniter_jax.train import inputs, shapes
 from uniter_jax.train.step import StepSettings
 from uniter_jax.train.trained import trained_params
 
@@ -245,12 +246,35 @@ def _score(
     return task.evaluate(outputs[name], texts[name])
 
 
+def _with_run_buckets(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    read: list[tuple[TextStore, str]],
+    layout: Layout,
+    streams: Any,
+    remember: bool = True,
+) -> ml_collections.ConfigDict:
+    """`config` with the run's buckets (`train/shapes.py`), their batch sizes
+    divisible by every stream's rows that stay together."""
+    widths = [
+        dataclasses.replace(PipelineConfig(buckets=()), **options).unit_width for options in streams
+    ]
+    buckets = shapes.run_buckets(
+        config.data,
+        workdir,
+        [(texts, ImageStore(images)) for texts, images in read],
+        ways=layout.batch_shards * jax.process_count(),
+        group_size=math.lcm(*widths),
+        remember=remember,
+    )
+    return shapes.with_buckets(config, buckets)
+
+
 def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout):
     """The `Job` (uniter_jax/train/loop.py) of `config.task`."""
     from uniter_jax.train import loop
 
     task = task_module(config.task)
-    inputs.check_batches(config.data, layout)
     stores = resolve_stores(config, workdir)
     train_texts = {name: TextStore(path) for name, path in stores.train.items()}
     for texts in train_texts.values():
@@ -260,6 +284,10 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     options = getattr(objective, "pipeline_options", {})
     # Streams of one store (retrieval: text-anchored and image-anchored groups).
     streams = getattr(objective, "pipeline_streams", {"": options})
+    read = [(t, stores.images) for t in train_texts.values()]
+    read += [(TextStore(p), stores.val_images) for p in stores.val.values()]
+    config = _with_run_buckets(config, workdir, read, layout, streams.values())
+    inputs.check_batches(config.data, layout)
     train, val = {}, {}
     for index, (name, texts) in enumerate(train_texts.items()):
         for offset, (suffix, stream_options) in enumerate(streams.items()):
@@ -330,7 +358,6 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
 
     layout = loop.layout_from_config(config.mesh)
     task = task_module(config.task)
-    inputs.check_batches(config.data, layout)
     stores = resolve_stores(config, workdir)
     paths, images = stores.test, stores.test_images
     if not paths:
@@ -342,6 +369,10 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         task.check(store)
     objective, model_cfg = make_objective(config, task, next(iter(texts.values())))
     options = getattr(objective, "pipeline_options", {})
+    evaluated = {k: v for k, v in options.items() if k == "group_size"}  # as _pipeline
+    read = [(store, images) for store in texts.values()]
+    config = _with_run_buckets(config, workdir, read, layout, [evaluated], remember=False)
+    inputs.check_batches(config.data, layout)
     pipelines = {
         name: _pipeline(config, store, images, train=False, options=options)
         for name, store in texts.items()

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from uniter_jax.model import UniterConfig, UniterForPretraining
+from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives import losses
 from uniter_jax.objectives.masking import gather_chosen, mlm_mask, mrm_mask
 from uniter_jax.objectives.wra import SOLVERS, wra_distance, wra_loss
@@ -63,7 +64,7 @@ class TaskSettings:
         if self.wra_iterations < 1:
             problems.append(f"tasks.wra_iterations must be >= 1, got {self.wra_iterations}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
     # The step's `Objective` interface (uniter_jax/train/step.py).
     def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterForPretraining:
@@ -251,13 +252,13 @@ def check_mix(mix: Mapping[str, float]) -> dict[str, float]:
     """Validates mix ratios (`{task: weight}`) and returns the non-zero ones."""
     unknown = sorted(set(mix) - set(TASKS))
     if unknown:
-        raise ValueError(f"unknown tasks {unknown} in the task mix; known: {list(TASKS)}")
+        raise ConfigError(f"unknown tasks {unknown} in the task mix; known: {list(TASKS)}")
     bad = {k: v for k, v in mix.items() if not (v >= 0 and math.isfinite(v))}
     if bad:
-        raise ValueError(f"task mix ratios must be finite and >= 0, got {bad}")
+        raise ConfigError(f"task mix ratios must be finite and >= 0, got {bad}")
     active = {k: float(v) for k, v in mix.items() if v > 0}
     if not active:
-        raise ValueError("the task mix gives every task a zero ratio")
+        raise ConfigError("the task mix gives every task a zero ratio")
     return active
 
 
@@ -276,9 +277,9 @@ class MixSchedule:
 
     def __post_init__(self):
         if self.first_steps < 0:
-            raise ValueError(f"tasks.first_steps must be >= 0, got {self.first_steps}")
+            raise ConfigError(f"tasks.first_steps must be >= 0, got {self.first_steps}")
         if self.first_steps and not self.first:
-            raise ValueError("tasks.first_steps is set but tasks.first_mix gives no task")
+            raise ConfigError("tasks.first_steps is set but tasks.first_mix gives no task")
 
     def at(self, step: int) -> dict[str, float]:
         """The mix that draws the task of micro-step `step`."""

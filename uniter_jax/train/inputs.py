@@ -50,9 +50,9 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
     """The configured store folders, or the synthetic world's (written if needed)."""
     data = config.data
     if bool(data.images) != bool(data.texts):
-        raise ValueError("set both data.images and data.texts, or neither (synthetic data)")
+        raise ConfigError("set both data.images and data.texts, or neither (synthetic data)")
     if data.val_images and not data.val_texts:
-        raise ValueError("data.val_images is set but data.val_texts is not: set both, or neither")
+        raise ConfigError("data.val_images is set but data.val_texts is not: set both, or neither")
     if data.images:
         if data.val_texts and not files.exists(data.val_texts):  # local or gs://
             raise FileNotFoundError(f"data.val_texts: no text store at {data.val_texts}")
@@ -196,12 +196,12 @@ def val_pipeline(
 
 
 def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:
-    """Raises ValueError unless every bucket's batch splits evenly over hosts and devices."""
+    """Raises ConfigError unless every bucket's batch splits evenly over hosts and devices."""
     ways = layout.batch_shards
     hosts = jax.process_count()
     for text_len, num_regions, batch_size in data.buckets:
         if batch_size % ways or batch_size % hosts:
-            raise ValueError(
+            raise ConfigError(
                 f"data.buckets: batch size {batch_size} of bucket ({text_len}, {num_regions}) "
                 f"does not divide into {ways} batch shards (mesh {dict(layout.mesh.shape)}) "
                 f"and {hosts} hosts"
@@ -222,7 +222,7 @@ def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettin
     fields = [f.name for f in dataclasses.fields(TaskSettings) if f.name not in _VOCAB_FIELDS]
     unknown = sorted(set(section.keys()) - set(fields) - set(_MIX_KEYS))
     if unknown:
-        raise ValueError(f"config tasks: unknown keys {unknown}; known: {[*_MIX_KEYS, *fields]}")
+        raise ConfigError(f"config tasks: unknown keys {unknown}; known: {[*_MIX_KEYS, *fields]}")
     return TaskSettings(
         mask_id=vocab["mask_id"],
         special_ids=(vocab["cls_id"], vocab["sep_id"], vocab["pad_id"]),

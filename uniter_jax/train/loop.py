@@ -31,11 +31,13 @@ from etils import epath
 
 from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import OPTIONAL_GROUPS, UniterConfig
-from uniter_jax.model.pretraining import HEADS as PRETRAINING_HEADS
+from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import MixSchedule, check_mix, task_for_step
 from uniter_jax.sharding import Layout, check_divisible, make_mesh, to_host
-from uniter_jax.train import inputs
+from uniter_jax.train import inputs, shapes
 from uniter_jax.train.checkpoint import Checkpoints
 from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.image_init import principal_directions, with_principal_projection
@@ -158,17 +160,26 @@ def initial_params(
     elif os.path.isfile(init_from):
         from uniter_jax.convert.pytorch import import_checkpoint
 
-        loaded, _, report = import_checkpoint(init_from, config, drop_unknown=True)
-        logging.info("imported %s: %s", init_from, report)
+        # The file's own sizes: a fine-tuned NLVR2 or VCR file has more token
+        # types (the overlay below extends a pretrained table to the model's).
+        loaded, _, report = import_checkpoint(
+            init_from, config, drop_unknown=True, sizes_from_file=True
+        )
+        logging.info("imported %s: %s", init_from, report.summary())
     else:
         raise FileNotFoundError(f"init_from: no checkpoint file or folder at {init_from}")
     heads = getattr(objective, "head_groups", ())
+    # Heads the model lacks (pretraining heads when fine-tuning, another task's
+    # head) are left out, and said so.
+    unused = tuple(g for g in loaded if g != "uniter" and g not in fresh)
+    if unused:
+        logging.info("not used from %s: the heads %s", init_from, list(unused))
     merged, absent = param_checkpoint.overlay(
         to_host(fresh),
         loaded,
         where=init_from,
         optional=(*OPTIONAL_GROUPS, *heads),
-        unused=PRETRAINING_HEADS if objective is not None else (),
+        unused=unused,
     )
     missing = [g for g in require if g in absent]
     if missing:
@@ -215,15 +226,25 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     model_cfg = inputs.model_config(config.model)
     mix = mix_schedule(config.tasks)
     tasks = mix.tasks
-    inputs.check_batches(config.data, layout)
     stores = inputs.resolve_stores(config, workdir)
+    read = [(stores.texts, stores.images)] + (
+        [(stores.val_texts, stores.val_images)] if stores.val_texts else []
+    )
+    buckets = shapes.run_buckets(
+        config.data,
+        workdir,
+        [(TextStore(t), ImageStore(i)) for t, i in read],
+        ways=layout.batch_shards * jax.process_count(),
+    )
+    config = shapes.with_buckets(config, buckets)
+    inputs.check_batches(config.data, layout)
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
     pipelines = inputs.train_pipelines(config, stores, tasks, **hosts)
     any_pipeline = pipelines[tasks[0]]
     inputs.check_compatible(any_pipeline.texts, any_pipeline.images, model_cfg)
     has_soft = bool(any_pipeline.images.num_labels)
     if any(t in ("mrc", "mrc_kl") for t in tasks) and not has_soft:
-        raise ValueError(f"{stores.images}: MRC tasks need soft labels, the image store has none")
+        raise ConfigError(f"{stores.images}: MRC tasks need soft labels, the image store has none")
     val = inputs.val_pipeline(
         config,
         stores,
@@ -277,7 +298,7 @@ def _image_directions(config: ml_collections.ConfigDict, pipeline, model_cfg: Un
     if config.image_init == "random":
         return None
     if config.image_init != "pca":
-        raise ValueError(f"config.image_init is {config.image_init!r}: choose random or pca")
+        raise ConfigError(f"config.image_init is {config.image_init!r}: choose random or pca")
     data = config.data
     return principal_directions(
         pipeline.images,
@@ -296,7 +317,7 @@ def make_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout) ->
         from uniter_jax.downstream import finetune
 
         return finetune.finetuning_job(config, workdir, layout)
-    raise ValueError(f"unknown job {config.job!r}; known: pretrain, finetune")
+    raise ConfigError(f"unknown job {config.job!r}; known: pretrain, finetune")
 
 
 def train(
@@ -310,11 +331,19 @@ def train(
     `on_step(step)` is called after each micro-step (tests use it to interrupt).
     """
     root = epath.Path(workdir)  # a local folder or gs://bucket/...
+    fresh = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     # ---- configuration --------------------------------------------------
-    layout = layout_from_config(config.mesh)
-    logging.info("mesh %s, rules %s", dict(layout.mesh.shape), layout.rules)
-    job = make_job(config, workdir, layout)
+    try:
+        layout = layout_from_config(config.mesh)
+        logging.info("mesh %s, rules %s", dict(layout.mesh.shape), layout.rules)
+        job = make_job(config, workdir, layout)
+    except Exception:
+        # A run that cannot start (a config or data mismatch) leaves no
+        # half-made workdir behind for the next try to trip over.
+        if fresh and jax.process_index() == 0:
+            root.rmtree(missing_ok=True)
+        raise
     settings, mix, pipelines = job.settings, job.mix, job.pipelines
     model_cfg = settings.model
     total = settings.optim.total_steps * settings.optim.accumulation  # micro-steps

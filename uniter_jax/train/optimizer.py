@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uniter_jax.model.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimSettings:
@@ -39,7 +41,8 @@ class OptimSettings:
         if self.total_steps <= 0 or not 0 <= self.warmup_steps <= self.total_steps:
             problems.append(
                 f"need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps "
-                f"({self.total_steps}) and total_steps > 0"
+                f"({self.total_steps}) and total_steps > 0: set --config.optim.warmup_steps "
+                "or --config.optim.total_steps"
             )
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             problems.append(f"betas must be in [0, 1), got ({self.b1}, {self.b2})")
@@ -50,7 +53,7 @@ class OptimSettings:
         if self.accumulation < 1:
             problems.append(f"accumulation must be >= 1, got {self.accumulation}")
         if problems:
-            raise ValueError("invalid optimiser settings: " + "; ".join(problems))
+            raise ConfigError("config optim: " + "; ".join(problems))
 
 
 def learning_rate(settings: OptimSettings) -> optax.Schedule:
