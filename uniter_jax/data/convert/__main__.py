@@ -234,13 +234,8 @@ def _add_uniter_txt_lmdb(subparsers: Any) -> None:
     )
 
 
-def _add_refcoco(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "refcoco", help="RefCOCO/+/g (refer toolkit: refs pickle + instances.json) -> refexp store"
-    )
-    p.add_argument("refs", help="refs(unc).p, refs(umd).p or refs(google).p")
-    p.add_argument("instances", help="the same dataset folder's instances.json")
-    p.add_argument("--split", required=True, help="train, val, test, testA or testB")
+def _refexp_arguments(p: argparse.ArgumentParser) -> None:
+    """--boxes and the text arguments of the referring-expression converters."""
     p.add_argument(
         "--boxes",
         choices=("detected", "gt"),
@@ -248,6 +243,16 @@ def _add_refcoco(subparsers: Any) -> None:
         help="gt: --images holds the ground-truth boxes, each target must match (IoU >= 0.99)",
     )
     _text_arguments(p)
+
+
+def _add_refcoco(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "refcoco", help="RefCOCO/+/g (refer toolkit: refs pickle + instances.json) -> refexp store"
+    )
+    p.add_argument("refs", help="refs(unc).p, refs(umd).p or refs(google).p")
+    p.add_argument("instances", help="the same dataset folder's instances.json")
+    p.add_argument("--split", required=True, help="train, val, test, testA or testB")
+    _refexp_arguments(p)
 
     def convert(a: argparse.Namespace):
         if a.images is None:
@@ -266,13 +271,7 @@ def _add_refexp_json(subparsers: Any) -> None:
         "({ref_id, image_id, sentence, bbox [x, y, w, h], width, height}) -> refexp store",
     )
     p.add_argument("expressions", help="a JSON list or JSON Lines file")
-    p.add_argument(
-        "--boxes",
-        choices=("detected", "gt"),
-        default="detected",
-        help="gt: --images holds the ground-truth boxes, each target must match (IoU >= 0.99)",
-    )
-    _text_arguments(p)
+    _refexp_arguments(p)
 
     def convert(a: argparse.Namespace):
         if a.images is None:
