@@ -24,6 +24,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStoreWriter
 from uniter_jax.data.regions import box_features, make_regions
 from uniter_jax.data.text_store import TextStore
+from uniter_jax.downstream import refexp
 
 SIZES = {1: (640, 480), 2: (500, 375), 3: (300, 300), 4: (400, 300)}
 # ann id -> (image id, [x, y, w, h] pixels)
@@ -171,7 +172,11 @@ def test_detected_boxes_round_trip(tmp_path, vocab, protocol):
     assert summary.texts == 6 and not summary.skipped
     store = TextStore(str(tmp_path / "out"))
     assert store.manifest["task"] == "refexp"
-    assert sorted(store.fields) == ["gt_box", "target", "target_iou"]
+    assert sorted(store.fields) == ["gt_box", "image_size", "target", "target_iou"]
+    sizes = [
+        SIZES[ANNS[r["ann_id"]][0]] for r in refs() if r["split"] == "train" for _ in r["sentences"]
+    ]
+    np.testing.assert_array_equal(store.arrays["image_size"], sizes)
     source = store.manifest["source"]
     assert source["format"] == "refcoco" and source["split"] == "train"
     assert source["boxes"] == "detected"
@@ -674,3 +679,29 @@ def test_bad_json_expressions_are_named(tmp_path, vocab, change, message):
     path.write_text(json.dumps(items))
     with pytest.raises(DataError, match="missing keys \\['sentence'\\]"):
         convert_refexp_json(path, tmp_path / "o", vocab=vocab, images=store, progress=False)
+
+
+def test_results_give_the_annotated_box_in_pixels_keyed_by_sentence(tmp_path, vocab):
+    store = image_store(tmp_path / "img", pixel_boxes("gt"))
+    refs_path, inst_path = write(tmp_path, refs())
+    convert_refcoco(
+        refs_path,
+        inst_path,
+        tmp_path / "t",
+        split="train",
+        vocab=vocab,
+        images=store,
+        boxes="gt",
+        progress=False,
+    )
+    texts = TextStore(str(tmp_path / "t"))
+    # Predict each target region's own box: pred_box is then the annotation too.
+    refexp.write_results({"box": texts.arrays["gt_box"]}, texts, str(tmp_path / "r.json"))
+    results = json.loads((tmp_path / "r.json").read_text())
+    sent_ids = [str(s["sent_id"]) for r in refs() if r["split"] == "train" for s in r["sentences"]]
+    assert list(results) == sent_ids
+    by_sent = {str(s["sent_id"]): r["ann_id"] for r in refs() for s in r["sentences"]}
+    for sent, boxes in results.items():
+        annotated = ANNS[by_sent[sent]][1]  # [x, y, w, h] pixels, from instances.json
+        np.testing.assert_allclose(boxes["tgt_box"], annotated, atol=1e-3)
+        np.testing.assert_allclose(boxes["pred_box"], annotated, atol=1e-3)

@@ -142,13 +142,20 @@ def check_results(task, path, world):
         assert all(r["answer"] in answers for r in results)
     elif task == "ve":
         texts = TextStore(world["ve_val"])
-        assert [r["pair_id"] for r in results] == list(texts.text_ids)
-        assert {r["label"] for r in results} <= set(LABELS)
+        assert list(results) == list(texts.text_ids)
+        assert set(results.values()) <= set(LABELS)
     elif task == "refexp":
         texts = TextStore(world["refexp_val"])
-        assert [r["ref_sent_id"] for r in results] == list(texts.text_ids)
-        boxes = np.array([r["box"] for r in results])
-        assert boxes.shape == (len(texts), 4) and (boxes >= 0).all() and (boxes <= 1).all()
+        assert list(results) == [t.rsplit("-", 1)[1] for t in texts.text_ids]
+        size = np.tile(texts.arrays["image_size"], 2)
+        for (pred, truth), box, wh in zip(
+            ((r["pred_box"], r["tgt_box"]) for r in results.values()),
+            texts.arrays["gt_box"] * size,
+            size,
+            strict=True,
+        ):
+            np.testing.assert_allclose(truth, [*box[:2], *(box[2:] - box[:2])], atol=1e-3)
+            assert 0 <= pred[0] <= wh[0] and 0 <= pred[1] <= wh[1] and min(pred[2:]) > 0
     elif task == "vcr":
         texts = TextStore(world["vcr_qa_val"])
         assert len(results) == len(texts) // 4

@@ -6,7 +6,7 @@ import pytest
 from uniter_jax.data.convert.vqa import soft_scores
 from uniter_jax.data.regions import box_iou
 from uniter_jax.data.text_store import TextStore, TextStoreWriter
-from uniter_jax.downstream import baselines, metrics
+from uniter_jax.downstream import baselines, metrics, retrieval
 
 # Answers the humans may give; the vocabulary holds only the first five, so
 # "cat" and "dog" are human answers that no prediction can name.
@@ -289,3 +289,21 @@ def test_vqa_type_prior_by_hand(tmp_path):
     assert baselines.vqa_type_prior(train, val) == pytest.approx(3 / 5)
     # By the first piece alone the last question is a "how" one: 2, 1.
     assert baselines.vqa_type_prior(train, val, words=1) == pytest.approx(4 / 5)
+
+
+def test_retrieval_scores_under_the_original_names_are_recall_by_brute_force():
+    rng = np.random.default_rng(4)
+    text_image = np.repeat(np.arange(6), 3)  # 6 images, 3 texts each
+    scores = rng.standard_normal((len(text_image), 6)) + 2.0 * np.eye(6)[text_image]
+    got = retrieval.original_scores(metrics.recall_at_k(scores, text_image))
+    for k in (1, 5, 10):
+        # Image retrieval: is each text's image among its k best images?
+        img = np.mean(
+            [t in np.argsort(-row)[:k] for t, row in zip(text_image, scores, strict=True)]
+        )
+        # Text retrieval: is any of each image's texts among its k best texts?
+        best = [set(np.argsort(-scores[:, i])[:k]) for i in range(6)]
+        txt = np.mean([bool(best[i] & set(np.flatnonzero(text_image == i))) for i in range(6)])
+        assert got[f"img_r{k}"] == pytest.approx(img) and got[f"txt_r{k}"] == pytest.approx(txt)
+    assert got["img_r_mean"] == pytest.approx(np.mean([got[f"img_r{k}"] for k in (1, 5, 10)]))
+    assert got["r_mean"] == pytest.approx((got["img_r_mean"] + got["txt_r_mean"]) / 2)

@@ -1,5 +1,7 @@
 """NLVR2 (pair, triplet, pair-attn) and VCR objectives against numpy."""
 
+import csv
+
 import jax
 import numpy as np
 import pytest
@@ -487,3 +489,69 @@ def test_vcr_evaluate_joint_matches_a_per_question_count(tmp_path):
     # Without QA->R outputs there is no joint score.
     alone = vcr.evaluate_joint({"vcr_qa": outputs["vcr_qa"]}, texts)
     assert set(alone) == {"qa_accuracy"} and alone["qa_accuracy"] == pytest.approx(3 / 4)
+
+
+def write_unlabelled_qar(directory, annots):
+    """An unlabelled QA->R store: per question, 4 groups, rationales under answer j."""
+    with TextStoreWriter(directory, task="vcr_qar", vocab=STORE_VOCAB, max_txt_len=8) as writer:
+        group = 0
+        for annot in annots:
+            for j in range(4):
+                for k in range(4):
+                    writer.add(
+                        f"{annot}#qar#a{j}#{k}",
+                        f"img_{annot}",
+                        [5 + k, 6],
+                        label=-1,
+                        group=group,
+                        slot=k,
+                    )
+                group += 1
+    return TextStore(directory)
+
+
+def test_vcr_test_split_writes_the_leaderboard_csv(tmp_path):
+    annots = ["test-10", "test-2", "test-7"]  # rows are sorted by the number: 2, 7, 10
+    texts = {
+        "vcr_qa": write_vcr_store(
+            str(tmp_path / "qa"), "vcr_qa", "qa", [(a, None) for a in annots]
+        ),
+        "vcr_qar": write_unlabelled_qar(str(tmp_path / "qar"), annots),
+    }
+    rng = np.random.default_rng(5)
+    outputs = {
+        task: {"score": rng.normal(0, 2, len(texts[task])).astype(np.float32)} for task in texts
+    }
+    vcr.write_results_joint(outputs, texts, str(tmp_path / "results_vcr_test.json"))
+    with open(tmp_path / "leaderboard_vcr_test.csv") as f:
+        rows = list(csv.reader(f))
+    header = ["annot_id", *(f"answer_{k}" for k in range(4))]
+    header += [f"rationale_conditioned_on_a{j}_{k}" for j in range(4) for k in range(4)]
+    assert rows[0] == header and [r[0] for r in rows[1:]] == ["test-2", "test-7", "test-10"]
+
+    def softmax4(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    for row in rows[1:]:
+        q = annots.index(row[0])
+        answer = softmax4(outputs["vcr_qa"]["score"][4 * q : 4 * q + 4].astype(np.float64))
+        rationales = [
+            softmax4(
+                outputs["vcr_qar"]["score"][16 * q + 4 * j : 16 * q + 4 * j + 4].astype(np.float64)
+            )
+            for j in range(4)
+        ]
+        np.testing.assert_allclose(
+            np.array(row[1:], float), np.concatenate([answer, *rationales]), atol=1e-6
+        )
+    # A labelled (val) split has no leaderboard file.
+    labelled = {
+        "vcr_qa": texts["vcr_qa"],
+        "vcr_qar": write_vcr_store(
+            str(tmp_path / "qar2"), "vcr_qar", "qar", [(a, 1) for a in annots]
+        ),
+    }
+    outputs["vcr_qar"] = {"score": outputs["vcr_qar"]["score"][:12]}
+    vcr.write_results_joint(outputs, labelled, str(tmp_path / "results_vcr_val.json"))
+    assert not (tmp_path / "leaderboard_vcr_val.csv").exists()

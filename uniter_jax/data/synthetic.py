@@ -53,7 +53,7 @@ from uniter_jax.data.scenes import (  # noqa: F401  (the world's names, re-expor
 from uniter_jax.data.tokenizer import build_vocab
 
 # Bumped whenever the world gains stores or changes: runs rewrite older worlds.
-WORLD_VERSION = 5
+WORLD_VERSION = 6
 # Validation captions paired with hard negatives, one JSON object a line.
 HARD_NEGATIVES = "itm_hard_val.jsonl"
 

@@ -44,6 +44,7 @@ TASK_FIELDS: dict[str, dict[str, tuple[tuple, np.dtype]]] = {
         "target": ((), np.int64),
         "gt_box": ((4,), np.float32),
         "target_iou": ((), np.float32),
+        "image_size": ((2,), np.float32),  # zeros for stores without it
     },
     "ve": {"label": ((), np.int64)},
 }

@@ -412,6 +412,8 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         )
         if jax.process_index() == 0:
             retrieval.write_ranking(scores, pipeline, str(results))
+            original = retrieval.original_scores(report["metrics"])
+            (root / f"scores_{split}.json").write_text(json.dumps(original, indent=2))
             (root / "predict_report.json").write_text(json.dumps(report, indent=2))
         logging.info("ranked %s: %s; results in %s", report["examples"], report["metrics"], results)
         return report

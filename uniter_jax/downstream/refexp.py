@@ -99,8 +99,26 @@ def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, floa
 
 
 def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
-    results = [
-        {"ref_sent_id": str(t), "box": [round(float(v), 5) for v in box]}
-        for t, box in zip(texts.text_ids, outputs["box"], strict=True)
-    ]
+    """The original's results file: sentence id -> `{"pred_box", "tgt_box"}`, each
+    `[x, y, w, h]` in pixels (normalised units for stores written before the
+    converters kept the image size)."""
+    boxes = np.asarray(outputs["box"], np.float64)
+    truth = np.asarray(texts.arrays["gt_box"], np.float64)
+    if "image_size" in texts.fields:
+        size = np.tile(np.asarray(texts.arrays["image_size"], np.float64), 2)
+        boxes, truth = boxes * size, truth * size
+    results = {
+        _sent_id(t): {"pred_box": _xywh(p), "tgt_box": _xywh(g)}
+        for t, p, g in zip(texts.text_ids, boxes, truth, strict=True)
+    }
     epath.Path(path).write_text(json.dumps(results))  # local or gs://
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [round(v, 4) for v in (x1, y1, x2 - x1, y2 - y1)]
+
+
+def _sent_id(text_id: str) -> str:
+    """The sentence id of a text id `"<ref_id>-<sent_id>"`."""
+    return str(text_id).rsplit("-", 1)[-1]

@@ -484,6 +484,19 @@ def two_stage_scores(dual: np.ndarray, candidates: np.ndarray, cross: np.ndarray
     return staged
 
 
+def original_scores(metrics_: dict[str, float]) -> dict[str, float]:
+    """Recall under the original's evaluation names (`scores.json`): `img_r*`
+    is image retrieval (our `t2i_r*`), `txt_r*` text retrieval (`i2t_r*`), as
+    fractions, with their means and the mean of both."""
+    out = {}
+    for ours, theirs in (("t2i", "img"), ("i2t", "txt")):
+        for k in (1, 5, 10):
+            out[f"{theirs}_r{k}"] = metrics_[f"{ours}_r{k}"]
+        out[f"{theirs}_r_mean"] = sum(out[f"{theirs}_r{k}"] for k in (1, 5, 10)) / 3
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out
+
+
 def write_ranking(scores: np.ndarray, pipeline: Pipeline, path: str, top: int = 10) -> None:
     """JSON: each text's `top` images and each image's `top` texts, best first."""
     split = Split.of(pipeline)

@@ -13,8 +13,11 @@ and Q->AR, both right for the same question. Results file: JSON
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
+import posixpath
 
 import jax
 import jax.numpy as jnp
@@ -142,3 +145,70 @@ def write_results_joint(
         {"annot_id": a, "answer": answers[a], "rationale": rationales.get(a)} for a in answers
     ]
     epath.Path(path).write_text(json.dumps(results))
+    if "vcr_qar" in outputs:
+        table = leaderboard_rows(outputs, texts)
+        if table:
+            write_leaderboard(table, leaderboard_path(path))
+
+
+LEADERBOARD_COLUMNS = (
+    "annot_id",
+    *(f"answer_{k}" for k in range(4)),
+    *(f"rationale_conditioned_on_a{j}_{k}" for j in range(4) for k in range(4)),
+)
+
+
+def leaderboard_path(results_path: str) -> str:
+    """`.../results_<split>.json` -> `.../leaderboard_<split>.csv`."""
+    folder, name = posixpath.split(str(results_path))
+    stem = name.rsplit(".", 1)[0].replace("results_", "leaderboard_", 1)
+    return posixpath.join(folder, f"{stem}.csv")
+
+
+def leaderboard_rows(
+    outputs: dict[str, dict[str, np.ndarray]], texts: dict[str, TextStore]
+) -> list[list]:
+    """The VCR leaderboard's rows: per question, the 4 answer probabilities and
+    the 4 rationale probabilities given each answer (softmax over each group's
+    scores, as the VCR authors' evaluation writes them), questions in the
+    order of their annotation number. Empty unless the QA->R store holds
+    rationales for every answer (an unlabelled split: test)."""
+    qa = _probabilities(outputs["vcr_qa"])
+    answers = {a: qa[q] for q, a in enumerate(_annot_ids(texts["vcr_qa"]))}
+    given: dict[str, dict[int, np.ndarray]] = {}
+    qar = _probabilities(outputs["vcr_qar"])
+    for q, text_id in enumerate(texts["vcr_qar"].text_ids[::GROUP_SIZE]):
+        annot, _, rest = str(text_id).split("#", 2)
+        condition = rest.split("#")[0]
+        if not condition.startswith("a"):
+            return []  # labelled: rationales only under the correct answer
+        given.setdefault(annot, {})[int(condition[1:])] = qar[q]
+    rows = []
+    for annot in sorted(answers, key=_annotation_number):
+        conditioned = given.get(annot, {})
+        if sorted(conditioned) != list(range(4)):
+            raise ValueError(f"VCR leaderboard: {annot} lacks rationales for some answers")
+        rows.append([annot, *answers[annot], *np.concatenate([conditioned[j] for j in range(4)])])
+    return rows
+
+
+def write_leaderboard(rows: list[list], path: str) -> None:
+    """The leaderboard CSV: a header of LEADERBOARD_COLUMNS, one row a question."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LEADERBOARD_COLUMNS)
+    for annot, *values in rows:
+        writer.writerow([annot, *(f"{float(v):.6f}" for v in values)])
+    epath.Path(path).write_text(out.getvalue())
+
+
+def _probabilities(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    scores = np.asarray(outputs["score"], np.float64).reshape(-1, GROUP_SIZE)
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    return scores / scores.sum(-1, keepdims=True)
+
+
+def _annotation_number(annot_id: str) -> tuple:
+    """`"test-12"` -> (12, ...): the leaderboard file's row order."""
+    tail = str(annot_id).rsplit("-", 1)[-1]
+    return (int(tail), annot_id) if tail.isdigit() else (float("inf"), annot_id)

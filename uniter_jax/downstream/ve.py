@@ -75,8 +75,8 @@ def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, floa
 
 
 def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
-    results = [
-        {"pair_id": str(t), "label": LABELS[int(p)]}
-        for t, p in zip(texts.text_ids, outputs["label"], strict=True)
-    ]
+    """The original's results file: one JSON object, pair id -> predicted label."""
+    results = {
+        str(t): LABELS[int(p)] for t, p in zip(texts.text_ids, outputs["label"], strict=True)
+    }
     epath.Path(path).write_text(json.dumps(results))  # local or gs://

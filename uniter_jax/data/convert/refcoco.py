@@ -27,6 +27,8 @@ Written: one example per sentence of every ref in `split`, text id
 - `target_iou` float32 `[N]`: that IoU. With `boxes="gt"` (a store made from
   the ground-truth boxes) it must be at least 0.99; with `"detected"` any value
   is kept, and the metric later asks IoU >= 0.5 of the predicted box.
+- `image_size` float32 `[N, 2]`: the image's width and height in pixels (the
+  results file gives boxes in pixels, as the original's).
 
 Each sentence is one input record (`"ref N (ref_id R) sentence K"`), so the
 store has no `group`/`slot` fields: refs hold one to many sentences. A ref
@@ -215,7 +217,14 @@ def _ref_fields(ref: dict, resolve: _Resolver) -> tuple[str, dict[str, np.ndarra
         raise DataError(f"image {ref['image_id']!r} is not in instances.json", field="image_id")
     gt_box = gt_box_of(ann, image, ref["image_id"])
     image_id = format_image_id(resolve.image_id_format, ref["image_id"])
-    return image_id, target_fields(gt_box, resolve.boxes_of(image_id), image_id, resolve.boxes)
+    fields = target_fields(gt_box, resolve.boxes_of(image_id), image_id, resolve.boxes)
+    return image_id, {**fields, "image_size": image_size(image)}
+
+
+def image_size(image: dict) -> np.ndarray:
+    """`[width, height]` float32 of a checked image entry: result files give
+    boxes in pixels, as the original's."""
+    return np.array([image["width"], image["height"]], np.float32)
 
 
 def target_fields(

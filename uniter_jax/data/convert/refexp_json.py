@@ -22,7 +22,13 @@ import json
 import os
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.refcoco import BOXES, boxes_of, gt_box_of, target_fields
+from uniter_jax.data.convert.refcoco import (
+    BOXES,
+    boxes_of,
+    gt_box_of,
+    image_size,
+    target_fields,
+)
 from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes
@@ -74,6 +80,7 @@ def _parse(item: object, sent_id: int, boxes_of_image, image_id_format: str, box
     )
     image_id = format_image_id(image_id_format, item["image_id"])
     fields = target_fields(gt_box, boxes_of_image(image_id), image_id, boxes)
+    fields["image_size"] = image_size(item)
     sent = item.get("sent_id", sent_id)
     return Text(f"{item['ref_id']}-{sent}", image_id, item["sentence"], fields)
 
