@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
 from uniter_jax.data.convert.vqa import convert_vqa
+from uniter_jax.data.convert.vqa_answers import normalize
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStoreWriter
 from uniter_jax.data.regions import make_regions
@@ -138,8 +139,9 @@ def test_vqa_answer_vocabulary_and_soft_scores(tmp_path, vocab):
     )
     store = TextStore(str(tmp_path / "out"))
 
-    def norm(a):
-        return a.lower().strip().rstrip(".")
+    def norm(a):  # the evaluation's normalization on this pool: case, period, number word
+        a = a.lower().strip().rstrip(".")
+        return {"two": "2"}.get(a, a)
 
     mc = collections.Counter(norm(a["multiple_choice_answer"]) for a in annotations)
     want_vocab = sorted(mc, key=lambda a: (-mc[a], a))[:4]
@@ -319,3 +321,27 @@ def test_vqa_malformed_answers(tmp_path, vocab):
     with pytest.raises(DataError) as err:
         convert_vqa(qs, tmp_path / "o", vocab=vocab, annotations_path=ans, progress=False)
     assert err.value.field == "answers" and "question 0" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "compared"),
+    [
+        ("Two.", "2"),  # final period, number word, case
+        ("none", "0"),
+        ("a dog", "dog"),  # articles go
+        ("The Red Car", "red car"),
+        ("1,000", "1000"),  # a comma between digits: punctuation dropped
+        ("3.5", "3.5"),  # a decimal point stays
+        ("yes!", "yes"),  # punctuation with nothing beside it becomes a space, then trimmed
+        ("left-side", "left side"),
+        ("red , blue", "red blue"),  # punctuation beside a space is dropped
+        ("dont", "don't"),  # contractions get their apostrophes back
+        ("whats up?", "what's up"),
+        ("couldntve", "couldn't've"),
+        ("its", "its"),  # an ordinary word is left alone
+        ("  tennis\tracket\n", "tennis racket"),
+    ],
+)
+def test_answers_are_normalized_as_the_official_evaluation_does(raw, compared):
+    assert normalize(raw) == compared
+    assert normalize(compared) == compared  # stored answers stay what they are

@@ -7,9 +7,10 @@ train/val, `{"annotations": [{"question_id", "answers": [{"answer"}, ...],
 alphabetical), or a JSON list passed in (use the train vocabulary for val).
 Each question stores the vocabulary answers its ten human answers name, how
 many humans gave each (`counts`, with `humans`, for the official accuracy)
-and the training targets `min(count / 3, 1)` (`scores`). Answers are compared after a light
-normalization (lower case, surrounding space and a final period removed);
-the official evaluation's full normalization is not applied here.
+and the training targets `min(count / 3, 1)` (`scores`). Answers are
+compared after the official evaluation's normalization
+(`uniter_jax/data/convert/vqa_answers.py`: punctuation, number words,
+articles, contractions).
 
 For val and test, pass the train store's vocabulary (`answer_vocab_from`), so
 answer ids mean the same answers in every split.
@@ -25,6 +26,7 @@ import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
 from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.vqa_answers import normalize
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_json
 from uniter_jax.data.image_store import ImageStore
@@ -32,7 +34,8 @@ from uniter_jax.data.tokenizer import Tokenizer
 
 
 def normalize_answer(answer: str) -> str:
-    return " ".join(answer.lower().strip().rstrip(".").split())
+    """The official evaluation's normalization (`vqa_answers.normalize`)."""
+    return normalize(answer)
 
 
 def _list(path: str, key: str) -> list:
@@ -149,7 +152,11 @@ def convert_vqa(
         raise DataError(
             "questions without annotations need an answer vocabulary", file=questions_path
         )
-    index = {a: i for i, a in enumerate(answer_vocab)}
+    # Humans' answers are normalized, so a vocabulary passed in is matched
+    # through the same normalization (the first of two entries that agree wins).
+    index: dict[str, int] = {}
+    for i, a in enumerate(answer_vocab):
+        index.setdefault(normalize(a), i)
     records = [
         TextRecord(
             questions_path,
