@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from uniter_jax.data import scenes, synthetic
+from uniter_jax.data.convert.coco_captions import convert_coco_captions
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 
@@ -31,16 +32,36 @@ def main_py(config, workdir, *flags):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """The `middle` world: up to 22 regions an image, relation captions."""
+    """The `middle` world (up to 22 regions an image) with captions of two
+    sentences each, longer than the built-in world's, in COCO caption JSON
+    converted by the converter users run."""
     world = dataclasses.replace(scenes.WORLDS["middle"], num_images=80)
-    return synthetic.write_world(str(tmp_path_factory.mktemp("own") / "data"), world)
+    root = tmp_path_factory.mktemp("own") / "data"
+    paths = synthetic.write_world(str(root), world, keep_raw=True)
+    for split in ("train", "val"):
+        coco = json.loads((root / "raw" / f"captions_{split}.json").read_text())
+        notes = coco["annotations"]
+        for note, other in zip(notes, notes[1:] + notes[:1], strict=True):
+            note["caption"] = f"{note['caption']} {other['caption']}"
+        (root / "raw" / f"long_{split}.json").write_text(json.dumps(coco))
+        paths[f"captions_{split}"] = str(root / "texts" / f"long_{split}")
+        convert_coco_captions(
+            root / "raw" / f"long_{split}.json",
+            paths[f"captions_{split}"],
+            vocab=paths["vocab"],
+            images=paths["images"],
+            image_id_format="synth{id:06d}",  # as the world names its images
+            progress=False,
+        )
+    return paths
 
 
 @pytest.mark.slow  # 85 s on two cores
 def test_pretraining_then_vqa_with_only_the_data_paths(dataset, tmp_path):
     texts, images = TextStore(dataset["captions_train"]), ImageStore(dataset["images"])
     lengths = np.diff(texts.arrays["input_ids__offsets"]) + 2
-    assert images.num_boxes.max() > 12  # the tiny world's bucket holds 12 regions
+    # The tiny world's bucket holds 16 tokens and 12 regions.
+    assert lengths.max() > 16 and images.num_boxes.max() > 12
     paths = (
         f"--config.data.images={dataset['images']}",
         f"--config.data.texts={dataset['captions_train']}",
