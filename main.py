@@ -117,7 +117,7 @@ def main(argv):
         code = _run(_CONFIG.value, _WORKDIR.value)
     # A full disk, unreadable checkpoints, bad input data, a config that does
     # not fit the data: one line that says what, where and the fix.
-    except (CheckpointError, ConfigError, DataError) as error:
+    except (CheckpointError, ConfigError, DataError, FileNotFoundError) as error:
         sys.exit(f"FATAL {error}")
     if distributed:
         # Every process waits here for the others before process 0 takes the

@@ -123,3 +123,13 @@ def test_unknown_variant_is_an_error(tmp_path):
         timeout=600,
     )
     assert result.returncode != 0 and "unknown variant 'huge'" in result.stderr
+
+
+def test_a_config_that_cannot_start_is_one_line_and_leaves_no_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_main(workdir, *SIX_STEPS, "--config.optim.warmup_steps=20")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("FATAL config optim: need 0 <= warmup_steps (20) <= total_steps (6)")
+    assert "--config.optim.warmup_steps" in last
+    assert not workdir.exists()  # the synthetic world it began to write went with it

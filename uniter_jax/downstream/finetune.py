@@ -32,6 +32,7 @@ from uniter_jax.data.pipeline import Pipeline, PipelineConfig
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
 from uniter_jax.downstream.prediction import predict_batches
+from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import MixSchedule
 from uniter_jax.sharding import Layout
 from uniter_jax.train import inputs, shapes
@@ -52,7 +53,7 @@ TASKS: dict[str, ModuleType] = {
 
 def task_module(name: str) -> ModuleType:
     if name not in TASKS:
-        raise ValueError(f"unknown downstream task {name!r}; known: {sorted(TASKS)}")
+        raise ConfigError(f"unknown downstream task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name]
 
 
@@ -76,7 +77,7 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> TaskStore
     """The configured stores, or the synthetic world's stores of this task."""
     data, names = config.data, subtasks(config)
     if bool(data.images) != bool(data.train_texts):
-        raise ValueError("set both data.images and data.train_texts, or neither (synthetic data)")
+        raise ConfigError("set both data.images and data.train_texts, or neither (synthetic data)")
     if data.images:
 
         def split(kind: str) -> dict[str, str]:
@@ -86,7 +87,7 @@ def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> TaskStore
         train = split("train")
         if set(train) != set(names):
             missing = [f"data.train_texts{names[n]}" for n in names if n not in train]
-            raise ValueError(f"{config.task} trains on every one of its stores: set {missing}")
+            raise ConfigError(f"{config.task} trains on every one of its stores: set {missing}")
         return TaskStores(
             data.images,
             data.val_images or data.images,
@@ -363,7 +364,7 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     if not paths:
         paths, images = stores.val, stores.val_images
     if not paths:
-        raise ValueError("nothing to predict: set data.test_texts (or data.val_texts)")
+        raise ConfigError("nothing to predict: set data.test_texts (or data.val_texts)")
     texts = {name: TextStore(path) for name, path in paths.items()}
     for store in texts.values():
         task.check(store)

@@ -31,6 +31,7 @@ from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
 from uniter_jax.model import UniterConfig
+from uniter_jax.model.config import ConfigError
 from uniter_jax.model.layers import SelfAttention, attention_bias, dense, dropout, split_key
 from uniter_jax.objectives import losses
 from uniter_jax.objectives.tasks import MODEL_INPUTS
@@ -109,7 +110,7 @@ class Nlvr2:
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown NLVR2 variant {self.variant!r}; choose from {VARIANTS}")
+            raise ConfigError(f"unknown NLVR2 variant {self.variant!r}; choose from {VARIANTS}")
 
     @property
     def pipeline_options(self) -> dict:

@@ -46,6 +46,7 @@ from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
 from uniter_jax.downstream.prediction import predict_batches
 from uniter_jax.model import UniterConfig
+from uniter_jax.model.config import ConfigError
 from uniter_jax.model.heads import ITMHead
 from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
 from uniter_jax.sharding import Layout
@@ -71,11 +72,13 @@ class Retrieval:
 
     def __post_init__(self):
         if not 0 < self.hard_negatives <= self.negatives:
-            raise ValueError("need 0 < hard_negatives <= negatives")
+            raise ConfigError("task_options: need 0 < hard_negatives <= negatives")
         if self.text_negatives and not self.hard_negatives <= self.text_negatives:
-            raise ValueError("need hard_negatives <= text_negatives (or text_negatives 0)")
+            raise ConfigError(
+                "task_options: need hard_negatives <= text_negatives (or text_negatives 0)"
+            )
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose from {MODES}")
+            raise ConfigError(f"task_options: unknown mode {self.mode!r}; choose from {MODES}")
 
     @property
     def pipeline_options(self) -> dict:

@@ -182,7 +182,7 @@ def val_pipeline(
     texts, images = TextStore(stores.val_texts), ImageStore(stores.val_images)
     check_compatible(texts, images, model)
     if texts.manifest["vocab"] != train_vocab:
-        raise ValueError(
+        raise ConfigError(
             f"{stores.val_texts}: tokenized with another vocabulary than the training texts "
             f"({texts.manifest['vocab'].get('path')} vs {train_vocab.get('path')})"
         )

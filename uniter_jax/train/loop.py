@@ -153,7 +153,7 @@ def initial_params(
         fresh = jax.device_put(start, param_shardings(config, layout, objective))
     if not init_from:
         if require:
-            raise ValueError(f"no parameters to read {list(require)} from: init_from is empty")
+            raise ConfigError(f"no parameters to read {list(require)} from: init_from is empty")
         return fresh
     if os.path.isdir(init_from):
         loaded, _, _ = param_checkpoint.load(init_from)
@@ -183,7 +183,7 @@ def initial_params(
     )
     missing = [g for g in require if g in absent]
     if missing:
-        raise ValueError(f"{init_from} has no {missing} parameters")
+        raise ConfigError(f"{init_from} has no {missing} parameters")
     logging.info(
         "initialised from %s; freshly initialised groups: %s", init_from, list(absent) or "none"
     )
@@ -380,7 +380,7 @@ def train(
         _, state, meta = newest
         key = np.asarray(meta["key"], np.uint32)
         if set(meta["data"]) != set(pipelines):
-            raise ValueError(
+            raise ConfigError(
                 f"{checkpoints.directory}/{start} was saved by a run with tasks "
                 f"{sorted(meta['data'])}; this config trains {sorted(pipelines)}: resume with "
                 "the same tasks.mix (or use a new workdir)"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import ml_collections
 from etils import epath
 
+from uniter_jax.model.config import ConfigError
 from uniter_jax.sharding import Layout
 from uniter_jax.train import loop
 from uniter_jax.train.checkpoint import Checkpoints
@@ -55,5 +56,5 @@ def trained_params(
             settings.model, config.seed, source, layout, objective, require=require
         )
     except ValueError as error:
-        raise ValueError(f"{error}: {hint}" if hint else str(error)) from None
+        raise ConfigError(f"{error}: {hint}" if hint else str(error)) from None
     return params, source
