@@ -97,6 +97,24 @@ def detect(state: Mapping[str, np.ndarray], hidden: int) -> str | None:
     return None
 
 
+def task_of(params: dict, hidden: int) -> str | None:
+    """The fine-tuned head a parameter tree of ours holds (a key of TABLES), or
+    None; a tree with an ITM head and nothing else of pretraining is retrieval."""
+    groups = set(params)
+    for task in ("vqa", "ve", "refexp", "vcr"):
+        if task in groups:
+            return task
+    if "nlvr2" in groups:
+        head = params["nlvr2"]
+        if "left_to_right" in head:
+            return "nlvr2-pair-attn"
+        width = np.shape(head["kernel"])[0]
+        return "nlvr2-pair" if width == 2 * hidden else "nlvr2-triplet"
+    if "itm" in groups and not groups & {"mlm", "mrfr", "mrc"}:
+        return "retrieval"
+    return None
+
+
 def to_ours(state: dict[str, np.ndarray], task: str | None) -> dict[str, np.ndarray]:
     """Rewrites an original state dict so that `TABLES[task]` reads it."""
     state = dict(state)

@@ -343,7 +343,7 @@ def export_state_dict(
     """
     params = jax.tree.map(np.array, params)
     if task == "auto":
-        task = task_of(params, config)
+        task = heads.task_of(params, config.hidden_size)
     _zero_unused_mask_row(params)
     out: dict[str, np.ndarray] = {}
     exported = set()
@@ -371,24 +371,6 @@ def export_state_dict(
         if group in exported and original in out:
             out[copy] = out[original].copy()
     return heads.to_original(out, task)
-
-
-def task_of(params: Params, config: UniterConfig) -> str | None:
-    """The fine-tuned head a parameter tree holds (a key of `heads.TABLES`), or
-    None; a tree with an ITM head and nothing else of pretraining is retrieval."""
-    groups = set(params)
-    for task in ("vqa", "ve", "refexp", "vcr"):
-        if task in groups:
-            return task
-    if "nlvr2" in groups:
-        head = params["nlvr2"]
-        if "left_to_right" in head:
-            return "nlvr2-pair-attn"
-        width = np.shape(head["kernel"])[0]
-        return "nlvr2-pair" if width == 2 * config.hidden_size else "nlvr2-triplet"
-    if "itm" in groups and not groups & {"mlm", "mrfr", "mrc"}:
-        return "retrieval"
-    return None
 
 
 def _get(tree: Params, path: tuple[str, ...]) -> Any:
