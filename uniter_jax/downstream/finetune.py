@@ -250,7 +250,7 @@ def _score(
 def _with_run_buckets(
     config: ml_collections.ConfigDict,
     workdir: str,
-    read: list[tuple[TextStore, str]],
+    read: Callable[[], list[tuple[TextStore, str]]],
     layout: Layout,
     streams: Any,
     remember: bool = True,
@@ -263,7 +263,7 @@ def _with_run_buckets(
     buckets = shapes.run_buckets(
         config.data,
         workdir,
-        [(texts, ImageStore(images)) for texts, images in read],
+        lambda: [(texts, ImageStore(images)) for texts, images in read()],
         ways=layout.batch_shards * jax.process_count(),
         group_size=math.lcm(*widths),
         remember=remember,
@@ -285,8 +285,11 @@ def finetuning_job(config: ml_collections.ConfigDict, workdir: str, layout: Layo
     options = getattr(objective, "pipeline_options", {})
     # Streams of one store (retrieval: text-anchored and image-anchored groups).
     streams = getattr(objective, "pipeline_streams", {"": options})
-    read = [(t, stores.images) for t in train_texts.values()]
-    read += [(TextStore(p), stores.val_images) for p in stores.val.values()]
+
+    def read() -> list[tuple[TextStore, str]]:
+        val = [(TextStore(p), stores.val_images) for p in stores.val.values()]
+        return [(t, stores.images) for t in train_texts.values()] + val
+
     config = _with_run_buckets(config, workdir, read, layout, streams.values())
     inputs.check_batches(config.data, layout)
     train, val = {}, {}
@@ -371,8 +374,14 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     objective, model_cfg = make_objective(config, task, next(iter(texts.values())))
     options = getattr(objective, "pipeline_options", {})
     evaluated = {k: v for k, v in options.items() if k == "group_size"}  # as _pipeline
-    read = [(store, images) for store in texts.values()]
-    config = _with_run_buckets(config, workdir, read, layout, [evaluated], remember=False)
+    config = _with_run_buckets(
+        config,
+        workdir,
+        lambda: [(store, images) for store in texts.values()],
+        layout,
+        [evaluated],
+        remember=False,
+    )
     inputs.check_batches(config.data, layout)
     pipelines = {
         name: _pipeline(config, store, images, train=False, options=options)

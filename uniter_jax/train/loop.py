@@ -233,7 +233,7 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     buckets = shapes.run_buckets(
         config.data,
         workdir,
-        [(TextStore(t), ImageStore(i)) for t, i in read],
+        lambda: [(TextStore(t), ImageStore(i)) for t, i in read],
         ways=layout.batch_shards * jax.process_count(),
     )
     config = shapes.with_buckets(config, buckets)

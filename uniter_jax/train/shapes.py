@@ -9,7 +9,7 @@ chosen from the stores the run reads at its first start and kept in
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -37,14 +37,15 @@ def example_shapes(
 def run_buckets(
     data: ml_collections.ConfigDict,
     workdir: str,
-    stores: Sequence[tuple[TextStore, ImageStore]],
+    stores: Callable[[], Sequence[tuple[TextStore, ImageStore]]],
     *,
     ways: int,
     group_size: int = 1,
     remember: bool = True,
 ) -> tuple[Bucket, ...]:
     """The configured buckets; else the ones this workdir's run chose before;
-    else buckets chosen now from every `(texts, images)` pair the run reads,
+    else buckets chosen now from every `(texts, images)` pair the run reads
+    (`stores()`, opened only then: large stores are not read twice),
     with batch sizes divisible by `ways` (data-parallel shards times hosts)
     and `group_size`, written to `workdir/buckets.json` by process 0.
     `remember=False` (prediction) neither reads nor writes that file."""
@@ -55,6 +56,7 @@ def run_buckets(
         chosen = tuple(Bucket(*b) for b in json.loads(saved.read_text())["buckets"])
         logging.info("buckets of this run, from %s: %s", saved, _describe(chosen))
         return chosen
+    stores = stores()
     shapes = [example_shapes(texts, images, data) for texts, images in stores]
     lengths = np.concatenate([s[0] for s in shapes])
     regions = np.concatenate([s[1] for s in shapes])
