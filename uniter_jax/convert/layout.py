@@ -3,7 +3,7 @@
 Pure numpy: a state dict is `{name: np.ndarray}` in PyTorch's layout (linear
 weights `[out, in]`); our parameters are the nested dict of
 `nnx.to_pure_dict(nnx.state(UniterForPretraining, nnx.Param))`, with the layer
-stack on a leading axis. REFERENCE.md section 6 lists the names.
+stack on a leading axis. docs/original.md, Checkpoint layout, lists the names.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from uniter_jax.convert import heads
 from uniter_jax.model.config import UniterConfig
-from uniter_jax.model.pretraining import OPTIONAL_GROUPS, param_groups
 
 Params = dict[str, Any]
 
@@ -52,18 +50,25 @@ _LAYER = [
     ("output.LayerNorm", "output_norm", NORM),
 ]
 _POOLER = [("pooler.dense", "uniter/pooler/dense", LINEAR)]
-_HEADS = [
-    ("cls.predictions.bias", "mlm/bias", PARAM),
-    ("cls.predictions.transform.dense", "mlm/transform/dense", LINEAR),
-    ("cls.predictions.transform.LayerNorm", "mlm/transform/norm", NORM),
-    ("feat_regress.bias", "mrfr/bias", PARAM),
-    ("feat_regress.net.0", "mrfr/transform/dense", LINEAR),
-    ("feat_regress.net.2", "mrfr/transform/norm", NORM),
-    ("region_classifier.net.0", "mrc/transform/dense", LINEAR),
-    ("region_classifier.net.2", "mrc/transform/norm", NORM),
-    ("region_classifier.net.3", "mrc/classifier", LINEAR),
-    ("itm_output", "itm/dense", LINEAR),
-]
+# The pretraining heads, each an optional group, in the original's order.
+_HEADS = {
+    "mlm": [
+        ("cls.predictions.bias", "mlm/bias", PARAM),
+        ("cls.predictions.transform.dense", "mlm/transform/dense", LINEAR),
+        ("cls.predictions.transform.LayerNorm", "mlm/transform/norm", NORM),
+    ],
+    "mrfr": [
+        ("feat_regress.bias", "mrfr/bias", PARAM),
+        ("feat_regress.net.0", "mrfr/transform/dense", LINEAR),
+        ("feat_regress.net.2", "mrfr/transform/norm", NORM),
+    ],
+    "mrc": [
+        ("region_classifier.net.0", "mrc/transform/dense", LINEAR),
+        ("region_classifier.net.2", "mrc/transform/norm", NORM),
+        ("region_classifier.net.3", "mrc/classifier", LINEAR),
+    ],
+    "itm": [("itm_output", "itm/dense", LINEAR)],
+}
 # Copies of tied weights the original file also stores: copy -> source.
 # The copy is written when its head's group is.
 TIED = {
@@ -71,9 +76,9 @@ TIED = {
     "feat_regress.weight": ("uniter.img_embeddings.img_linear.weight", "mrfr"),
 }
 # HuggingFace writes the MLM bias a second time under this name.
-_HF_TIED = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+HF_TIED = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
 # In BERT files and not part of UNITER: next-sentence head, position-id buffer.
-_BERT_DROPPED = ("cls.seq_relationship.", "uniter.embeddings.position_ids")
+BERT_DROPPED = ("cls.seq_relationship.", "uniter.embeddings.position_ids")
 
 SOURCE_UNITER, SOURCE_BERT = "uniter", "bert"
 
@@ -95,30 +100,6 @@ class Entry:
     def group(self) -> str:
         """The parameter group this tensor belongs to (see OPTIONAL_GROUPS)."""
         return "/".join(self.path[:2]) if self.path[0] == "uniter" else self.path[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class ImportReport:
-    """What an import found beside the parameters it returned."""
-
-    source: str  # SOURCE_UNITER or SOURCE_BERT
-    absent_groups: tuple[str, ...]  # optional groups the file did not hold
-    dropped_keys: tuple[str, ...]  # keys read and deliberately not used
-    source_dtypes: tuple[str, ...]  # dtypes of the tensors in the file
-    task: str | None = None  # the fine-tuned head the file held (heads.TABLES)
-
-    def summary(self) -> str:
-        lines = [f"source layout: {self.source}; tensor dtypes: {', '.join(self.source_dtypes)}"]
-        if self.task:
-            lines.append(f"fine-tuned head: {self.task}")
-        if self.absent_groups:
-            lines.append(
-                "absent (freshly initialised when training starts): "
-                + ", ".join(self.absent_groups)
-            )
-        if self.dropped_keys:
-            lines.append(f"dropped {len(self.dropped_keys)} keys: " + ", ".join(self.dropped_keys))
-        return "\n".join(lines)
 
 
 def _expand(prefix: str, path: str, kind: str, layer: int | None) -> Iterator[Entry]:
@@ -148,7 +129,7 @@ def entries(config: UniterConfig, task: str | None = None) -> list[Entry]:
             )
     for name, path, kind in _POOLER:
         out += _expand(f"uniter.{name}", path, kind, None)
-    for name, path, kind in _HEADS:
+    for name, path, kind in (row for head in _HEADS.values() for row in head):
         out += _expand(name, path, kind, None)
     for name, path, kind in heads.TABLES[task] if task else ():
         out += _expand(name, path, kind, None)
@@ -210,176 +191,3 @@ def region_sizes(state: Mapping[str, np.ndarray]) -> dict[str, int]:
         if table is not None and table.ndim == 2:
             sizes[name] = int(table.shape[0])
     return sizes
-
-
-def _expected_shape(entry: Entry, expected: Params) -> tuple[int, ...] | None:
-    """The PyTorch-layout shape of `entry` given our expected parameter shapes
-    (None for a head the expected tree lacks: the file's own shape holds)."""
-    try:
-        shape = tuple(_get(expected, entry.path).shape)
-    except KeyError:
-        return None
-    if entry.layer is not None:
-        shape = shape[1:]
-    return shape[::-1] if entry.transpose else shape
-
-
-def import_state_dict(
-    state: Mapping[str, np.ndarray],
-    config: UniterConfig,
-    expected: Params,
-    *,
-    drop_unknown: bool = False,
-    task: str | None = "auto",
-) -> tuple[Params, ImportReport]:
-    """Original (or BERT) state dict -> our (possibly partial) fp32 parameter tree.
-
-    Args:
-      state: `{name: array}` as read from the file.
-      config: the model the file is meant for.
-      expected: our full parameter tree (arrays or ShapeDtypeStructs), giving
-        the shapes each tensor must have.
-      drop_unknown: drop keys we have no place for instead of failing; they
-        are listed in the report.
-      task: the fine-tuned head the file holds (a key of `heads.TABLES`),
-        "auto" to tell it from the keys, None for none.
-
-    Returns:
-      The parameters the file holds (optional groups it lacks are left out)
-      and a report. Raises CheckpointError listing every missing key,
-      unexpected key, shape mismatch and untied copy at once.
-    """
-    state, source = normalize_keys(state)
-    if task == "auto":
-        task = heads.detect(state, config.hidden_size)
-    state = heads.to_ours(state, task)
-    table = entries(config, task)
-    present = {e.group for e in table if e.key in state}
-    absent = tuple(g for g in OPTIONAL_GROUPS if g not in present)
-    problems, dropped = [], []
-    if "mrfr" not in absent and "uniter/img_embeddings" in absent:
-        problems.append(
-            "feat_regress.* is present but the image embedder it is tied to "
-            "(uniter.img_embeddings.*) is not"
-        )
-
-    for entry in table:
-        if entry.group in absent:
-            continue
-        if entry.key not in state:
-            problems.append(f"missing: {entry.key}")
-            continue
-        want = _expected_shape(entry, expected)
-        got = tuple(state[entry.key].shape)
-        if want is not None and got != want:
-            problems.append(f"shape mismatch: {entry.key} is {list(got)}, expected {list(want)}")
-
-    tied = {copy: original for copy, (original, _) in TIED.items()} | _HF_TIED
-    for copy, original in tied.items():
-        if copy in state and original in state and not np.array_equal(state[copy], state[original]):
-            problems.append(f"tied copy differs: {copy} != {original}")
-
-    known = {e.key for e in table} | set(tied)
-    for key in state:
-        if key in known:
-            continue
-        if drop_unknown or (source == SOURCE_BERT and key.startswith(_BERT_DROPPED)):
-            dropped.append(key)
-        else:
-            problems.append(f"unexpected: {key}")
-
-    if problems:
-        has_unexpected = any(p.startswith("unexpected") for p in problems)
-        hint = (
-            " (keys outside the encoder and pretraining heads, such as a downstream task's "
-            "head, are skipped with drop_unknown / --drop-unknown)"
-            if has_unexpected
-            else ""
-        )
-        raise CheckpointError(
-            f"{len(problems)} problem(s) reading the state dict as a {config.num_layers}-layer, "
-            f"hidden-{config.hidden_size} UNITER{hint}:\n  " + "\n  ".join(problems)
-        )
-
-    params: Params = {}
-    stacked: dict[tuple[str, ...], list[np.ndarray]] = {}
-    for entry in table:
-        if entry.group in absent:
-            continue
-        value = np.asarray(state[entry.key], dtype=np.float32)
-        if entry.transpose:
-            value = value.T
-        if entry.layer is None:
-            _set(params, entry.path, value)
-        else:
-            stacked.setdefault(entry.path, []).append(value)
-    for path, layers in stacked.items():
-        _set(params, path, np.stack(layers))
-    _zero_unused_mask_row(params)
-
-    dtypes = tuple(sorted({str(np.asarray(v).dtype) for v in state.values()}))
-    report = ImportReport(source, absent, tuple(dropped), dtypes, task)
-    return params, report
-
-
-def _zero_unused_mask_row(params: Params) -> None:
-    """Row 0 of the mask embedding is added to unmasked regions; the original
-    zeroes it in the forward pass (files may hold any value there), so it is
-    zero in ours whatever the file says, and written back as zero."""
-    table = params.get("uniter", {}).get("img_embeddings", {}).get("mask_embedding")
-    if table is not None:
-        table[0] = 0.0
-
-
-def export_state_dict(
-    params: Params, config: UniterConfig, *, dtype: str = "float32", task: str | None = "auto"
-) -> dict[str, np.ndarray]:
-    """Our parameter tree -> the original UNITER state dict, tied copies included.
-
-    Groups missing from `params` (a partial tree) are left out of the result.
-    `task` names the fine-tuned head (`heads.TABLES`); "auto" finds it from the
-    tree's groups. A group of `params` that no table writes is an error: a
-    head is never dropped without a word.
-    """
-    params = jax.tree.map(np.array, params)
-    if task == "auto":
-        task = heads.task_of(params, config.hidden_size)
-    _zero_unused_mask_row(params)
-    out: dict[str, np.ndarray] = {}
-    exported = set()
-    table = entries(config, task)
-    unknown = sorted(set(param_groups(params)) - {e.group for e in table})
-    if unknown:
-        raise CheckpointError(
-            f"no original layout for the parameter groups {unknown}: export knows the "
-            f"encoder, the pretraining heads and the heads {sorted(heads.TABLES)}"
-        )
-    for entry in table:
-        try:
-            value = _get(params, entry.path)
-        except KeyError:
-            if entry.group in OPTIONAL_GROUPS:
-                continue
-            raise CheckpointError(f"parameter tree lacks {'/'.join(entry.path)}") from None
-        if entry.layer is not None:
-            value = value[entry.layer]
-        if entry.transpose:
-            value = value.T
-        out[entry.key] = np.ascontiguousarray(value, dtype=dtype)
-        exported.add(entry.group)
-    for copy, (original, group) in TIED.items():
-        if group in exported and original in out:
-            out[copy] = out[original].copy()
-    return heads.to_original(out, task)
-
-
-def _get(tree: Params, path: tuple[str, ...]) -> Any:
-    for part in path:
-        tree = tree[part]
-    return tree
-
-
-def _set(tree: Params, path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        tree = tree.setdefault(part, {})
-    tree[path[-1]] = value

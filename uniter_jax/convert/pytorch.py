@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 
-from uniter_jax.convert.layout import (
-    ImportReport,
-    export_state_dict,
-    import_state_dict,
-    region_sizes,
-)
+from uniter_jax.convert.layout import region_sizes
+from uniter_jax.convert.state_dict import ImportReport, export_state_dict, import_state_dict
 from uniter_jax.convert.torch_io import load_state_dict, save_state_dict
 from uniter_jax.model.config import UniterConfig
 from uniter_jax.model.pretraining import abstract_params

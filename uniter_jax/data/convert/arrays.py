@@ -12,7 +12,7 @@ import numpy as np
 
 from uniter_jax.data.errors import DataError
 
-# REFERENCE.md section 7: the BUTD detector's classes, background (0) first.
+# docs/original.md, Region features: the BUTD detector's classes, background (0) first.
 NUM_LABELS = 1601
 # Sizes and counts are int32 downstream; larger values are corrupt input.
 _MAX_INT = 2**31 - 1
@@ -76,7 +76,7 @@ def soft_label_conf(
     """Validates `[n, num_labels]` class probabilities; returns them and the `[n]` confidence.
 
     The confidence is the highest non-background probability, the quantity the
-    BUTD extractor thresholds (REFERENCE.md section 7).
+    BUTD extractor thresholds (docs/original.md, Region features).
     """
     soft_labels = probabilities(soft_labels, "soft_labels", (num_boxes, num_labels))
     return soft_labels, soft_labels[:, 1:].max(axis=1).astype(np.float32)

@@ -1,4 +1,4 @@
-"""bottom-up-attention TSV -> image store (REFERENCE.md section 7).
+"""bottom-up-attention TSV -> image store (docs/original.md, Region features).
 
 Columns, tab-separated, no header: `image_id, image_w, image_h, num_boxes,
 boxes, features`; `boxes` is base64 float32 `[num_boxes, 4]` pixel
@@ -18,12 +18,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from uniter_jax.data.convert import tsv
 from uniter_jax.data.convert.arrays import NUM_LABELS, load_npy, load_npz, soft_label_conf
-from uniter_jax.data.convert.common import Summary, input_paths, write_store
+from uniter_jax.data.convert.common import RegionOptions, Summary, input_paths
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import exists
 from uniter_jax.data.regions import ImageRegions
@@ -36,27 +37,24 @@ def convert_butd_tsv(
     out_dir: str | os.PathLike,
     *,
     soft_label_dir: str | os.PathLike | None = None,
-    feature_dim: int = 2048,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> Summary:
-    """Converts one or more BUTD TSV files into one store at `out_dir`."""
+    """Converts one or more BUTD TSV files into one store at `out_dir`.
+
+    `options`: the fields of `RegionOptions`, as keywords.
+    """
+    opts = RegionOptions(**options)
     paths = input_paths(tsv_paths)
     if soft_label_dir is not None:
         soft_label_dir = os.fspath(soft_label_dir)
         if not exists(soft_label_dir):
             raise DataError("soft-label folder not found", file=soft_label_dir)
-    parse = functools.partial(_parse, feature_dim=feature_dim, soft_label_dir=soft_label_dir)
-    return write_store(
+    parse = functools.partial(_parse, feature_dim=opts.feature_dim, soft_label_dir=soft_label_dir)
+    return opts.write(
         tsv.records(paths, COLUMNS, parse),
         out_dir,
-        feature_dim=feature_dim,
         num_labels=NUM_LABELS if soft_label_dir else None,
         source={"format": "butd-tsv", "files": paths, "soft_label_dir": soft_label_dir},
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
     )
 
 

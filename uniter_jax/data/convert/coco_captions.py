@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_json
-from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.tokenizer import Tokenizer
 
 
-def _records(path: str, image_id_format: str) -> tuple[list[TextRecord], int]:
+def _records(path: str, image_id_format: str) -> list[TextRecord]:
     data = read_json(path)
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise DataError("expected an object with an 'annotations' list", file=path)
-    records = [
+    return [
         TextRecord(path, f"annotation {n}", functools.partial(_parse, ann, image_id_format))
         for n, ann in enumerate(annotations)
     ]
-    return records, len(records)
 
 
 def _parse(ann: object, image_id_format: str) -> Text:
@@ -53,29 +52,20 @@ def format_image_id(image_id_format: str, value: object) -> str:
 
 
 def convert_coco_captions(
-    json_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    vocab: str,
-    images: str | None = None,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    json_path: str | os.PathLike, out_dir: str | os.PathLike, **options: Any
 ) -> TextSummary:
+    """COCO caption JSON -> a captions text store.
+
+    `options`: the fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    opts = TextOptions(**options)
     path = os.fspath(json_path)
-    records, total = _records(path, image_id_format)
-    return write_text_store(
+    records = _records(path, opts.image_id_format)
+    return opts.write(
         records,
         out_dir,
         task="captions",
-        tokenizer=Tokenizer(vocab),
-        max_txt_len=max_txt_len,
-        images=ImageStore(images) if images else None,
-        source={"format": "coco-captions", "file": path, "image_id_format": image_id_format},
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=total,
+        tokenizer=Tokenizer(opts.vocab),
+        images=opts.image_store(),
+        source={"format": "coco-captions", "file": path, "image_id_format": opts.image_id_format},
     )

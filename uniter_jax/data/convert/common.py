@@ -80,6 +80,43 @@ def input_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     return paths
 
 
+@dataclasses.dataclass(frozen=True)
+class RegionOptions:
+    """What every region converter takes besides its input and its own settings.
+
+    A converter's signature is `convert_<format>(inputs, out_dir, *, <its own>,
+    **options)`, `options` being these fields as keywords: the command line's
+    `--feature-dim`, `--skip-bad`, `--force` (`overwrite`) and `--no-progress`.
+    """
+
+    feature_dim: int = 2048  # region feature width D
+    skip_bad: bool = False  # skip and list bad records instead of failing
+    overwrite: bool = False  # replace an existing store at `out_dir`
+    progress: bool = True  # show a progress bar
+
+    def write(
+        self,
+        records: Iterable[Record],
+        out_dir: str | os.PathLike,
+        *,
+        num_labels: int | None,
+        source: dict[str, Any],
+        total: int | None = None,
+    ) -> Summary:
+        """`write_store` under these options."""
+        return write_store(
+            records,
+            out_dir,
+            feature_dim=self.feature_dim,
+            num_labels=num_labels,
+            source=source,
+            skip_bad=self.skip_bad,
+            overwrite=self.overwrite,
+            progress=self.progress,
+            total=total,
+        )
+
+
 def write_store(
     records: Iterable[Record],
     out_dir: str | os.PathLike,

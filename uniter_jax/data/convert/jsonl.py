@@ -15,10 +15,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes
-from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.tokenizer import Tokenizer
 
 
@@ -43,32 +42,22 @@ def convert_jsonl(
     jsonl_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     parse: Callable[..., Text | list[Text]],
+    options: TextOptions,
     *,
     task: str,
     source: dict[str, Any],
-    vocab: str,
-    images: str | None,
-    image_id_format: str,
-    max_txt_len: int,
-    skip_bad: bool,
-    overwrite: bool,
-    progress: bool,
 ) -> TextSummary:
     """A JSON Lines file -> a text store: `parse(record, image_id_format=...)` per line."""
     path = os.fspath(jsonl_path)
+    image_id_format = options.image_id_format
     records = jsonl_records(path, functools.partial(parse, image_id_format=image_id_format))
-    return write_text_store(
+    return options.write(
         records,
         out_dir,
         task=task,
-        tokenizer=Tokenizer(vocab),
-        max_txt_len=max_txt_len,
-        images=ImageStore(images) if images else None,
+        tokenizer=Tokenizer(options.vocab),
+        images=options.image_store(),
         source={"file": path, "image_id_format": image_id_format, **source},
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=len(records),
     )
 
 

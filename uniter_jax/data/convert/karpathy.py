@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_json
-from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.tokenizer import Tokenizer
 
 SPLITS = ("train", "val", "test", "restval")
@@ -107,19 +107,13 @@ def _parse(image: dict, sentence: object, dataset: str, image_id_format: str) ->
 
 
 def convert_karpathy(
-    json_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    split: str,
-    vocab: str,
-    images: str | None = None,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    json_path: str | os.PathLike, out_dir: str | os.PathLike, *, split: str, **options: Any
 ) -> TextSummary:
-    """Writes the captions of one Karpathy split; see the module docstring."""
+    """Writes the captions of one Karpathy split; see the module docstring.
+
+    `options`: the fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    opts = TextOptions(**options)
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     path = os.fspath(json_path)
@@ -132,23 +126,18 @@ def convert_karpathy(
         raise DataError(
             f"unknown dataset {dataset!r}, expected one of {DATASETS}", file=path, field="dataset"
         )
-    records = _records(path, items, dataset, set(split.split("+")), image_id_format)
-    return write_text_store(
+    records = _records(path, items, dataset, set(split.split("+")), opts.image_id_format)
+    return opts.write(
         records,
         out_dir,
         task="captions",
-        tokenizer=Tokenizer(vocab),
-        max_txt_len=max_txt_len,
-        images=ImageStore(images) if images else None,
+        tokenizer=Tokenizer(opts.vocab),
+        images=opts.image_store(),
         source={
             "format": "karpathy",
             "file": path,
             "dataset": dataset,
             "split": split,
-            "image_id_format": image_id_format,
+            "image_id_format": opts.image_id_format,
         },
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=len(records),
     )

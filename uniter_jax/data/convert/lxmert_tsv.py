@@ -1,4 +1,4 @@
-"""LXMERT TSV -> image store (REFERENCE.md section 7).
+"""LXMERT TSV -> image store (docs/original.md, Region features).
 
 Columns, tab-separated, no header: `img_id, img_h, img_w` (height before
 width), `objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes,
@@ -20,12 +20,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from uniter_jax.data.convert import tsv
 from uniter_jax.data.convert.arrays import NUM_LABELS, probabilities
-from uniter_jax.data.convert.common import Summary, input_paths, write_store
+from uniter_jax.data.convert.common import RegionOptions, Summary, input_paths
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.regions import ImageRegions
 
@@ -48,23 +49,20 @@ def convert_lxmert_tsv(
     out_dir: str | os.PathLike,
     *,
     one_hot_labels: bool = False,
-    feature_dim: int = 2048,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> Summary:
-    """Converts one or more LXMERT TSV files into one store at `out_dir`."""
+    """Converts one or more LXMERT TSV files into one store at `out_dir`.
+
+    `options`: the fields of `RegionOptions`, as keywords.
+    """
+    opts = RegionOptions(**options)
     paths = input_paths(tsv_paths)
-    parse = functools.partial(_parse, feature_dim=feature_dim, one_hot_labels=one_hot_labels)
-    return write_store(
+    parse = functools.partial(_parse, feature_dim=opts.feature_dim, one_hot_labels=one_hot_labels)
+    return opts.write(
         tsv.records(paths, COLUMNS, parse),
         out_dir,
-        feature_dim=feature_dim,
         num_labels=NUM_LABELS if one_hot_labels else None,
         source={"format": "lxmert-tsv", "files": paths, "one_hot_labels": one_hot_labels},
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
     )
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
 from uniter_jax.data.convert.jsonl import convert_jsonl, string_field
-from uniter_jax.data.convert.texts import Text, TextSummary
+from uniter_jax.data.convert.texts import Text, TextOptions, TextSummary
 from uniter_jax.data.errors import DataError
 
 GROUP_SIZE = 2
@@ -79,28 +79,13 @@ def _parse(record: dict[str, Any], image_id_format: str) -> list[Text]:
 
 
 def convert_nlvr2(
-    jsonl_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    vocab: str,
-    images: str | None = None,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, **options: Any
 ) -> TextSummary:
+    """NLVR2 JSON Lines -> a grouped text store (see the module docstring).
+
+    `options`: the fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    source = {"format": "nlvr2", "group_size": GROUP_SIZE}
     return convert_jsonl(
-        jsonl_path,
-        out_dir,
-        _parse,
-        task="nlvr2",
-        source={"format": "nlvr2", "group_size": GROUP_SIZE},
-        vocab=vocab,
-        images=images,
-        image_id_format=image_id_format,
-        max_txt_len=max_txt_len,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
+        jsonl_path, out_dir, _parse, TextOptions(**options), task="nlvr2", source=source
     )

@@ -2,7 +2,7 @@
 
 Each `<image_id>.npz` (the id is the file stem) holds `features` `[N, D]` and
 either `norm_bb` `[N, 6]` = `[x1/W, y1/H, x2/W, y2/H, w/W, h/H]` (the original
-UNITER record; `w*h` is appended as the 7th value, REFERENCE.md section 7) or
+UNITER record; `w*h` is appended as the 7th value, docs/original.md, Region features) or
 `boxes` `[N, 4]` pixel `x1, y1, x2, y2` with scalars `image_w`, `image_h`
 (`norm_bb` wins when both are present). Optional: `conf` `[N]` and
 `soft_labels` `[N, 1601]` (background first). Without `conf` the confidence is
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from uniter_jax.data.convert.arrays import (
     probabilities,
     soft_label_conf,
 )
-from uniter_jax.data.convert.common import Record, Summary, write_store
+from uniter_jax.data.convert.common import Record, RegionOptions, Summary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.regions import ImageRegions, box_features, check_pixel_boxes, make_regions
 
@@ -45,12 +46,13 @@ def convert_npz_dir(
     *,
     soft_labels: bool | None = None,
     num_labels: int = NUM_LABELS,
-    feature_dim: int = 2048,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> Summary:
-    """Converts every `*.npz` directly in `directory` (local), in name order."""
+    """Converts every `*.npz` directly in `directory` (local), in name order.
+
+    `options`: the fields of `RegionOptions`, as keywords.
+    """
+    opts = RegionOptions(**options)
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise DataError("folder not found", file=directory)
@@ -64,21 +66,17 @@ def convert_npz_dir(
         soft_labels = _first_has_soft_labels(paths)
     parse = functools.partial(
         _parse,
-        feature_dim=feature_dim,
+        feature_dim=opts.feature_dim,
         soft_labels=soft_labels,
         num_labels=num_labels,
         strict=strict,
     )
     records = (Record(path, _stem(path), functools.partial(parse, path)) for path in paths)
-    return write_store(
+    return opts.write(
         records,
         out_dir,
-        feature_dim=feature_dim,
         num_labels=num_labels if soft_labels else None,
         source={"format": "npz-dir", "directory": directory, "soft_labels": soft_labels},
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
         total=len(paths),
     )
 

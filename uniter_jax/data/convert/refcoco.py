@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes, read_json
 from uniter_jax.data.image_store import ImageStore
@@ -305,16 +305,15 @@ def convert_refcoco(
     out_dir: str | os.PathLike,
     *,
     split: str,
-    vocab: str,
     images: str,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
     boxes: str = "detected",
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> TextSummary:
-    """One split of a refer-toolkit dataset -> a refexp text store; see the module docstring."""
+    """One split of a refer-toolkit dataset -> a refexp text store; see the module docstring.
+
+    `options`: the other fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    opts = TextOptions(images=images, **options)
     if boxes not in BOXES:
         raise ValueError(f"boxes must be one of {BOXES}, got {boxes!r}")
     refs_path, instances_path = os.fspath(refs_path), os.fspath(instances_path)
@@ -329,7 +328,7 @@ def convert_refcoco(
         )
     anns, images_by_id = _index(instances_path)
     store = ImageStore(images)
-    resolve = _Resolver(anns, images_by_id, boxes_of(store), image_id_format, boxes)
+    resolve = _Resolver(anns, images_by_id, boxes_of(store), opts.image_id_format, boxes)
     records = [
         record
         for n, (ref, ref_split) in enumerate(zip(refs, splits, strict=True))
@@ -337,24 +336,36 @@ def convert_refcoco(
         if not isinstance(ref_split, str) or ref_split == split
         for record in _ref_records(refs_path, n, ref, resolve)
     ]
-    return write_text_store(
+    source = {
+        "format": "refcoco",
+        "split": split,
+        "boxes": boxes,
+        "refs": refs_path,
+        "instances": instances_path,
+    }
+    return write_refexp_store(records, out_dir, opts, store, source)
+
+
+def write_refexp_store(
+    records: list[TextRecord],
+    out_dir: str | os.PathLike,
+    opts: TextOptions,
+    store: ImageStore,
+    source: dict[str, Any],
+) -> TextSummary:
+    """The refexp store of `records`, whose targets index the regions of `store`.
+
+    `source` says what was read; the image store and `image_id_format` are added.
+    """
+    return opts.write(
         records,
         out_dir,
         task="refexp",
-        tokenizer=Tokenizer(vocab),
-        max_txt_len=max_txt_len,
+        tokenizer=Tokenizer(opts.vocab),
         images=store,
         source={
-            "format": "refcoco",
-            "split": split,
-            "boxes": boxes,
-            "refs": refs_path,
-            "instances": instances_path,
-            "images": os.fspath(images),
-            "image_id_format": image_id_format,
+            **source,
+            "images": os.fspath(opts.images),
+            "image_id_format": opts.image_id_format,
         },
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=len(records),
     )

@@ -20,6 +20,7 @@ import collections
 import functools
 import json
 import os
+from typing import Any
 
 from uniter_jax.data.convert.coco_captions import format_image_id
 from uniter_jax.data.convert.refcoco import (
@@ -28,12 +29,12 @@ from uniter_jax.data.convert.refcoco import (
     gt_box_of,
     image_size,
     target_fields,
+    write_refexp_store,
 )
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes
 from uniter_jax.data.image_store import ImageStore
-from uniter_jax.data.tokenizer import Tokenizer
 
 REQUIRED = ("ref_id", "image_id", "sentence", "bbox", "width", "height")
 
@@ -89,16 +90,15 @@ def convert_refexp_json(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    vocab: str,
     images: str,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
     boxes: str = "detected",
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> TextSummary:
-    """Plain JSON referring expressions -> a refexp text store; see the module docstring."""
+    """Plain JSON referring expressions -> a refexp text store; see the module docstring.
+
+    `options`: the other fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    opts = TextOptions(images=images, **options)
     if boxes not in BOXES:
         raise ValueError(f"boxes must be one of {BOXES}, got {boxes!r}")
     path = os.fspath(path)
@@ -114,24 +114,9 @@ def convert_refexp_json(
         key = ref if isinstance(ref, int | str) else None
         sent_id = seen[key]  # position among the ref's sentences
         seen[key] += 1
-        parse = functools.partial(_parse, item, sent_id, boxes_of_image, image_id_format, boxes)
+        parse = functools.partial(
+            _parse, item, sent_id, boxes_of_image, opts.image_id_format, boxes
+        )
         records.append(TextRecord(path, f"expression {n}", parse))
-    return write_text_store(
-        records,
-        out_dir,
-        task="refexp",
-        tokenizer=Tokenizer(vocab),
-        max_txt_len=max_txt_len,
-        images=store,
-        source={
-            "format": "refexp-json",
-            "expressions": path,
-            "boxes": boxes,
-            "images": os.fspath(images),
-            "image_id_format": image_id_format,
-        },
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=len(records),
-    )
+    source = {"format": "refexp-json", "expressions": path, "boxes": boxes}
+    return write_refexp_store(records, out_dir, opts, store, source)

@@ -23,7 +23,7 @@ import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
 from uniter_jax.data.convert.jsonl import convert_jsonl, string_field
-from uniter_jax.data.convert.texts import Text, TextSummary
+from uniter_jax.data.convert.texts import Text, TextOptions, TextSummary
 from uniter_jax.data.errors import DataError
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -72,28 +72,13 @@ def _parse(record: dict[str, Any], image_id_format: str) -> Text:
 
 
 def convert_snli_ve(
-    jsonl_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    vocab: str,
-    images: str | None = None,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, **options: Any
 ) -> TextSummary:
+    """SNLI-VE JSON Lines -> a visual entailment store (see the module docstring).
+
+    `options`: the fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    source = {"format": "snli-ve", "labels": list(LABELS)}
     return convert_jsonl(
-        jsonl_path,
-        out_dir,
-        _parse,
-        task="snli_ve",
-        source={"format": "snli-ve", "labels": list(LABELS)},
-        vocab=vocab,
-        images=images,
-        image_id_format=image_id_format,
-        max_txt_len=max_txt_len,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
+        jsonl_path, out_dir, _parse, TextOptions(**options), task="snli_ve", source=source
     )

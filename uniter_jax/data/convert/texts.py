@@ -61,6 +61,56 @@ class TextSummary:
         return "\n".join([head, *skipped_lines(self.skipped, max_listed)])
 
 
+@dataclasses.dataclass(frozen=True)
+class TextOptions:
+    """What every text converter takes besides its input and its own settings.
+
+    A converter's signature is `convert_<format>(inputs, out_dir, *, <its own>,
+    **options)`, `options` being these fields as keywords: the command line's
+    `--vocab`, `--images`, `--image-id-format`, `--max-txt-len`, `--skip-bad`,
+    `--force` (`overwrite`) and `--no-progress`.
+    """
+
+    vocab: str  # WordPiece vocab.txt
+    images: str | None = None  # our image store: a text whose image it lacks is bad
+    image_id_format: str = "{id}"  # input image id -> store id, e.g. COCO_train2014_{id:012d}
+    max_txt_len: int = 60  # tokens kept per text; longer texts are cut and counted
+    skip_bad: bool = False  # skip and list bad records instead of failing
+    overwrite: bool = False  # replace an existing store at `out_dir`
+    progress: bool = True  # show a progress bar
+
+    def image_store(self) -> ImageStore | None:
+        """The store every text's image must be in; None (no `images`): not checked."""
+        return ImageStore(self.images) if self.images else None
+
+    def write(
+        self,
+        records: Sequence[TextRecord],
+        out_dir: str | os.PathLike,
+        *,
+        task: str,
+        tokenizer: Tokenizer,
+        images: ImageStore | None,
+        source: dict[str, Any],
+        ragged: tuple[str, ...] = (),
+    ) -> TextSummary:
+        """`write_text_store` under these options."""
+        return write_text_store(
+            records,
+            out_dir,
+            task=task,
+            tokenizer=tokenizer,
+            max_txt_len=self.max_txt_len,
+            images=images,
+            ragged=ragged,
+            source=source,
+            skip_bad=self.skip_bad,
+            overwrite=self.overwrite,
+            progress=self.progress,
+            total=len(records),
+        )
+
+
 def write_text_store(
     records: Iterable[TextRecord],
     out_dir: str | os.PathLike,

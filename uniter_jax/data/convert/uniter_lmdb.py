@@ -1,120 +1,59 @@
 """The original UNITER LMDB databases (ChenRocks/UNITER) -> image and text stores.
 
-Image db: an LMDB folder keyed by image file name (`coco_train2014_000000391895.npz`;
-the store id drops `.npz`), one value per image with `features` `[N, D]` fp16,
-`norm_bb` `[N, 6]` = `[x1/W, y1/H, x2/W, y2/H, w/W, h/H]` (the 7th box value
-`w*h` is appended here, REFERENCE.md section 7), `conf` `[N]` and
-`soft_labels` `[N, L]` (L = 1601, background first); other arrays are
-ignored, and so is the `__keys__` entry (a JSON list of the names). A value is
-either the bytes of an `np.savez_compressed` archive (the db's compressed
-variant, recognised by the zip magic `PK`) or msgpack in which msgpack_numpy
-wrote each array as a map `{nd: True, type: "<f2", kind: "", shape: [...],
-data: bytes}`. Neither is unpickled: msgpack_numpy pickles object arrays
-(kind `O`), so those are refused. The `nbb_*.json` next to the db (regions
-kept per image) is not read: the pipeline applies the same rule at load time.
+How the dbs are read (their layout, the value encodings, what is refused) is
+in `uniter_db`; this module checks the records and writes our stores.
 
-Text db: an LMDB folder of `lz4.frame(msgpack(record))` keyed by text id, each
-record `{"input_ids": [...], "img_fname": "<image>.npz", ...}` with WordPiece
-ids without `[CLS]`/`[SEP]`, and for VQA `"target": {"labels": [...],
-"scores": [...]}`; `meta.json` gives the special ids and the vocabulary range.
-`id2len.json`, `txt2img.json` and `img2txts.json` are not needed: each record
-names its image. Texts over `max_txt_len` are cut and counted (the original
-dropped them). Two-image records (NLVR2) are refused until that task lands.
+Image db: the store id is the key (the image file name) without `.npz`.
+`norm_bb` `[N, 6]` = `[x1/W, y1/H, x2/W, y2/H, w/W, h/H]` gets the 7th box
+value `w*h` appended (docs/original.md, Region features), `conf` `[N]` is
+kept and `soft_labels` `[N, L]` (L = 1601, background first) are stored when
+the first record has them. The `nbb_*.json` next to the db (regions kept per
+image) is not read: the pipeline applies the same rule at load time.
+
+Text db: each record `{"input_ids": [...], "img_fname": "<image>.npz", ...}`
+holds WordPiece ids without `[CLS]`/`[SEP]`, and for VQA `"target":
+{"labels": [...], "scores": [...]}`; `meta.json` gives the special ids and
+the vocabulary range. `id2len.json`, `txt2img.json` and `img2txts.json` are
+not needed: each record names its image. Texts over `max_txt_len` are cut and
+counted (the original dropped them). A record with two images (`img_fname` a
+list, as in NLVR2's db) is refused: NLVR2 is converted from its public JSON
+Lines by `nlvr2` into a grouped store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import io
-import math
 import os
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import lmdb
-import lz4.frame
-import msgpack
 import numpy as np
 
 from uniter_jax.data.convert.arrays import image_id, numeric, probabilities
-from uniter_jax.data.convert.common import Record, Summary, write_store
+from uniter_jax.data.convert.common import Record, RegionOptions, Summary
 from uniter_jax.data.convert.npz_dir import norm_bb_features
 from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.uniter_db import (
+    NAMES_KEY,
+    count_records,
+    image_arrays,
+    msgpack_ndarray,
+    open_lmdb,
+    read_entries,
+    record_name,
+    str_keys,
+    text_record,
+)
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_json
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.regions import ImageRegions, make_regions
 
-IMAGE_KEYS = ("features", "norm_bb", "conf", "soft_labels")
-# scripts/convert_imgdir.py stores the list of image names under this key.
-NAMES_KEY = b"__keys__"
 TEXT_TASKS = ("captions", "vqa")
 META = "meta.json"
-# msgpack_numpy writes `dtype.str`: byte order, kind, item size ("<f2", "|u1").
-_NUMERIC_DTYPE = re.compile(r"[<>|=]?[biuf][0-9]{1,2}")
-_MAX_NDIM = 8
 # Token and answer ids are int32 downstream.
 _MAX_ID = 2**31
-
-
-# ---------------------------------------------------------------- shared decoding
-
-
-def _str_keys(mapping: dict) -> dict:
-    """Map keys as str: msgpack_numpy writes `b"nd"`, records written in raw mode `b"..."`."""
-    return {
-        key.decode("utf-8", "replace") if isinstance(key, bytes) else key: value
-        for key, value in mapping.items()
-    }
-
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def msgpack_ndarray(value: Any, field: str) -> np.ndarray:
-    """A msgpack_numpy array map -> a numpy array, read with `np.frombuffer`.
-
-    Accepts real-number and bool dtypes only; object arrays (kind `O`, which
-    msgpack_numpy pickles) and structured ones (kind `V`) raise DataError.
-    A numpy scalar (`nd` false) becomes a 0-d array.
-    """
-    if not isinstance(value, dict) or not any(key in value for key in ("nd", b"nd")):
-        raise DataError(
-            f"expected a msgpack_numpy array map, got {type(value).__name__}", field=field
-        )
-    value = _str_keys(value)
-    kind, dtype = _text(value.get("kind", "")), _text(value.get("type"))
-    if kind == "O" or (isinstance(dtype, str) and "O" in dtype):
-        raise DataError("object array: msgpack_numpy pickles these, never unpickled", field=field)
-    if kind != "":
-        raise DataError(f"array kind {kind!r} (structured) is not supported", field=field)
-    if not isinstance(dtype, str) or not _NUMERIC_DTYPE.fullmatch(dtype):
-        raise DataError(f"array type {str(dtype)[:24]!r} is not a numeric dtype", field=field)
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise DataError(f"array type {dtype!r} is not a numpy dtype", field=field) from None
-    if value["nd"] is True:
-        shape = value.get("shape")
-        if not (
-            isinstance(shape, list)
-            and len(shape) <= _MAX_NDIM
-            and all(type(size) is int and size >= 0 for size in shape)
-        ):
-            raise DataError(f"bad array shape {str(shape)[:40]}", field=field)
-    elif value["nd"] is False:
-        shape = []
-    else:
-        raise DataError("'nd' is neither true nor false", field=field)
-    data = value.get("data")
-    if not isinstance(data, bytes):
-        raise DataError("array data is not bytes", field=field)
-    if math.prod(shape) * dtype.itemsize != len(data):
-        raise DataError(f"{len(data)} data bytes for a {shape} {dtype} array", field=field)
-    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def _store_id(value: Any, field: str) -> str:
@@ -124,103 +63,14 @@ def _store_id(value: Any, field: str) -> str:
     return image_id(image_id(value, field).removesuffix(".npz"), field)
 
 
-def _where(key: bytes) -> str:
-    return key.decode("utf-8", "backslashreplace")
-
-
-@contextlib.contextmanager
-def _open_lmdb(db_dir: str) -> Iterator[lmdb.Environment]:
-    """The LMDB environment in `db_dir`, read-only and without a lock file."""
-    if not os.path.isdir(db_dir):
-        raise DataError("LMDB folder not found", file=db_dir)
-    try:
-        env = lmdb.open(db_dir, readonly=True, lock=False, create=False, subdir=True)
-    except lmdb.Error as e:
-        # The original keeps each db in a folder next to its nbb_*.json: name it.
-        inside = sorted(
-            name
-            for name in os.listdir(db_dir)
-            if os.path.isfile(os.path.join(db_dir, name, "data.mdb"))
-        )
-        hint = f"; LMDB folders inside: {', '.join(inside)}" if inside else ""
-        raise DataError(f"not an LMDB database ({e}){hint}", file=db_dir) from None
-    try:
-        yield env
-    finally:
-        env.close()
-
-
-def _count(env: lmdb.Environment, db_dir: str, skip: tuple[bytes, ...]) -> int:
-    """The number of records, `skip` keys left out; no record at all is an error."""
-    with env.begin() as txn:
-        count = txn.stat()["entries"] - sum(txn.get(key) is not None for key in skip)
-    if count <= 0:
-        raise DataError("the database has no records", file=db_dir)
-    return count
-
-
-def _entries(
-    env: lmdb.Environment, db_dir: str, skip: tuple[bytes, ...]
-) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) but the `skip` keys, in key order, streamed."""
-    try:
-        with env.begin(buffers=False) as txn:
-            for key, value in txn.cursor():
-                if key not in skip:
-                    yield key, value
-    except lmdb.Error as e:
-        raise DataError(f"cannot read the LMDB database ({e})", file=db_dir) from None
-
-
 # ---------------------------------------------------------------- image db
-
-
-def _npz_arrays(value: bytes) -> dict[str, np.ndarray]:
-    try:
-        archive = np.load(io.BytesIO(value), allow_pickle=False)
-    except Exception as e:  # numpy/zipfile raise many types for corrupt bytes; all are bad input
-        raise DataError(
-            f"not a readable npz archive ({type(e).__name__}: {e})", field="value"
-        ) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError("not an npz archive", field="value")
-    arrays = {}
-    with archive:
-        for key in IMAGE_KEYS:
-            if key in archive.files:
-                try:
-                    arrays[key] = archive[key]
-                except Exception as e:  # as above; object arrays fail here, unpickled never
-                    raise DataError(
-                        f"unreadable array ({type(e).__name__}: {e})", field=key
-                    ) from None
-    return arrays
-
-
-def _msgpack_arrays(value: bytes) -> dict[str, np.ndarray]:
-    try:
-        # raw=True reads str and bin alike as bytes, so old (use_bin_type=False) dbs work too.
-        record = msgpack.unpackb(value, raw=True)
-    except Exception as e:  # msgpack raises several types for corrupt bytes
-        raise DataError(
-            f"neither an npz archive nor msgpack ({type(e).__name__}: {e})", field="value"
-        ) from None
-    if not isinstance(record, dict):
-        raise DataError(f"expected a msgpack map, got {type(record).__name__}", field="value")
-    record = _str_keys(record)
-    return {key: msgpack_ndarray(record[key], key) for key in IMAGE_KEYS if key in record}
-
-
-def _image_arrays(value: bytes) -> dict[str, np.ndarray]:
-    """One image-db value (npz archive or msgpack) -> its arrays by name."""
-    return _npz_arrays(value) if value[:2] == b"PK" else _msgpack_arrays(value)
 
 
 def _parse_image(
     key: bytes, value: bytes, *, feature_dim: int, num_labels: int | None
 ) -> ImageRegions:
     name = _store_id(key, "key")
-    arrays = _image_arrays(value)
+    arrays = image_arrays(value)
     for required in ("features", "norm_bb", "conf"):
         if required not in arrays:
             raise DataError("missing", field=required)
@@ -244,10 +94,10 @@ def _parse_image(
 
 def _first_num_labels(env: lmdb.Environment, db_dir: str) -> int | None:
     """Soft-label width `L` of the first readable record; None when it has none."""
-    with contextlib.closing(_entries(env, db_dir, (NAMES_KEY,))) as entries:
+    with contextlib.closing(read_entries(env, db_dir, (NAMES_KEY,))) as entries:
         for _, value in entries:
             try:
-                soft = _image_arrays(value).get("soft_labels")
+                soft = image_arrays(value).get("soft_labels")
             except DataError:
                 continue
             if soft is None:
@@ -260,37 +110,31 @@ def _first_num_labels(env: lmdb.Environment, db_dir: str) -> int | None:
 def convert_uniter_img_lmdb(
     db_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    *,
-    feature_dim: int = 2048,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> Summary:
     """Converts an original UNITER image db (compressed or not) into an image store.
 
     Soft labels are stored when the first readable record has them, and are
-    then required, with the same width, in every record.
+    then required, with the same width, in every record. `options`: the
+    fields of `RegionOptions`, as keywords.
     """
+    opts = RegionOptions(**options)
     db_dir = os.fspath(db_dir)
-    with _open_lmdb(db_dir) as env:
-        total = _count(env, db_dir, (NAMES_KEY,))
+    with open_lmdb(db_dir) as env:
+        total = count_records(env, db_dir, (NAMES_KEY,))
         num_labels = _first_num_labels(env, db_dir)
-        parse = functools.partial(_parse_image, feature_dim=feature_dim, num_labels=num_labels)
+        parse = functools.partial(_parse_image, feature_dim=opts.feature_dim, num_labels=num_labels)
         # Closed before the environment, even when the writer stops early.
-        with contextlib.closing(_entries(env, db_dir, (NAMES_KEY,))) as entries:
+        with contextlib.closing(read_entries(env, db_dir, (NAMES_KEY,))) as entries:
             records = (
-                Record(db_dir, _where(key), functools.partial(parse, key, value))
+                Record(db_dir, record_name(key), functools.partial(parse, key, value))
                 for key, value in entries
             )
-            return write_store(
+            return opts.write(
                 records,
                 out_dir,
-                feature_dim=feature_dim,
                 num_labels=num_labels,
                 source={"format": "uniter-img-lmdb", "db": db_dir},
-                skip_bad=skip_bad,
-                overwrite=overwrite,
-                progress=progress,
                 total=total,
             )
 
@@ -391,7 +235,7 @@ def _vqa_fields(record: dict, first: dict[str, bool]) -> dict[str, np.ndarray]:
     target = record["target"]
     if not isinstance(target, dict):
         raise DataError(f"expected a map, got {type(target).__name__}", field="target")
-    target = _str_keys(target)
+    target = str_keys(target)
     labels = _ids(target.get("labels"), "target.labels")
     scores = _scores(target.get("scores"), "target.scores")
     if len(labels) != len(scores):
@@ -404,21 +248,14 @@ def _parse_text(key: bytes, value: bytes, *, task: str, first: dict[str, bool]) 
         text_id = key.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError("text id is not UTF-8", field="key") from None
-    try:
-        record = msgpack.unpackb(lz4.frame.decompress(value), raw=False)
-    except Exception as e:  # lz4 and msgpack raise several types for corrupt bytes
-        raise DataError(
-            f"not lz4-compressed msgpack ({type(e).__name__}: {e})", field="value"
-        ) from None
-    if not isinstance(record, dict):
-        raise DataError(f"expected a msgpack map, got {type(record).__name__}", field="value")
-    record = _str_keys(record)
+    record = text_record(value)
     for required in ("input_ids", "img_fname"):
         if required not in record:
             raise DataError("missing", field=required)
     if isinstance(record["img_fname"], list):
         raise DataError(
-            "two images per text (NLVR2): two-image tasks arrive with the downstream work",
+            "two images per text (NLVR2): convert NLVR2 from its JSON Lines files with "
+            "`python -m uniter_jax.data.convert nlvr2`",
             field="img_fname",
         )
     image = _store_id(record["img_fname"], "img_fname")
@@ -447,12 +284,12 @@ def convert_uniter_txt_lmdb(
     db_dir = os.fspath(db_dir)
     vocab, meta = text_db_vocab(db_dir)
     image_store = ImageStore(images) if images else None
-    with _open_lmdb(db_dir) as env:
-        total = _count(env, db_dir, ())
+    with open_lmdb(db_dir) as env:
+        total = count_records(env, db_dir, ())
         parse = functools.partial(_parse_text, task=task, first={})
-        with contextlib.closing(_entries(env, db_dir, ())) as entries:
+        with contextlib.closing(read_entries(env, db_dir, ())) as entries:
             records = (
-                TextRecord(db_dir, _where(key), functools.partial(parse, key, value))
+                TextRecord(db_dir, record_name(key), functools.partial(parse, key, value))
                 for key, value in entries
             )
             return write_text_store(

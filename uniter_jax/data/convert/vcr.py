@@ -50,11 +50,12 @@ import functools
 import json
 import os
 import posixpath
+from typing import Any
 
 import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes
 from uniter_jax.data.image_store import ImageStore
@@ -152,41 +153,9 @@ def fit_pieces(pieces: list[list[int]], sep_id: int, max_len: int) -> tuple[list
 
 def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
     """One line's group of 4; `condition`: the answer an unlabelled QA->R group is under."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"expected an object, got {type(record).__name__}")
-    needed = ["annot_id", "img_fn", "objects", "question", "answer_choices"]
-    if c.mode in ("qar", "text"):
-        needed.append("rationale_choices")
-    missing = [key for key in needed if key not in record]
-    if missing:
-        raise DataError(f"missing keys {missing}", field=missing[0])
-    annot_id = record["annot_id"]
-    if isinstance(annot_id, bool) or not isinstance(annot_id, int | str) or annot_id == "":
-        raise DataError(f"expected a string id, got {annot_id!r}", field="annot_id")
-    annot_id = str(annot_id)
-    img_fn = record["img_fn"]
-    if not isinstance(img_fn, str) or not img_fn:
-        raise DataError(f"expected a file name, got {img_fn!r}", field="img_fn")
-    objects = record["objects"]
-    if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
-        raise DataError("expected a list of class names", field="objects")
-
-    labelled = condition is None and "answer_label" in record
-    answer = _label(record, "answer_label") if labelled else None
-    rationale = None
-    if c.mode == "text" and not labelled:
-        raise DataError("text mode needs labelled records (train or val)", field="answer_label")
-    if c.mode in ("qar", "text"):
-        if labelled and "rationale_label" not in record:
-            raise DataError("answer_label without rationale_label", field="rationale_label")
-        if not labelled and "rationale_label" in record:
-            raise DataError("rationale_label without answer_label", field="answer_label")
-        rationale = _label(record, "rationale_label") if labelled else None
-
+    record = _record(line, c.mode)
+    annot_id, img_fn, objects = _header(record)
+    labelled, answer, rationale = _labels(record, c.mode, condition)
     image_id = format_image_id(c.image_id_format, posixpath.splitext(posixpath.basename(img_fn))[0])
     if c.images is not None and image_id not in c.images:
         raise DataError(f"image {image_id!r} is not in the image store", field="image_id")
@@ -195,16 +164,7 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
     answers = _choices(record, "answer_choices", objects)
     with_rationales = c.mode in ("qar", "text")
     rationales = _choices(record, "rationale_choices", objects) if with_rationales else []
-    texts = [question, *answers, *rationales]
-    encoded = c.tokenizer.encode_batch(texts)
-    for n, ids in enumerate(encoded):
-        if not ids:
-            field, what = "question", "the question"
-            if n:
-                field = "answer_choices" if n <= GROUP_SIZE else "rationale_choices"
-                what = f"{field.split('_')[0]} choice {(n - 1) % GROUP_SIZE}"
-            raise DataError(f"{what} has no tokens (empty text)", field=field)
-    q_ids, a_ids, r_ids = encoded[0], encoded[1:5], encoded[5:]
+    q_ids, a_ids, r_ids = _encode(c.tokenizer, question, answers, rationales)
     if c.mode == "text":
         return _text(c, annot_id, image_id, [q_ids, a_ids[answer], r_ids[rationale]])
 
@@ -217,10 +177,91 @@ def _parse(line: str, c: _Conversion, condition: int | None) -> list[Text]:
         prefix, correct = ("qar", rationale) if labelled else (f"qar#a{j}", None)
         pieces = [[q_ids, a_ids[j], r] for r in r_ids]
         words = [[question, answers[j], r] for r in rationales]
+    return _group(c, annot_id, prefix, image_id, correct, pieces, words)
+
+
+def _record(line: str, mode: str) -> dict:
+    """The line's JSON object, with the keys `mode` reads."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"expected an object, got {type(record).__name__}")
+    needed = ["annot_id", "img_fn", "objects", "question", "answer_choices"]
+    if mode in ("qar", "text"):
+        needed.append("rationale_choices")
+    missing = [key for key in needed if key not in record]
+    if missing:
+        raise DataError(f"missing keys {missing}", field=missing[0])
+    return record
+
+
+def _header(record: dict) -> tuple[str, str, list[str]]:
+    """The record's `annot_id` (as a string), `img_fn` and `objects`, checked."""
+    annot_id = record["annot_id"]
+    if isinstance(annot_id, bool) or not isinstance(annot_id, int | str) or annot_id == "":
+        raise DataError(f"expected a string id, got {annot_id!r}", field="annot_id")
+    img_fn = record["img_fn"]
+    if not isinstance(img_fn, str) or not img_fn:
+        raise DataError(f"expected a file name, got {img_fn!r}", field="img_fn")
+    objects = record["objects"]
+    if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+        raise DataError("expected a list of class names", field="objects")
+    return str(annot_id), img_fn, objects
+
+
+def _labels(record: dict, mode: str, condition: int | None) -> tuple[bool, int | None, int | None]:
+    """(labelled, the right answer, the right rationale); None where unknown or unused.
+
+    A group under a `condition` (unlabelled QA->R) is unlabelled; otherwise
+    the record is labelled when it has `answer_label`.
+    """
+    labelled = condition is None and "answer_label" in record
+    answer = _label(record, "answer_label") if labelled else None
+    rationale = None
+    if mode == "text" and not labelled:
+        raise DataError("text mode needs labelled records (train or val)", field="answer_label")
+    if mode in ("qar", "text"):
+        if labelled and "rationale_label" not in record:
+            raise DataError("answer_label without rationale_label", field="rationale_label")
+        if not labelled and "rationale_label" in record:
+            raise DataError("rationale_label without answer_label", field="answer_label")
+        rationale = _label(record, "rationale_label") if labelled else None
+    return labelled, answer, rationale
+
+
+def _encode(
+    tokenizer: Tokenizer, question: str, answers: list[str], rationales: list[str]
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """Token ids of the question, the answers and the rationales; an empty piece is bad."""
+    encoded = tokenizer.encode_batch([question, *answers, *rationales])
+    for n, ids in enumerate(encoded):
+        if not ids:
+            field, what = "question", "the question"
+            if n:
+                field = "answer_choices" if n <= GROUP_SIZE else "rationale_choices"
+                what = f"{field.split('_')[0]} choice {(n - 1) % GROUP_SIZE}"
+            raise DataError(f"{what} has no tokens (empty text)", field=field)
+    return encoded[0], encoded[1 : 1 + GROUP_SIZE], encoded[1 + GROUP_SIZE :]
+
+
+def _group(
+    c: _Conversion,
+    annot_id: str,
+    prefix: str,
+    image_id: str,
+    correct: int | None,
+    pieces: list[list[list[int]]],
+    words: list[list[str]],
+) -> list[Text]:
+    """The 4 texts of a group, `<annot_id>#<prefix>#<k>` joined from `pieces[k]`.
+
+    `correct`: the right candidate's k; None when unknown (every label -1).
+    """
     text_ids = [f"{annot_id}#{prefix}#{k}" for k in range(GROUP_SIZE)]
     if any(t in c.text_ids for t in text_ids):
         raise DataError(f"duplicate annot_id {annot_id!r}", field="annot_id")
-
     out, cut = [], 0
     for k in range(GROUP_SIZE):
         ids, was_cut = fit_pieces(pieces[k], c.tokenizer.vocab.sep_id, c.max_txt_len)
@@ -261,22 +302,15 @@ def _line_records(path: str, n: int, line: str, c: _Conversion) -> list[TextReco
 
 
 def convert_vcr(
-    jsonl_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    mode: str,
-    vocab: str,
-    images: str | None = None,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 120,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, *, mode: str, **options: Any
 ) -> TextSummary:
     """Writes the Q->A ("qa") or QA->R ("qar") groups of a VCR jsonl; see the module docstring.
 
-    The test split has no labels: every row's `label` is then -1.
+    The test split has no labels: every row's `label` is then -1. `options`:
+    the fields of `TextOptions`, as keywords (`vocab` required); `max_txt_len`
+    defaults to 120 here, room for a question, an answer and a rationale.
     """
+    opts = TextOptions(**{"max_txt_len": 120, **options})
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     path = os.fspath(jsonl_path)
@@ -284,13 +318,9 @@ def convert_vcr(
         lines = read_bytes(path).decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e})", file=path) from None
-    tokenizer = Tokenizer(vocab)
+    tokenizer = Tokenizer(opts.vocab)
     conversion = _Conversion(
-        mode,
-        tokenizer,
-        ImageStore(images) if images else None,
-        image_id_format,
-        max_txt_len,
+        mode, tokenizer, opts.image_store(), opts.image_id_format, opts.max_txt_len
     )
     records = [
         record
@@ -300,24 +330,19 @@ def convert_vcr(
     ]
     if not records:
         raise DataError("no records (an empty file)", file=path)
-    summary = write_text_store(
+    summary = opts.write(
         records,
         out_dir,
         task=TASKS[mode],
         tokenizer=tokenizer,
-        max_txt_len=max_txt_len,
         images=None,  # checked in _parse, see _Conversion
         source={
             "format": "vcr",
             "file": path,
             "mode": mode,
             **({} if mode == "text" else {"group_size": GROUP_SIZE}),
-            "image_id_format": image_id_format,
+            "image_id_format": opts.image_id_format,
         },
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=len(records),
     )
     summary.truncated += conversion.cut
     return summary

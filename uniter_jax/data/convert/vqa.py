@@ -21,15 +21,15 @@ from __future__ import annotations
 import collections
 import functools
 import os
+from typing import Any
 
 import numpy as np
 
 from uniter_jax.data.convert.coco_captions import format_image_id
-from uniter_jax.data.convert.texts import Text, TextRecord, TextSummary, write_text_store
+from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.convert.vqa_answers import normalize
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_json
-from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.tokenizer import Tokenizer
 
 
@@ -129,17 +129,16 @@ def convert_vqa(
     questions_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    vocab: str,
     annotations_path: str | os.PathLike | None = None,
     answer_vocab: list[str] | None = None,
     num_answers: int = 3129,
-    images: str | None = None,
-    image_id_format: str = "{id}",
-    max_txt_len: int = 60,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options: Any,
 ) -> TextSummary:
+    """VQA v2 questions (and annotations) -> a VQA text store; see the module docstring.
+
+    `options`: the fields of `TextOptions`, as keywords (`vocab` required).
+    """
+    opts = TextOptions(**options)
     questions_path = os.fspath(questions_path)
     questions = _list(questions_path, "questions")
     by_question: dict = {}
@@ -166,19 +165,18 @@ def convert_vqa(
                 q,
                 by_question.get(q.get("question_id")) if isinstance(q, dict) else None,
                 index,
-                image_id_format,
+                opts.image_id_format,
                 annotations_path is not None,
             ),
         )
         for n, q in enumerate(questions)
     ]
-    return write_text_store(
+    return opts.write(
         records,
         out_dir,
         task="vqa",
-        tokenizer=Tokenizer(vocab),
-        max_txt_len=max_txt_len,
-        images=ImageStore(images) if images else None,
+        tokenizer=Tokenizer(opts.vocab),
+        images=opts.image_store(),
         ragged=("answers", "scores", "counts"),
         source={
             "format": "vqa-v2",
@@ -186,8 +184,4 @@ def convert_vqa(
             "annotations": os.fspath(annotations_path) if annotations_path else None,
             "answer_vocab": list(answer_vocab),
         },
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        progress=progress,
-        total=len(records),
     )
