@@ -10,13 +10,18 @@ WORKDIR ?= runs/tiny
 # Silence the machine's pip index notes but keep real errors.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: run test test-slow lint format params gpu-wheels clean
+.PHONY: run test test-quick test-slow lint format params gpu-wheels clean
 
 run: $(VENV)/.run-deps
 	$(PY) main.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
 
 test: $(VENV)/.test-deps lint
 	$(PY) -m pytest -q
+
+# The edit-test loop: no lint, no `slow` or `heavy` tests (tests/conftest.py);
+# under three minutes on 2 CPU cores.
+test-quick: $(VENV)/.test-deps
+	$(PY) -m pytest -q -m "not slow and not heavy"
 
 test-slow: $(VENV)/.test-deps
 	$(PY) -m pytest -q -m slow
