@@ -11,6 +11,7 @@ the processes find each other by themselves. Elsewhere, start one process per
 host with --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
+import importlib
 import logging as std_logging
 import os
 import sys
@@ -53,7 +54,11 @@ _OUT = flags.DEFINE_string("out", None, "--mode=score: output JSON Lines (WORKDI
 _WRA = flags.DEFINE_bool("wra", False, "--mode=score: add each pair's WRA distance")
 flags.mark_flags_as_required(["config", "workdir"])
 
-JOBS = ("pretrain", "finetune")
+# config.job -> the module and function that make its `Job` (uniter_jax/train/job.py).
+JOBS = {
+    "pretrain": ("uniter_jax.train.pretrain", "pretraining_job"),
+    "finetune": ("uniter_jax.downstream.finetune", "finetuning_job"),
+}
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -144,13 +149,13 @@ def _run(config, workdir: str) -> int:
         jax.devices(),
     )
     if config.job not in JOBS:
-        raise app.UsageError(f"unknown job {config.job!r}; known: {JOBS}")
+        raise app.UsageError(f"unknown job {config.job!r}; known: {list(JOBS)}")
     if _MODE.value == "predict":
         if config.job != "finetune":
             raise app.UsageError("--mode=predict needs a fine-tuning config (finetune_<task>.py)")
-        from uniter_jax.downstream import finetune
+        from uniter_jax.downstream.results import run_predict
 
-        finetune.run_predict(config, workdir)
+        run_predict(config, workdir)
         return 0
     if _MODE.value == "score":
         if config.job != "pretrain":
@@ -163,7 +168,8 @@ def _run(config, workdir: str) -> int:
         return 0
     from uniter_jax.train import loop
 
-    report = loop.train(config, workdir)
+    module, name = JOBS[config.job]
+    report = loop.train(config, workdir, getattr(importlib.import_module(module), name))
     # 143 = as if killed by SIGTERM: schedulers requeue, shells see it.
     return 143 if report["status"] == "preempted" else 0
 

@@ -54,6 +54,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# tests/batches.py, the tests' random batch; appended, as tests/ holds folders
+# named like modules (data, model).
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from uniter_jax.host import reexec_with_huge_pages, without_huge_pages
 
@@ -63,6 +66,7 @@ if __name__ == "__main__":
 import jax
 import jax.numpy as jnp
 import numpy as np
+from batches import random_batch
 from report import write_section
 
 from uniter_jax.model import UniterConfig
@@ -111,20 +115,23 @@ def parse() -> argparse.Namespace:
 
 
 def host_batch(model: UniterConfig, batch: int, text: int, regions: int) -> dict:
+    """Every pretraining field, every position valid, float16 as the pipeline's."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(999, model.vocab_size, (batch, text)).astype(np.int32)
-    ids[:, 0], ids[:, -1] = 101, 102
-    logits = rng.normal(size=(batch, regions, model.num_region_labels))
-    soft = np.exp(logits - logits.max(-1, keepdims=True))
-    return {
-        "input_ids": ids,
-        "text_mask": np.ones((batch, text), np.int32),
-        "img_feat": rng.normal(size=(batch, regions, model.img_dim)).astype(np.float16),
-        "img_pos": rng.uniform(size=(batch, regions, 7)).astype(np.float32),
-        "img_mask": np.ones((batch, regions), np.int32),
-        "itm_label": rng.integers(0, 2, batch).astype(np.int32),
-        "img_soft_labels": (soft / soft.sum(-1, keepdims=True)).astype(np.float16),
-    }
+    fields = random_batch(
+        rng,
+        [text] * batch,
+        [regions] * batch,
+        text=text,
+        regions=regions,
+        img_dim=model.img_dim,
+        ids=(999, model.vocab_size),
+        cls_id=101,
+        sep_id=102,
+        num_labels=model.num_region_labels,
+        dtype=np.float16,
+    )
+    fields["itm_label"] = rng.integers(0, 2, batch).astype(np.int32)
+    return fields
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -167,9 +174,11 @@ def peak_memory_gib() -> float:
 def prepare_task(task: str, settings: steps.StepSettings, batch: dict) -> dict:
     """The task's step as a no-argument callable, called once (compiled)."""
     layout = Layout.single_device()
-    state = steps.init_state(steps.init_params(settings.model, 0, layout), settings, layout)
+    state = steps.init_state(
+        steps.init_params(settings.model, 0, layout, objective=settings.tasks), settings, layout
+    )
     key = jax.device_put(np.asarray(jax.random.PRNGKey(0)), layout.replicated)
-    fields = layout.global_batch({k: batch[k] for k in steps.batch_fields(task)})
+    fields = layout.global_batch({k: batch[k] for k in steps.batch_fields(task, settings.tasks)})
     holder = {"state": state}
 
     def one():
@@ -215,8 +224,7 @@ def wra_seconds(model: UniterConfig, tasks: TaskSettings, args) -> float:
             text_mask,
             r,
             img_mask,
-            epsilon=tasks.wra_epsilon,
-            iterations=tasks.wra_iterations,
+            tasks.wra,
         )
         return jnp.sum(distance)
 

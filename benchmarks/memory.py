@@ -47,7 +47,7 @@ from report import write_section  # noqa: E402
 from configs.pretrain import get_config  # noqa: E402
 from uniter_jax import sharding  # noqa: E402
 from uniter_jax.model import UniterConfig  # noqa: E402
-from uniter_jax.objectives.tasks import TaskSettings  # noqa: E402
+from uniter_jax.objectives.tasks import PRETRAINING, TaskSettings  # noqa: E402
 from uniter_jax.train import step as steps  # noqa: E402
 from uniter_jax.train.optimizer import OptimSettings  # noqa: E402
 
@@ -75,7 +75,7 @@ def abstract_batch(model: UniterConfig, batch: int, layout: sharding.Layout, tas
     }
     return {
         name: jax.ShapeDtypeStruct(*shapes[name], sharding=layout.batch)
-        for name in steps.batch_fields(task)
+        for name in steps.batch_fields(task, PRETRAINING)
     }
 
 

@@ -8,6 +8,9 @@ sections are pretraining's (configs/pretrain.py) for the same variant.
 import ml_collections
 
 from configs import pretrain
+from configs.sections import defaults
+from uniter_jax.data.plan import PipelineConfig
+from uniter_jax.train.optimizer import OptimSettings
 
 
 def finetune_config(
@@ -63,20 +66,20 @@ def finetune_config(
     config.data.batch_size = 32 if tiny else recipe["global_batch"]  # of the largest shape
     config.data.max_buckets = 1 if tiny else 6  # chosen buckets: at most this many
     config.data.target_padding = 0.15
-    config.data.conf_th = recipe.get("conf_th", 0.2)  # region selection, as pretraining
-    config.data.min_bb = 10
-    config.data.max_bb = recipe.get("max_bb", 100)
+    # Region selection as pretraining, unless the recipe says otherwise.
+    config.data.update(defaults(PipelineConfig, only=("conf_th", "min_bb", "max_bb")))
+    config.data.conf_th = recipe.get("conf_th", config.data.conf_th)
+    config.data.max_bb = recipe.get("max_bb", config.data.max_bb)
 
-    config.optim = ml_collections.ConfigDict()
+    # AdamW at `OptimSettings`' defaults, with the recipe's schedule.
+    config.optim = defaults(OptimSettings, exclude=("head_groups",))
     config.optim.lr = 3e-4 if tiny else recipe["lr"]  # peak learning rate
     config.optim.head_lr_mul = recipe.get("head_lr_mul", 1.0)  # the new head's lr factor
     config.optim.warmup_steps = 100 if tiny else recipe["warmup_steps"]  # updates
     config.optim.total_steps = 1000 if tiny else recipe["total_steps"]  # updates
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.98
-    config.optim.eps = 1e-8 if tiny else 1e-6
-    config.optim.weight_decay = 0.01
-    config.optim.clip_norm = recipe.get("clip_norm", 2.0)
+    if tiny:
+        config.optim.eps = 1e-8  # as pretraining's tiny preset
+    config.optim.clip_norm = recipe.get("clip_norm", 2.0)  # the original fine-tunes at 2.0
     config.optim.accumulation = 1 if tiny else recipe["accumulation"]
 
     config.checkpoint = base.checkpoint

@@ -6,13 +6,18 @@
 
 Any field can be overridden, e.g. `--config.optim.lr=1e-4`. Without
 `data.images` / `data.texts` the run uses the built-in synthetic world
-(written into the workdir). Base follows REFERENCE.md section 3; tiny is
-sized to learn the synthetic world in a few minutes on two CPU cores.
+(written into the workdir). Base follows the original's recipe
+(docs/original.md, Optimizer and schedule); tiny is sized to learn the
+synthetic world in a few minutes on two CPU cores.
 """
 
 import ml_collections
 
+from configs.sections import defaults
+from uniter_jax.data.plan import PipelineConfig
 from uniter_jax.model.config import PRESETS
+from uniter_jax.objectives.tasks import TaskSettings
+from uniter_jax.train.optimizer import OptimSettings
 
 
 def get_config(arg: str = "base") -> ml_collections.ConfigDict:
@@ -81,13 +86,14 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # Chosen buckets: at most this many shapes (one compiled program per task
     # each), fewer once padding is within target_padding. Tiny: one program.
     config.data.max_buckets = 1 if tiny else 6
-    config.data.target_padding = 0.15
-    config.data.conf_th = 0.2  # regions kept: clip(#(conf > conf_th), min_bb, max_bb)
-    config.data.min_bb = 10
-    config.data.max_bb = 100
+    config.data.target_padding = 0.15  # chosen buckets: padded share of positions to stop at
+    # Regions kept: clip(#(conf > conf_th), min_bb, max_bb), `PipelineConfig`'s defaults.
+    config.data.update(defaults(PipelineConfig, only=("conf_th", "min_bb", "max_bb")))
     config.data.itm_neg_prob = 0.5  # ITM: texts paired with a random other image
 
-    config.tasks = ml_collections.ConfigDict()
+    # Masking, WRA and gather settings at `TaskSettings`' defaults (documented
+    # there); the mix schedule below.
+    config.tasks = defaults(TaskSettings, exclude=("mask_id", "special_ids", "random_range"))
     # Relative frequency of each task: the reference's 2:2:1:1. Tiny favours ITM,
     # the slowest to learn when tasks share one Adam state, and uses hard-label
     # MRC (MRC-kl's gradients, averaged over 1601 classes, barely move it).
@@ -101,28 +107,16 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # are few among many (docs/results.md, "Dilution alone").
     config.tasks.first_mix = ml_collections.ConfigDict(dict(itm=1.0))
     config.tasks.first_steps = 0
-    config.tasks.mask_prob = 0.15  # MLM token / MRM region selection probability
-    config.tasks.gather_sigmas = 5.0  # masked positions gathered: mean + 5 std devs
-    config.tasks.wra_weight = 0.1  # ITM loss + wra_weight * WRA loss
-    # The WRA plan's solver: sinkhorn (ott-jax, entropic at wra_epsilon) or
-    # ipot (the original's proximal point method at wra_beta; distances about
-    # 5% apart on the same hidden states, docs/results.md).
-    config.tasks.wra_solver = "sinkhorn"
-    config.tasks.wra_epsilon = 0.1  # Sinkhorn entropic regularisation
-    config.tasks.wra_beta = 0.5  # IPOT proximal step
-    config.tasks.wra_iterations = 50  # solver iterations (fixed count)
 
-    config.optim = ml_collections.ConfigDict()
+    # AdamW at `OptimSettings`' defaults (the original's betas, decay and clip).
+    config.optim = defaults(OptimSettings, exclude=("head_lr_mul", "head_groups"))
     config.optim.lr = 1e-3 if tiny else 5e-5  # peak learning rate
     config.optim.warmup_steps = 500 if tiny else 10_000  # linear warm-up (updates)
     config.optim.total_steps = 12_000 if tiny else 200_000  # updates; linear decay to 0 here
-    config.optim.b1 = 0.9  # Adam beta1
-    config.optim.b2 = 0.98  # Adam beta2
-    # Adam epsilon. MRC-kl averages over 1601 classes, so its gradients are tiny:
-    # on the tiny model an epsilon of 1e-6 mutes them (no MRC learning at all).
-    config.optim.eps = 1e-8 if tiny else 1e-6
-    config.optim.weight_decay = 0.01  # AdamW decay, not on biases or LayerNorm
-    config.optim.clip_norm = 5.0  # global gradient-norm clip; 0 = off
+    if tiny:
+        # MRC-kl averages over 1601 classes, so its gradients are tiny: on the
+        # tiny model an Adam epsilon of 1e-6 mutes them (no MRC learning at all).
+        config.optim.eps = 1e-8
     config.optim.accumulation = 1 if tiny else 2  # micro-steps summed per update
 
     config.checkpoint = ml_collections.ConfigDict()

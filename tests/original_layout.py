@@ -1,7 +1,7 @@
 """Independent test fixtures: original-layout state dicts and a numpy forward pass.
 
-Written from REFERENCE.md sections 1 and 6 and the original PyTorch code's
-structure, sharing no code with `uniter_jax` so the tests compare two
+Written from docs/original.md (Model, Pretraining heads, Checkpoint layout) and
+the original PyTorch code's structure, sharing no code with `uniter_jax` so the tests compare two
 separate implementations.
 """
 

@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 from uniter_jax.downstream import finetune
-from uniter_jax.train import inputs, loop
+from uniter_jax.train import inputs
+from uniter_jax.train.state import optim_settings
 
 TASKS = ("vqa", "ve", "refexp", "nlvr2", "vcr", "retrieval")
 # Rows that must stay together in a batch: NLVR2's two images, VCR's four
@@ -24,7 +25,7 @@ def test_config_variants_are_consistent(task, variant):
         inputs.model_config(config.model).num_layers
         == {"tiny": 2, "base": 12, "large": 24}[variant]
     )
-    loop.optim_settings(config.optim)  # validates
+    optim_settings(config.optim)  # validates
     options = config.task_options.to_dict() if "task_options" in config else {}
     width = WIDTH.get(task, lambda o: 1)(options)
     for text_len, regions, batch in config.data.buckets:

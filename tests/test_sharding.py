@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from batches import random_batch
 from jax.sharding import PartitionSpec as P
 from trees import assert_trees_close
 
 from configs.pretrain import get_config
 from uniter_jax import sharding
 from uniter_jax.model import UniterConfig
-from uniter_jax.objectives.tasks import TASKS, TaskSettings
+from uniter_jax.objectives.tasks import PRETRAINING, TASKS, TaskSettings
 from uniter_jax.train.optimizer import OptimSettings
 from uniter_jax.train.step import (
     StepSettings,
@@ -56,24 +57,23 @@ def layout(shape, rules=RULES):
 
 
 def make_batch(seed=0, b=16, lt=10, nr=7):
+    """Every pretraining field, rows of random lengths, float16 as the pipeline's."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(104, 160, (b, lt)).astype(np.int32)
-    ids[:, 0] = 101
-    lengths = rng.integers(4, lt + 1, b)
-    text_mask = (np.arange(lt) < lengths[:, None]).astype(np.int32)
-    ids = np.where(text_mask, ids, 0)
-    ids[np.arange(b), lengths - 1] = 102
-    img_mask = (np.arange(nr) < rng.integers(2, nr + 1, b)[:, None]).astype(np.int32)
-    soft = rng.dirichlet(np.ones(MODEL.num_region_labels), (b, nr)).astype(np.float16)
-    return {
-        "input_ids": ids,
-        "text_mask": text_mask,
-        "img_feat": rng.normal(size=(b, nr, MODEL.img_dim)).astype(np.float16),
-        "img_pos": rng.uniform(size=(b, nr, 7)).astype(np.float32),
-        "img_mask": img_mask,
-        "itm_label": (rng.uniform(size=b) < 0.6).astype(np.int32),
-        "img_soft_labels": soft,
-    }
+    batch = random_batch(
+        rng,
+        rng.integers(4, lt + 1, b),
+        rng.integers(2, nr + 1, b),
+        text=lt,
+        regions=nr,
+        img_dim=MODEL.img_dim,
+        ids=(104, 160),
+        cls_id=101,
+        sep_id=102,
+        num_labels=MODEL.num_region_labels,
+        dtype=np.float16,
+    )
+    batch["itm_label"] = (rng.uniform(size=b) < 0.6).astype(np.int32)
+    return batch
 
 
 # ---- mesh and rules ----------------------------------------------------------
@@ -109,8 +109,8 @@ def test_every_parameter_dimension_has_a_name_the_rules_know():
     from uniter_jax.train.step import _abstract_model
 
     known = {name for name, _ in RULES}
-    abstract = jax.eval_shape(lambda: init_params(MODEL, 0))
-    specs = logical_specs(_abstract_model(MODEL))
+    abstract = jax.eval_shape(lambda: init_params(MODEL, 0, objective=PRETRAINING))
+    specs = logical_specs(_abstract_model(MODEL, PRETRAINING))
     flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
     for leaf, spec in zip(jax.tree.leaves(abstract), flat_specs, strict=True):
         assert len(spec) == leaf.ndim
@@ -120,7 +120,7 @@ def test_every_parameter_dimension_has_a_name_the_rules_know():
 @needs_8
 def test_state_is_created_in_its_shards_with_moments_beside_their_parameters():
     lay = layout((1, 2, 4))
-    state = init_state(init_params(MODEL, 0, lay), SETTINGS, lay)
+    state = init_state(init_params(MODEL, 0, lay, objective=PRETRAINING), SETTINGS, lay)
     query = state["params"]["uniter"]["encoder"]["layers"]["attention"]["query"]["kernel"]
     assert query.sharding.spec == P(None, "fsdp", "tensor")
     assert len(query.addressable_shards) == 8
@@ -167,13 +167,13 @@ def test_global_batch_splits_rows_over_the_batch_shards():
 @pytest.fixture(scope="module")
 def single_device():
     """Per task, computed once: the one-device loss and updated parameters."""
-    params = jax.device_get(init_params(MODEL, 0))
+    params = jax.device_get(init_params(MODEL, 0, objective=PRETRAINING))
     batch, key = make_batch(), jax.random.PRNGKey(3)
     done = {}
 
     def result(task):
         if task not in done:
-            fields = {k: batch[k] for k in batch_fields(task)}
+            fields = {k: batch[k] for k in batch_fields(task, PRETRAINING)}
             state = init_state(params, SETTINGS)
             state, out = train_step(state, fields, key, task=task, settings=SETTINGS)
             metrics = out["metrics"]
@@ -190,7 +190,7 @@ def _sharded_matches_single_device(single_device, mesh, tasks):
     lay = layout(MESHES[mesh])
     for task in tasks:
         state = init_state(params, SETTINGS, lay)
-        fields = lay.global_batch({k: batch[k] for k in batch_fields(task)})
+        fields = lay.global_batch({k: batch[k] for k in batch_fields(task, PRETRAINING)})
         state, result = train_step(state, fields, key, task=task, settings=SETTINGS, layout=lay)
         assert result["finite"]
         want_params, want_loss, want_grad_norm = expected(task)
@@ -226,11 +226,11 @@ def test_a_non_finite_step_on_a_mesh_keeps_the_sharded_state():
     """The guard's branch on a 2x2x2 mesh, the state donated: a NaN in one valid
     region leaves every parameter and moment shard as it was."""
     lay = layout(MESHES["2x2x2"])
-    state = init_state(jax.device_get(init_params(MODEL, 0)), SETTINGS, lay)
+    state = init_state(jax.device_get(init_params(MODEL, 0, objective=PRETRAINING)), SETTINGS, lay)
     batch, key = make_batch(), jax.random.PRNGKey(3)
 
     def fields(b):
-        return lay.global_batch({k: b[k] for k in batch_fields("mlm")})
+        return lay.global_batch({k: b[k] for k in batch_fields("mlm", PRETRAINING)})
 
     state, out = train_step(state, fields(batch), key, task="mlm", settings=SETTINGS, layout=lay)
     assert bool(sharding.to_host(out["finite"]))

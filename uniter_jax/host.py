@@ -1,19 +1,19 @@
 """Host settings that must be in place before Python starts: huge pages for CPU runs.
 
-XLA:CPU allocates a step's temporaries afresh on every call (about 2 GiB for
-a base pretraining step at batch 16), and glibc hands such large blocks out
-as new mappings, so every step pays a page fault per 4 KiB page: about
-530,000 faults and 1.6 s of kernel time per base step on 2 cores. With
-glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge
-pages (2 MiB), the faults drop 400-fold and the step is 10-15% faster
-(issue #8, docs/benchmarks.md). A tunable is read once, when the process
-starts, so `main.py` re-executes itself with it on CPU-only hosts.
+XLA:CPU allocates a step's temporaries afresh on every call (gigabytes for a
+base pretraining step), and glibc hands such large blocks out as new
+mappings, so every step pays a page fault per 4 KiB page, hundreds of
+thousands of them. With glibc's `glibc.malloc.hugetlb=1` tunable, malloc
+asks for transparent huge pages (2 MiB): far fewer faults and a shorter step
+(issue #8; the numbers in docs/benchmarks.md, "Huge pages on CPU runs"). A
+tunable is read once, when the process starts, so `main.py` re-executes
+itself with it on CPU-only hosts.
 
 Not applied when: an accelerator is present (its steps do not run on host
 memory), the tunable is already set, glibc is older than 2.35, the kernel's
 transparent huge pages are `never`, or `UNITER_JAX_HUGE_PAGES=0`. PyTorch's
-CPU step was measured slower with it, so the benchmark's PyTorch side runs
-without it.
+CPU step is slower with it (docs/benchmarks.md), so the benchmark's PyTorch
+side runs without it.
 """
 
 from __future__ import annotations

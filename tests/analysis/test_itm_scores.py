@@ -70,10 +70,7 @@ def reference_margin(model, world, image_id, text, selection, wra=None):
             jnp.ones((1, len(ids)), jnp.int32),
             sequence[:, len(ids) :],
             jnp.ones((1, kept), jnp.int32),
-            epsilon=wra.wra_epsilon,
-            iterations=wra.wra_iterations,
-            solver=wra.wra_solver,
-            beta=wra.wra_beta,
+            wra.wra,
         )
         return logits, float(distance[0])
     return logits[1] - logits[0], len(ids), kept, regions.num_boxes

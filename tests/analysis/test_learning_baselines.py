@@ -5,12 +5,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from stores import write_image_store
 
 from uniter_jax.analysis import learning_baselines as lb
 from uniter_jax.analysis.example import RegionSelection
 from uniter_jax.data import scenes
 from uniter_jax.data.claims import Claim, Mention
-from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
+from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.regions import box_features, make_regions
 from uniter_jax.data.text_store import TextStore, TextStoreWriter
 
@@ -26,29 +27,29 @@ def text_store(path, captions):
     return TextStore(str(path))
 
 
-def image_store(path, images, num_labels):
+def labelled_store(path, images, num_labels):
     """`images`: {image_id: [(pixel box, conf, {label: mass}), ...]}; the mass a
     region's dict leaves is spread evenly over all labels."""
-    with ImageStoreWriter(str(path), feature_dim=4, num_labels=num_labels) as writer:
-        for image_id, regions in images.items():
-            soft = np.zeros((len(regions), num_labels))
-            for i, (_, _, mass) in enumerate(regions):
-                soft[i] = (1 - sum(mass.values())) / num_labels
-                for label, m in mass.items():
-                    soft[i, label] += m
-            pixels = np.array([r[0] for r in regions], np.float64)
-            writer.add(
-                make_regions(
-                    image_id,
-                    np.zeros((len(regions), 4), np.float32),
-                    box_features(pixels, scenes.WIDTH, scenes.HEIGHT),
-                    np.array([r[1] for r in regions]),
-                    soft,
-                    feature_dim=4,
-                    num_labels=num_labels,
-                )
-            )
-    return ImageStore(str(path))
+
+    def regions_of(image_id, regions):
+        soft = np.zeros((len(regions), num_labels))
+        for i, (_, _, mass) in enumerate(regions):
+            soft[i] = (1 - sum(mass.values())) / num_labels
+            for label, m in mass.items():
+                soft[i, label] += m
+        pixels = np.array([r[0] for r in regions], np.float64)
+        return make_regions(
+            image_id,
+            np.zeros((len(regions), 4), np.float32),
+            box_features(pixels, scenes.WIDTH, scenes.HEIGHT),
+            np.array([r[1] for r in regions]),
+            soft,
+            feature_dim=4,
+            num_labels=num_labels,
+        )
+
+    images = (regions_of(image_id, regions) for image_id, regions in images.items())
+    return ImageStore(write_image_store(path, images, num_labels=num_labels))
 
 
 # ---------------------------------------------------------------- text-only n-gram MLM
@@ -156,7 +157,7 @@ def mrc_store(tmp_path_factory):
         ],
         "v2": [r((0, 0, 30, 30), 0.9, 5)],  # alone: the prior 2, miss
     }
-    return image_store(tmp_path_factory.mktemp("mrc") / "images", images, NUM_MRC_LABELS)
+    return labelled_store(tmp_path_factory.mktemp("mrc") / "images", images, NUM_MRC_LABELS)
 
 
 def test_mrc_copy_and_prior_by_hand(mrc_store):
@@ -185,7 +186,7 @@ def test_mrc_box_prior_by_hand(tmp_path):
             r((0, 0, 40, 40), 2),  # upper-left small -> 1, miss
         ],
     }
-    store = image_store(tmp_path / "images", images, NUM_MRC_LABELS)
+    store = labelled_store(tmp_path / "images", images, NUM_MRC_LABELS)
     got = lb.mrc_baselines(["t"], ["v"], store, SELECTION)
     assert got["mrc_box"] == pytest.approx(3 / 4, abs=1e-12)
     assert got["mrc_prior"] == pytest.approx(2 / 4, abs=1e-12)
@@ -226,7 +227,7 @@ def scene_store(tmp_path_factory):
             ((400, 200, 520, 320), 0.9, {label("ring", "purple"): 0.9}),  # large, right
         ],
     }
-    return image_store(tmp_path_factory.mktemp("itm") / "images", images, 61)
+    return labelled_store(tmp_path_factory.mktemp("itm") / "images", images, 61)
 
 
 def test_detected_objects_merge_duplicates_and_ignore_background(scene_store):

@@ -17,6 +17,7 @@ from uniter_jax.data import synthetic
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
+from uniter_jax.objectives.wra import WraSettings
 from uniter_jax.tools import visualize
 
 CONFIG = UniterConfig.preset("tiny", vocab_size=512, hidden_dropout=0.0, attention_dropout=0.0)
@@ -81,7 +82,7 @@ def test_the_alignment_plan_is_sinkhorns(checkpoint, stores):
     texts, images, vocab = stores
     model = enc.load_encoder(str(checkpoint))
     (inspection,) = enc.inspect(model, [ex.from_store(texts, images, 0, vocab)])
-    plan = enc.transport_plan(inspection, epsilon=0.1, iterations=200)
+    plan = enc.transport_plan(inspection, WraSettings(epsilon=0.1, iterations=200))
     t, r = inspection.text_hidden, inspection.region_hidden
     cos = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ (
         r / np.linalg.norm(r, axis=1, keepdims=True)

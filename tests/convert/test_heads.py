@@ -10,7 +10,8 @@ from scipy.special import erf
 
 from uniter_jax import param_checkpoint
 from uniter_jax.convert import CheckpointError
-from uniter_jax.convert.layout import export_state_dict, import_state_dict, region_sizes
+from uniter_jax.convert.layout import region_sizes
+from uniter_jax.convert.state_dict import export_state_dict, import_state_dict
 from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
 from uniter_jax.model import UniterConfig, abstract_params, get_params, set_params
 

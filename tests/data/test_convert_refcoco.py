@@ -15,13 +15,12 @@ import struct
 
 import numpy as np
 import pytest
-import transformers
+from stores import write_image_store
 
 from uniter_jax.data.convert.__main__ import main
 from uniter_jax.data.convert.refcoco import convert_refcoco, load_plain_pickle
 from uniter_jax.data.convert.refexp_json import convert_refexp_json
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStoreWriter
 from uniter_jax.data.regions import box_features, make_regions
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import refexp
@@ -43,14 +42,7 @@ REFS = [  # (ref_id, ann_id, split, sentences)
     (5, 31, "testA", ["whole picture"]),
 ]
 WORDS = [s for *_, sents in REFS for s in sents]
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    from uniter_jax.data.tokenizer import build_vocab
-
-    path = tmp_path_factory.mktemp("v") / "vocab.txt"
-    return build_vocab([*WORDS, "café", "é"], str(path))
+VOCAB_TEXTS = [*WORDS, "café", "é"]  # the `vocab` fixture's corpus (conftest.py)
 
 
 def refs(rows=REFS):
@@ -121,17 +113,18 @@ def pixel_boxes(kind, seed=0):
     return out
 
 
-def image_store(path, boxes_by_image, fmt="{id}"):
-    with ImageStoreWriter(str(path), feature_dim=4) as writer:
-        for image_id, (xyxy, conf) in boxes_by_image.items():
-            w, h = SIZES[image_id]
-            n = len(xyxy)
-            writer.add(
-                make_regions(
-                    fmt.format(id=image_id), np.ones((n, 4)), box_features(xyxy, w, h), conf
-                )
-            )
-    return str(path)
+def box_store(path, boxes_by_image, fmt="{id}"):
+    """A store of regions at pixel boxes `{image id: (xyxy, conf)}`, features all ones."""
+    images = (
+        make_regions(
+            fmt.format(id=image_id),
+            np.ones((len(xyxy), 4)),
+            box_features(xyxy, *SIZES[image_id]),
+            conf,
+        )
+        for image_id, (xyxy, conf) in boxes_by_image.items()
+    )
+    return write_image_store(path, images)
 
 
 def iou_pixels(a, b):
@@ -154,11 +147,11 @@ def expected(ref, boxes_by_image):
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
-def test_detected_boxes_round_trip(tmp_path, vocab, protocol):
+def test_detected_boxes_round_trip(tmp_path, vocab, reference, protocol):
     ref_list = refs()
     refs_path, inst_path = write(tmp_path, ref_list, protocol=protocol)
     boxes = pixel_boxes("detected")
-    images = image_store(tmp_path / "img", boxes, fmt="COCO_{id:06d}")
+    images = box_store(tmp_path / "img", boxes, fmt="COCO_{id:06d}")
     summary = convert_refcoco(
         refs_path,
         inst_path,
@@ -188,7 +181,6 @@ def test_detected_boxes_round_trip(tmp_path, vocab, protocol):
     assert store.arrays["gt_box"].dtype == np.float32 and store.arrays["gt_box"].shape == (6, 4)
     assert store.arrays["target"].dtype == np.int64 and store.arrays["target"].shape == (6,)
     assert store.arrays["target_iou"].dtype == np.float32
-    reference = transformers.BertTokenizer(vocab, do_lower_case=False)
     i = 0
     for ref in ref_list[:3]:
         gt, target, iou = expected(ref, boxes)
@@ -209,7 +201,7 @@ def test_gt_boxes_find_the_annotation(tmp_path, vocab):
     ref_list = refs()
     refs_path, inst_path = write(tmp_path, ref_list)
     boxes = pixel_boxes("gt")
-    images = image_store(tmp_path / "img", boxes)
+    images = box_store(tmp_path / "img", boxes)
     for split, rows in (("train", ref_list[:3]), ("val", ref_list[3:4]), ("testA", ref_list[4:])):
         out = tmp_path / split
         convert_refcoco(
@@ -239,7 +231,7 @@ def test_gt_boxes_find_the_annotation(tmp_path, vocab):
 
 def test_gt_boxes_refuse_a_store_of_detections(tmp_path, vocab):
     refs_path, inst_path = write(tmp_path, refs())
-    images = image_store(tmp_path / "img", pixel_boxes("detected"))
+    images = box_store(tmp_path / "img", pixel_boxes("detected"))
     with pytest.raises(DataError, match="does not hold the ground-truth boxes") as err:
         convert_refcoco(
             refs_path,
@@ -280,7 +272,7 @@ def _as_py2_str(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def test_python2_pickle_with_byte_strings(tmp_path, vocab):
+def test_python2_pickle_with_byte_strings(tmp_path, vocab, reference):
     ref_list = refs([(1, 11, "train", ["café on the left", "the man"])])
     py2 = _as_py2_str(ref_list)
     py2[0][b"sentences"][1][b"sent"] = "é".encode("latin1")  # not UTF-8: read as Latin-1
@@ -292,7 +284,7 @@ def test_python2_pickle_with_byte_strings(tmp_path, vocab):
     assert loaded[0]["sentences"][0]["sent"] == "café on the left"
     assert loaded[0]["sentences"][1]["sent"] == "é"
     assert all(isinstance(k, str) for k in loaded[0])
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     convert_refcoco(
         refs_path,
         inst_path,
@@ -305,7 +297,6 @@ def test_python2_pickle_with_byte_strings(tmp_path, vocab):
     )
     store = TextStore(str(tmp_path / "o"))
     assert list(store.text_ids) == ["1-100", "1-101"]
-    reference = transformers.BertTokenizer(vocab, do_lower_case=False)
     want = reference.encode("café on the left", add_special_tokens=False)
     np.testing.assert_array_equal(store.input_ids(0), want)
 
@@ -361,7 +352,7 @@ def test_pickles_with_globals_are_refused_and_nothing_runs(tmp_path, protocol):
 def test_refused_pickle_leaves_no_store(tmp_path, vocab):
     marker = tmp_path / "ran"
     refs_path, inst_path = write(tmp_path, [Payload(marker)])
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     with pytest.raises(DataError, match="refused global") as err:
         convert_refcoco(
             refs_path, inst_path, tmp_path / "o", split="train", vocab=vocab, images=images
@@ -372,7 +363,7 @@ def test_refused_pickle_leaves_no_store(tmp_path, vocab):
 
 def test_unreadable_files(tmp_path, vocab):
     refs_path, inst_path = write(tmp_path, refs())
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
 
     def convert(refs_path=refs_path, inst_path=inst_path):
         convert_refcoco(
@@ -405,7 +396,7 @@ def test_unreadable_files(tmp_path, vocab):
 
 def test_unknown_split_lists_the_splits_present(tmp_path, vocab):
     refs_path, inst_path = write(tmp_path, refs())
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     with pytest.raises(DataError) as err:
         convert_refcoco(
             refs_path, inst_path, tmp_path / "o", split="testB", vocab=vocab, images=images
@@ -468,7 +459,7 @@ def test_bad_refs_name_file_record_and_field(tmp_path, vocab, name):
     refs_path, inst_path = write(tmp_path, ref_list, inst)
     boxes = pixel_boxes("gt")
     boxes.pop(3)  # image 3 stays out of the store
-    images = image_store(tmp_path / "img", boxes)
+    images = box_store(tmp_path / "img", boxes)
 
     def convert(**kw):
         return convert_refcoco(
@@ -502,7 +493,7 @@ def test_bad_refs_name_file_record_and_field(tmp_path, vocab, name):
 
 def test_a_ref_that_is_not_a_dict(tmp_path, vocab):
     refs_path, inst_path = write(tmp_path, [*refs(), ["not", "a", "ref"]])
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     with pytest.raises(DataError, match="expected a dict, got list") as err:
         convert_refcoco(
             refs_path,
@@ -521,7 +512,7 @@ def test_a_bad_ref_fails_in_each_sentence_a_bad_sentence_alone(tmp_path, vocab):
     ref_list[2]["ann_id"] = 999  # ref_id 3, three sentences
     ref_list[0]["sentences"][1]["sent"] = None  # ref_id 1, its second sentence
     refs_path, inst_path = write(tmp_path, ref_list)
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     summary = convert_refcoco(
         refs_path,
         inst_path,
@@ -547,7 +538,7 @@ def test_duplicate_sentence_ids_are_refused(tmp_path, vocab):
     ref_list = refs()
     ref_list[0]["sentences"][1]["sent_id"] = 100  # as its first sentence: text id 1-100 twice
     refs_path, inst_path = write(tmp_path, ref_list)
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     with pytest.raises(DataError, match="duplicate text id") as err:
         convert_refcoco(
             refs_path,
@@ -563,7 +554,7 @@ def test_duplicate_sentence_ids_are_refused(tmp_path, vocab):
 
 def test_cli(tmp_path, vocab, capsys):
     refs_path, inst_path = write(tmp_path, refs())
-    images = image_store(tmp_path / "img", pixel_boxes("gt"))
+    images = box_store(tmp_path / "img", pixel_boxes("gt"))
     out = str(tmp_path / "out")
     args = ["refcoco", refs_path, inst_path, "--split", "train", "--vocab", vocab, "--out", out]
     args += ["--no-progress", "--boxes", "gt"]
@@ -606,7 +597,7 @@ def expressions(split):
 def test_plain_json_expressions_give_the_store_the_refer_toolkit_gives(
     tmp_path, vocab, kind, lines
 ):
-    store = image_store(tmp_path / "img", pixel_boxes(kind))
+    store = box_store(tmp_path / "img", pixel_boxes(kind))
     refs_path, inst_path = write(tmp_path, refs())
     convert_refcoco(
         refs_path,
@@ -667,7 +658,7 @@ def test_plain_json_expressions_give_the_store_the_refer_toolkit_gives(
     ],
 )
 def test_bad_json_expressions_are_named(tmp_path, vocab, change, message):
-    store = image_store(tmp_path / "img", pixel_boxes("detected"))
+    store = box_store(tmp_path / "img", pixel_boxes("detected"))
     items = expressions("train")
     items[1].update(change)
     path = tmp_path / "e.json"
@@ -682,7 +673,7 @@ def test_bad_json_expressions_are_named(tmp_path, vocab, change, message):
 
 
 def test_results_give_the_annotated_box_in_pixels_keyed_by_sentence(tmp_path, vocab):
-    store = image_store(tmp_path / "img", pixel_boxes("gt"))
+    store = box_store(tmp_path / "img", pixel_boxes("gt"))
     refs_path, inst_path = write(tmp_path, refs())
     convert_refcoco(
         refs_path,
@@ -696,7 +687,9 @@ def test_results_give_the_annotated_box_in_pixels_keyed_by_sentence(tmp_path, vo
     )
     texts = TextStore(str(tmp_path / "t"))
     # Predict each target region's own box: pred_box is then the annotation too.
-    refexp.write_results({"box": texts.arrays["gt_box"]}, texts, str(tmp_path / "r.json"))
+    refexp.write_results(
+        {"refexp": {"box": texts.arrays["gt_box"]}}, {"refexp": texts}, str(tmp_path / "r.json")
+    )
     results = json.loads((tmp_path / "r.json").read_text())
     sent_ids = [str(s["sent_id"]) for r in refs() if r["split"] == "train" for s in r["sentences"]]
     assert list(results) == sent_ids

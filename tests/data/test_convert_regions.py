@@ -2,7 +2,7 @@
 
 Inputs are written here from numpy, independently of the converters (base64
 TSV lines built by hand), and read back through ImageStore. Expected values
-follow REFERENCE.md section 7: features as fp16, 7-d boxes
+follow docs/original.md, Region features: features as fp16, 7-d boxes
 `[x1/W, y1/H, x2/W, y2/H, w/W, h/H, w*h]`, regions sorted by confidence.
 """
 
@@ -59,7 +59,7 @@ def make_image(seed: int, n: int = 5, width: int = 200, height: int = 100, dim: 
 
 
 def expected_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
-    """REFERENCE.md: `[x1/W, y1/H, x2/W, y2/H, w/W, h/H, (w/W)*(h/H)]`."""
+    """docs/original.md, Image embedder: `[x1/W, y1/H, x2/W, y2/H, w/W, h/H, (w/W)*(h/H)]`."""
     x1, y1, x2, y2 = np.asarray(boxes, np.float64).T
     w, h = (x2 - x1) / width, (y2 - y1) / height
     return np.stack([x1 / width, y1 / height, x2 / width, y2 / height, w, h, w * h], 1).astype(

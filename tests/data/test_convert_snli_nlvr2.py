@@ -4,15 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import transformers
+from stores import image_store
 
 from uniter_jax.data.convert.nlvr2 import convert_nlvr2
 from uniter_jax.data.convert.snli_ve import LABELS, convert_snli_ve
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStoreWriter
-from uniter_jax.data.regions import make_regions
 from uniter_jax.data.text_store import TextStore
-from uniter_jax.data.tokenizer import build_vocab
 
 SENTENCES = [
     "Two women are embracing while holding to go packages.",
@@ -21,32 +18,12 @@ SENTENCES = [
     "The left image shows exactly two dogs on grass.",
     "One image contains a single bottle, the other three bottles.",
 ]
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "vocab.txt"
-    return build_vocab(SENTENCES, str(path))
-
-
-@pytest.fixture(scope="module")
-def reference(vocab):
-    return transformers.BertTokenizer(vocab, do_lower_case=False)
+VOCAB_TEXTS = SENTENCES  # the `vocab` fixture's corpus (conftest.py)
 
 
 def write_jsonl(path, lines):
     """Objects as JSON lines; strings are written as they are (blank or broken lines)."""
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    return str(path)
-
-
-def image_store(path, ids):
-    rng = np.random.default_rng(0)
-    with ImageStoreWriter(str(path), feature_dim=4) as writer:
-        for image_id in ids:
-            writer.add(
-                make_regions(image_id, rng.standard_normal((2, 4)), rng.uniform(0, 1, (2, 7)))
-            )
     return str(path)
 
 

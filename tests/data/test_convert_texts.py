@@ -5,18 +5,15 @@ import json
 
 import numpy as np
 import pytest
-import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stores import image_store
 
 from uniter_jax.data.convert.coco_captions import convert_coco_captions
 from uniter_jax.data.convert.vqa import convert_vqa
 from uniter_jax.data.convert.vqa_answers import normalize
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStoreWriter
-from uniter_jax.data.regions import make_regions
 from uniter_jax.data.text_store import TextStore
-from uniter_jax.data.tokenizer import build_vocab
 from uniter_jax.downstream import vqa
 
 CAPTIONS = [
@@ -24,12 +21,8 @@ CAPTIONS = [
     "Two dogs play with a red frisbee.",
     "a kitchen with a stove and a sink",
 ]
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "vocab.txt"
-    return build_vocab([*CAPTIONS, "what colour is it? yes no red blue two"], str(path))
+# The `vocab` fixture's corpus (conftest.py).
+VOCAB_TEXTS = [*CAPTIONS, "what colour is it? yes no red blue two"]
 
 
 def write_json(path, value):
@@ -37,21 +30,11 @@ def write_json(path, value):
     return str(path)
 
 
-def image_store(path, ids):
-    rng = np.random.default_rng(0)
-    with ImageStoreWriter(str(path), feature_dim=4) as writer:
-        for image_id in ids:
-            writer.add(
-                make_regions(image_id, rng.standard_normal((2, 4)), rng.uniform(0, 1, (2, 7)))
-            )
-    return str(path)
-
-
 def coco(annotations):
     return {"images": [], "annotations": annotations}
 
 
-def test_coco_captions_round_trip(tmp_path, vocab):
+def test_coco_captions_round_trip(tmp_path, vocab, reference):
     anns = [{"id": 10 + i, "image_id": 7 * i, "caption": c} for i, c in enumerate(CAPTIONS)]
     anns.append({"id": 99, "image_id": 0, "caption": " ".join(["horse"] * 80)})
     src = write_json(tmp_path / "captions.json", coco(anns))
@@ -65,7 +48,6 @@ def test_coco_captions_round_trip(tmp_path, vocab):
     )
     assert summary.texts == 4 and summary.truncated == 1
     store = TextStore(str(tmp_path / "out"))
-    reference = transformers.BertTokenizer(vocab, do_lower_case=False)
     for i, ann in enumerate(anns):
         assert store.text_ids[i] == str(ann["id"])
         assert store.image_ids[i] == f"COCO_{ann['image_id']:06d}"

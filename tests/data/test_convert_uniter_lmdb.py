@@ -4,8 +4,8 @@ The databases are written here as ChenRocks/UNITER wrote them, without its
 code: image values as msgpack whose arrays are msgpack_numpy's maps built by
 hand (or `np.savez_compressed` bytes), text values as
 `lz4.frame.compress(msgpack.packb(record))` next to `meta.json`. Expected
-values follow REFERENCE.md section 7: features as fp16, `norm_bb` with `w*h`
-appended, regions sorted by confidence (stable).
+values follow docs/original.md, Region features: features as fp16, `norm_bb`
+with `w*h` appended, regions sorted by confidence (stable).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stores import image_store
 
 from uniter_jax.data.convert import convert_uniter_img_lmdb, convert_uniter_txt_lmdb
 from uniter_jax.data.convert.__main__ import main
 from uniter_jax.data.convert.texts import write_text_store
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
-from uniter_jax.data.regions import make_regions
+from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 
 D = 16  # feature width in most tests: small and fast
@@ -406,13 +406,6 @@ def write_txt_db(path, records: dict[bytes, dict | bytes], meta: dict | None = M
     return db
 
 
-def image_store(path, ids) -> str:
-    with ImageStoreWriter(str(path), feature_dim=4) as writer:
-        for image_id in ids:
-            writer.add(make_regions(image_id, np.ones((2, 4)), np.full((2, 7), 0.5)))
-    return str(path)
-
-
 def caption(ids: list[int], image: str = "coco_1.npz") -> dict:
     return {"input_ids": ids, "img_fname": image, "raw": "text", "toked_caption": ["x"]}
 
@@ -498,7 +491,7 @@ TXT_BAD = {
         "captions",
         caption([1010], ["coco_1.npz", "coco_2.npz"]),
         "img_fname",
-        "two-image tasks arrive with the downstream work",
+        "convert NLVR2 from its JSON Lines files",
     ),
     "img_fname number": ("captions", caption([1010], 7), "img_fname", "expected a file name"),
     "img_fname empty": ("captions", caption([1010], ""), "img_fname", "bad image id"),

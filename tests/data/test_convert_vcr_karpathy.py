@@ -4,15 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stores import image_store
 
 from uniter_jax.data.convert.karpathy import convert_karpathy
 from uniter_jax.data.convert.vcr import convert_vcr
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStoreWriter
-from uniter_jax.data.regions import make_regions
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.data.tokenizer import Tokenizer, build_vocab
 
@@ -27,17 +25,7 @@ VCR_WORDS = [
     "Why is person and car near dog ? person , person and car are talking .",
     "He is late . She is happy . They are waiting for the bus because it is raining .",
 ]
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "vocab.txt"
-    return build_vocab([*CAPTIONS, *VCR_WORDS], str(path))
-
-
-@pytest.fixture(scope="module")
-def reference(vocab):
-    return transformers.BertTokenizer(vocab, do_lower_case=False)
+VOCAB_TEXTS = [*CAPTIONS, *VCR_WORDS]  # the `vocab` fixture's corpus (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +41,6 @@ def write_json(path, value):
 
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
-
-
-def image_store(path, ids):
-    rng = np.random.default_rng(0)
-    with ImageStoreWriter(str(path), feature_dim=4) as writer:
-        for image_id in ids:
-            writer.add(
-                make_regions(image_id, rng.standard_normal((2, 4)), rng.uniform(0, 1, (2, 7)))
-            )
     return str(path)
 
 

@@ -45,7 +45,8 @@ def take(pipeline, n):
 
 
 def expected_row(texts, images, text_index, image_index, bucket, config):
-    """One padded example, built straight from the stores and REFERENCE's rules."""
+    """One padded example, built straight from the stores and the original's rules
+    (docs/original.md, Region features and Masking)."""
     ids = [101, *texts.input_ids(text_index)[: bucket.text_len - 2], 102]
     regions = images.get(str(images.ids[image_index]))
     count = int((regions.conf > config.conf_th).sum())

@@ -19,8 +19,11 @@ from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import finetune, vqa
 from uniter_jax.downstream.metrics import recall_at_k
+from uniter_jax.downstream.results import run_predict
 from uniter_jax.model import OPTIONAL_GROUPS
+from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.train import inputs, loop
+from uniter_jax.train.state import initial_params
 from uniter_jax.train.step import init_params
 
 # Two tasks run in the default suite (a plain and a grouped store); the others,
@@ -44,7 +47,7 @@ def pretrained(tmp_path_factory):
     config = importlib.import_module("configs.finetune_vqa").get_config("tiny")
     model_cfg = inputs.model_config(config.model)
     path = str(tmp_path_factory.mktemp("pretrained") / "model")
-    param_checkpoint.save(path, _host(init_params(model_cfg, 3)), model_cfg)
+    param_checkpoint.save(path, _host(init_params(model_cfg, 3, objective=PRETRAINING)), model_cfg)
     return path
 
 
@@ -78,13 +81,13 @@ def test_finetune_then_predict_writes_results_matching_validation(
 ):
     config = small_config(task, world, pretrained)
     workdir = str(tmp_path / task)
-    report = loop.train(config, workdir)
+    report = loop.train(config, workdir, finetune.finetuning_job)
     assert report["status"] == "finished" and report["step"] == 3
     assert os.path.isdir(os.path.join(workdir, "model", "params"))
     validation = {k.split("/", 2)[2]: v for k, v in report["validation"].items()}
     assert validation
 
-    predicted = finetune.run_predict(config, workdir)
+    predicted = run_predict(config, workdir)
     # The same parameters on the same split: the same metrics.
     assert predicted["params"].endswith("model")
     for name, value in predicted["metrics"].items():
@@ -108,7 +111,7 @@ def check_ranking_resumes_from_its_chunks(config, workdir, metrics):
     assert metrics["t2i_r1"] == pytest.approx(recall_at_k(scores, text_image)["t2i_r1"])
     # Reverse every text's ranking in the saved chunk: the rerun must read it.
     np.save(path, -scores)
-    again = finetune.run_predict(config, workdir)["metrics"]
+    again = run_predict(config, workdir)["metrics"]
     reversed_ = recall_at_k(-scores, text_image)
     for name in ("t2i_r1", "i2t_r1", "t2i_r5", "i2t_r5"):
         assert again[name] == pytest.approx(reversed_[name]), name
@@ -118,7 +121,7 @@ def check_ranking_resumes_from_its_chunks(config, workdir, metrics):
     params, model_cfg, _ = param_checkpoint.load(model)
     shutil.rmtree(model)
     param_checkpoint.save(model, jax.tree.map(lambda x: x * 1.5, params), model_cfg)
-    fresh = finetune.run_predict(config, workdir)["metrics"]
+    fresh = run_predict(config, workdir)["metrics"]
     rescored = np.load(path)
     assert not np.allclose(rescored, -scores) and not np.allclose(rescored, scores)
     assert fresh["t2i_r1"] == pytest.approx(recall_at_k(rescored, text_image)["t2i_r1"])
@@ -175,7 +178,7 @@ def test_fine_tuning_keeps_the_encoder_and_starts_a_fresh_head(pretrained):
     model_cfg = inputs.model_config(config.model)
     loaded, _, _ = param_checkpoint.load(pretrained)
     objective = vqa.Vqa(num_answers=7)
-    params = _host(loop.initial_params(model_cfg, 5, pretrained, objective=objective))
+    params = _host(initial_params(model_cfg, 5, pretrained, objective=objective))
     assert set(params) == {"uniter", "vqa"}  # pretraining heads dropped
     for group in ("embeddings", "encoder", "pooler", "img_embeddings"):
         for a, b in zip(
@@ -197,15 +200,15 @@ def _leaves(tree):
 def test_predict_without_a_model_says_what_is_missing(world, tmp_path):
     config = small_config("ve", world, "")
     with pytest.raises(FileNotFoundError, match=r"no trained model: .* config.init_from is empty"):
-        finetune.run_predict(config, str(tmp_path / "empty"))
+        run_predict(config, str(tmp_path / "empty"))
 
 
 def test_unknown_task_and_wrong_store_are_refused(world, pretrained, tmp_path):
     config = small_config("ve", world, pretrained)
     config.data.train_texts = world["vqa_train"]  # a VQA store for SNLI-VE
     with pytest.raises(Exception, match="not an SNLI-VE text store"):
-        loop.train(config, str(tmp_path / "w"))
+        loop.train(config, str(tmp_path / "w"), finetune.finetuning_job)
     config = small_config("ve", world, pretrained)
     config.task = "nope"
     with pytest.raises(ValueError, match="unknown downstream task 'nope'"):
-        loop.train(config, str(tmp_path / "w2"))
+        loop.train(config, str(tmp_path / "w2"), finetune.finetuning_job)

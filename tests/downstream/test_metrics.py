@@ -6,7 +6,7 @@ import pytest
 from uniter_jax.data.convert.vqa import soft_scores
 from uniter_jax.data.regions import box_iou
 from uniter_jax.data.text_store import TextStore, TextStoreWriter
-from uniter_jax.downstream import baselines, metrics, retrieval
+from uniter_jax.downstream import baselines, metrics, ranking
 
 # Answers the humans may give; the vocabulary holds only the first five, so
 # "cat" and "dog" are human answers that no prediction can name.
@@ -295,7 +295,7 @@ def test_retrieval_scores_under_the_original_names_are_recall_by_brute_force():
     rng = np.random.default_rng(4)
     text_image = np.repeat(np.arange(6), 3)  # 6 images, 3 texts each
     scores = rng.standard_normal((len(text_image), 6)) + 2.0 * np.eye(6)[text_image]
-    got = retrieval.original_scores(metrics.recall_at_k(scores, text_image))
+    got = ranking.original_scores(metrics.recall_at_k(scores, text_image))
     for k in (1, 5, 10):
         # Image retrieval: is each text's image among its k best images?
         img = np.mean(

@@ -5,6 +5,7 @@ import csv
 import jax
 import numpy as np
 import pytest
+from batches import random_batch
 from flax import nnx
 from scipy.special import log_softmax, softmax
 from tiny_model import tiny_config
@@ -22,19 +23,18 @@ MASKED = -1e4  # the additive score of padding, as in the original
 # ---------------------------------------------------------------- helpers
 
 
-def random_rows(rows, text_len, num_regions, seed):
-    """`rows` independent examples with the given text and region counts."""
-    rng = np.random.default_rng(seed)
-    text_mask = (np.arange(LT) < np.asarray(text_len)[:, None]).astype(np.int32)
-    ids = rng.integers(4, CONFIG.vocab_size, (rows, LT)).astype(np.int32)
-    ids[:, 0] = 1
-    return {
-        "input_ids": np.where(text_mask > 0, ids, 0).astype(np.int32),
-        "text_mask": text_mask,
-        "img_feat": rng.normal(size=(rows, NR, CONFIG.img_dim)).astype(np.float32),
-        "img_pos": rng.uniform(size=(rows, NR, 7)).astype(np.float32),
-        "img_mask": (np.arange(NR) < np.asarray(num_regions)[:, None]).astype(np.int32),
-    }
+def random_rows(text_len, num_regions, seed):
+    """Independent examples with the given text and region counts."""
+    return random_batch(
+        seed,
+        text_len,
+        num_regions,
+        text=LT,
+        regions=NR,
+        img_dim=CONFIG.img_dim,
+        ids=(4, CONFIG.vocab_size),
+        cls_id=1,
+    )
 
 
 def repad(batch, seed, extra=3):
@@ -126,7 +126,7 @@ VALID = np.array([1, 0, 1], np.int32)  # statement 1 is a padding statement
 
 def nlvr2_batch(seed=0):
     """Rows 2k and 2k+1: statement k with its left and its right image."""
-    batch = random_rows(2 * STATEMENTS, np.repeat(TEXT_LEN, 2), REGIONS, seed)
+    batch = random_rows(np.repeat(TEXT_LEN, 2), REGIONS, seed)
     for name in ("input_ids", "text_mask"):
         batch[name] = np.repeat(batch[name][0::2], 2, axis=0)
     batch["label"] = np.repeat(LABELS, 2)
@@ -362,7 +362,7 @@ def vcr_model():
     scramble(model, 13)
     rows = GROUPS * vcr.GROUP_SIZE
     rng = np.random.default_rng(9)
-    batch = random_rows(rows, rng.integers(2, LT + 1, rows), rng.integers(1, NR + 1, rows), 10)
+    batch = random_rows(rng.integers(2, LT + 1, rows), rng.integers(1, NR + 1, rows), 10)
     batch["valid"] = np.ones(rows, np.int32)
     batch["valid"][12:] = 0  # group 3 is padding
     batch["label"] = np.zeros(rows, np.int32)
@@ -450,7 +450,7 @@ def scores_choosing(choices, seed):
     return scores.reshape(-1).astype(np.float32)
 
 
-def test_vcr_evaluate_joint_matches_a_per_question_count(tmp_path):
+def test_vcr_score_matches_a_per_question_count(tmp_path):
     # annot id: (correct answer, chosen answer); a4 is unlabelled.
     qa = {"a0": (2, 2), "a1": (0, 0), "a2": (1, 1), "a3": (3, 0), "a4": (None, 1)}
     # Another order; a2 has no QA->R group; a3's rationale is right, its answer not.
@@ -467,7 +467,7 @@ def test_vcr_evaluate_joint_matches_a_per_question_count(tmp_path):
         "vcr_qa": {"score": scores_choosing([c for _, c in qa.values()], 11)},
         "vcr_qar": {"score": scores_choosing([c for _, c in qar.values()], 12)},
     }
-    got = vcr.evaluate_joint(outputs, texts)
+    got = vcr.score(outputs, texts)
     # The count, one question at a time, from the stores' own labels and ids.
     results = {}
     for task in ("vcr_qa", "vcr_qar"):
@@ -487,7 +487,7 @@ def test_vcr_evaluate_joint_matches_a_per_question_count(tmp_path):
         (3 / 4, 2 / 3, 1 / 4)
     )
     # Without QA->R outputs there is no joint score.
-    alone = vcr.evaluate_joint({"vcr_qa": outputs["vcr_qa"]}, texts)
+    alone = vcr.score({"vcr_qa": outputs["vcr_qa"]}, texts)
     assert set(alone) == {"qa_accuracy"} and alone["qa_accuracy"] == pytest.approx(3 / 4)
 
 
@@ -522,7 +522,7 @@ def test_vcr_test_split_writes_the_leaderboard_csv(tmp_path):
     outputs = {
         task: {"score": rng.normal(0, 2, len(texts[task])).astype(np.float32)} for task in texts
     }
-    vcr.write_results_joint(outputs, texts, str(tmp_path / "results_vcr_test.json"))
+    vcr.write_results(outputs, texts, str(tmp_path / "results_vcr_test.json"))
     with open(tmp_path / "leaderboard_vcr_test.csv") as f:
         rows = list(csv.reader(f))
     header = ["annot_id", *(f"answer_{k}" for k in range(4))]
@@ -553,5 +553,5 @@ def test_vcr_test_split_writes_the_leaderboard_csv(tmp_path):
         ),
     }
     outputs["vcr_qar"] = {"score": outputs["vcr_qar"]["score"][:12]}
-    vcr.write_results_joint(outputs, labelled, str(tmp_path / "results_vcr_val.json"))
+    vcr.write_results(outputs, labelled, str(tmp_path / "results_vcr_val.json"))
     assert not (tmp_path / "leaderboard_vcr_val.csv").exists()

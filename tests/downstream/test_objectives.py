@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from batches import random_batch
 from flax import nnx
 from scipy.special import expit, log_softmax
 from tiny_model import tiny_config
@@ -20,11 +21,16 @@ VALID = np.array([1, 1, 0, 1, 1, 1], np.int32)  # row 2 is a padding row
 
 def make_batch(seed=0):
     rng = np.random.default_rng(seed)
-    ids = rng.integers(4, CONFIG.vocab_size, (B, LT)).astype(np.int32)
-    text_mask = (np.arange(LT) < TEXT_LEN[:, None]).astype(np.int32)
-    ids[:, 0] = 1
-    ids = np.where(text_mask > 0, ids, 0).astype(np.int32)
-    img_mask = (np.arange(NR) < NUM_REGIONS[:, None]).astype(np.int32)
+    inputs = random_batch(
+        rng,
+        TEXT_LEN,
+        NUM_REGIONS,
+        text=LT,
+        regions=NR,
+        img_dim=CONFIG.img_dim,
+        ids=(4, CONFIG.vocab_size),
+        cls_id=1,
+    )
     targets = np.zeros((B, NUM_ANSWERS), np.float32)
     for row in range(B):
         answers = rng.choice(NUM_ANSWERS, 3, replace=False)
@@ -33,11 +39,7 @@ def make_batch(seed=0):
     # names a padded one (region 6 >= its 5 kept), row 2 is invalid.
     target = np.array([3, 6, 1, 7, 0, 1], np.int32)
     return {
-        "input_ids": ids,
-        "text_mask": text_mask,
-        "img_feat": rng.normal(size=(B, NR, CONFIG.img_dim)).astype(np.float32),
-        "img_pos": rng.uniform(size=(B, NR, 7)).astype(np.float32),
-        "img_mask": img_mask,
+        **inputs,
         "valid": VALID.copy(),
         "targets": targets,
         "label": rng.integers(0, 3, B).astype(np.int32),

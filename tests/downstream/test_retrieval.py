@@ -13,14 +13,9 @@ from scipy.special import expit, log_softmax
 from tiny_model import tiny_config
 
 from uniter_jax.downstream import metrics
-from uniter_jax.downstream.retrieval import (
-    MODEL_INPUTS,
-    Retrieval,
-    Split,
-    dual_scores,
-    late_interaction,
-    two_stage_scores,
-)
+from uniter_jax.downstream.ranking import Split, dual_scores, late_interaction, two_stage_scores
+from uniter_jax.downstream.retrieval import Retrieval
+from uniter_jax.model.inputs import MODEL_INPUTS
 
 CONFIG = tiny_config()
 P, K = 4, 2  # sampled negatives per text, hard negatives kept

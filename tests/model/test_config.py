@@ -7,7 +7,7 @@ import pytest
 
 from uniter_jax.model import ConfigError, UniterConfig
 
-# configs/uniter-base.json of the original release, as REFERENCE.md describes it.
+# config/uniter-base.json of the original release (docs/original.md, Model).
 UNITER_BASE_JSON = {
     "attention_probs_dropout_prob": 0.1,
     "hidden_act": "gelu",

@@ -77,8 +77,8 @@ def test_masked_head_flops_match_xla(model, task):
 
 def test_a_train_step_is_three_forwards():
     forward = fl.encoder_flops(CONFIG, BATCH, TEXT, REGIONS) + fl.head_flops(
-        CONFIG, "itm", BATCH, TEXT, REGIONS
+        CONFIG, "itm", BATCH, TEXT, REGIONS, mask_prob=0.15
     )
-    assert fl.train_step_flops(CONFIG, "itm", BATCH, TEXT, REGIONS) == 3 * forward
+    assert fl.train_step_flops(CONFIG, "itm", BATCH, TEXT, REGIONS, mask_prob=0.15) == 3 * forward
     with pytest.raises(ValueError, match="unknown pretraining task"):
-        fl.head_flops(CONFIG, "vqa", BATCH, TEXT, REGIONS)
+        fl.head_flops(CONFIG, "vqa", BATCH, TEXT, REGIONS, mask_prob=0.15)

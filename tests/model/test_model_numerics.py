@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from batches import random_batch
 from flax import nnx
 from original_layout import forward, itm, mlm, mrc, mrfr, random_state_dict
 
@@ -39,16 +40,13 @@ def model_from_state(state, config=CONFIG):
     return model
 
 
-def padded_batch(seed=0, text_lens=(7, 4), region_counts=(5, 2), lt=9, nr=6, img_dim=24):
-    """Random inputs with per-example valid lengths; padding filled with junk."""
-    rng = np.random.default_rng(seed)
-    batch = len(text_lens)
-    ids = rng.integers(1, 120, (batch, lt)).astype(np.int32)
-    text_mask = (np.arange(lt)[None] < np.array(text_lens)[:, None]).astype(np.int32)
-    feat = rng.standard_normal((batch, nr, img_dim)).astype(np.float32)
-    pos = rng.uniform(0, 1, (batch, nr, 7)).astype(np.float32)
-    img_mask = (np.arange(nr)[None] < np.array(region_counts)[:, None]).astype(np.int32)
-    return ids, text_mask, feat, pos, img_mask
+def padded_batch(seed=0):
+    """The model's positional inputs: 2 rows of 9 tokens (7 and 4 valid) and 6
+    regions (5 and 2 valid); the padding, token ids too, filled with junk."""
+    batch = random_batch(
+        seed, (7, 4), (5, 2), text=9, regions=6, img_dim=24, ids=(1, 120), pad_id=None
+    )
+    return tuple(batch[k] for k in ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask"))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +102,7 @@ def test_every_head_matches_numpy(state, model):
 
 def test_image_embedder_matches_numpy(state, model):
     """The image embedder alone (encoder bypassed) against the state dict."""
-    from original_layout import _linear, _norm  # the same formulas, per REFERENCE
+    from original_layout import _linear, _norm  # the same formulas (docs/original.md, Model)
 
     rng = np.random.default_rng(4)
     feat = rng.standard_normal((2, 3, 24)).astype(np.float32)

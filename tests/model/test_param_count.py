@@ -24,7 +24,8 @@ def test_total_equals_original_state_dict_without_tied_copies(name):
 
 @pytest.mark.parametrize("name, reference_millions", [("base", 86), ("large", 303)])
 def test_reference_sizes(name, reference_millions):
-    """REFERENCE.md: about 86M (base) and 303M (large) in the transformer layers."""
+    """The original's sizes: about 86M (base) and 303M (large) in the transformer layers
+    (docs/original.md, Model)."""
     layers = parameter_counts(UniterConfig.preset(name))["encoder layers"]
     assert abs(layers / 1e6 - reference_millions) < 1.5
 

@@ -1,4 +1,5 @@
-"""Losses against numpy/scipy written from REFERENCE.md section 2."""
+"""Losses against numpy/scipy written from the original's definitions
+(docs/original.md, Pretraining tasks)."""
 
 import numpy as np
 from scipy.special import log_softmax, xlogy

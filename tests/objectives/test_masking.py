@@ -3,31 +3,25 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from batches import random_text
 
 from uniter_jax.objectives.masking import gather_chosen, mlm_mask, mrm_mask
 
 CLS, SEP, MASK = 101, 102, 103
 RANGE = (999, 28996)
-
-
-def text_batch(rng, batch, length):
-    lengths = rng.integers(3, length + 1, batch)
-    ids = rng.integers(RANGE[0], RANGE[1], (batch, length)).astype(np.int32)
-    mask = np.arange(length)[None] < lengths[:, None]
-    ids[:, 0] = CLS
-    ids[np.arange(batch), lengths - 1] = SEP
-    ids[~mask] = 0
-    return ids, mask.astype(np.int32)
+PROB = 0.15  # the selection probability the tests count on
 
 
 @jax.jit
 def run_mlm(key, ids, mask):
-    return mlm_mask(key, ids, mask, mask_id=MASK, random_range=RANGE, special_ids=(CLS, SEP, 0))
+    return mlm_mask(
+        key, ids, mask, mask_id=MASK, random_range=RANGE, special_ids=(CLS, SEP, 0), prob=PROB
+    )
 
 
 def test_mlm_rules_and_frequencies():
     rng = np.random.default_rng(0)
-    ids, mask = text_batch(rng, 4096, 24)
+    ids, mask = random_text(rng, rng.integers(3, 25, 4096), 24, ids=RANGE, cls_id=CLS, sep_id=SEP)
     masked, chosen = map(np.asarray, run_mlm(jax.random.key(0), ids, mask))
     eligible = mask.astype(bool) & (ids != CLS) & (ids != SEP)
     assert not (chosen & ~eligible).any()  # specials and padding never chosen
@@ -70,14 +64,16 @@ def test_mrm_frequency_and_uniform_forced_region():
     rng = np.random.default_rng(1)
     counts = rng.integers(1, 37, 4096)
     img_mask = (np.arange(36)[None] < counts[:, None]).astype(np.int32)
-    chosen = np.asarray(jax.jit(lambda k, m: mrm_mask(k, m))(jax.random.key(2), img_mask))
+    chosen = np.asarray(
+        jax.jit(lambda k, m: mrm_mask(k, m, prob=PROB))(jax.random.key(2), img_mask)
+    )
     assert not (chosen & ~img_mask.astype(bool)).any()
     assert chosen.any(1).all()
     expected = (0.15 * counts + 0.85**counts).sum()
     assert abs(chosen.sum() - expected) < 4 * np.sqrt((counts * 0.1275).sum())
     # Three regions: the forced pick is uniform over them.
     three = np.tile(np.array([[1, 1, 1, 0]], np.int32), (30000, 1))
-    picks = np.asarray(mrm_mask(jax.random.key(3), three))
+    picks = np.asarray(mrm_mask(jax.random.key(3), three, prob=PROB))
     single = picks.sum(1) == 1
     share = picks[single].mean(0)[:3]
     assert np.abs(share - 1 / 3).max() < 0.02

@@ -19,6 +19,7 @@ import numpy as np
 import original_torch as ref
 import pytest
 import torch
+from batches import random_batch
 from original_layout import TIED_COPIES, random_state_dict
 
 from uniter_jax.convert import export_state_dict, import_state_dict
@@ -82,33 +83,31 @@ def params(state):
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(12)
-    lengths = np.array([8, 5, 6, 4])
-    text_mask = (np.arange(LT)[None] < lengths[:, None]).astype(np.int32)
-    ids = rng.integers(4, 40, (B, LT))
-    ids[:, 0] = CLS
-    ids[np.arange(B), lengths - 1] = SEP
-    img_mask = (np.arange(NR)[None] < np.array([[5], [3], [4], [2]])).astype(np.int32)
-    soft = rng.dirichlet(np.ones(CONFIG.num_region_labels), (B, NR))
+    # The region padding holds junk; it must reach neither loss nor gradient.
+    batch = random_batch(
+        12,
+        [8, 5, 6, 4],
+        [5, 3, 4, 2],
+        text=LT,
+        regions=NR,
+        img_dim=CONFIG.img_dim,
+        ids=(4, 40),
+        cls_id=CLS,
+        sep_id=SEP,
+        num_labels=CONFIG.num_region_labels,
+    )
+    soft = batch["img_soft_labels"]
     soft[:, :, 2] = 0.0  # a class with zero probability: KL's 0 log 0 terms
     soft /= soft.sum(-1, keepdims=True)
-    return {
-        "input_ids": np.where(text_mask == 1, ids, 0).astype(np.int32),
-        "text_mask": text_mask,
-        # Padding holds junk; it must reach neither loss nor gradient.
-        "img_feat": rng.normal(size=(B, NR, CONFIG.img_dim)).astype(np.float32),
-        "img_pos": rng.uniform(size=(B, NR, 7)).astype(np.float32),
-        "img_mask": img_mask,
-        "itm_label": np.array([1, 0, 1, 1], np.int32),
-        "img_soft_labels": soft.astype(np.float32),
-    }
+    batch["itm_label"] = np.array([1, 0, 1, 1], np.int32)
+    return batch
 
 
 def ours(task, params, batch, mask_key):
     """Loss, metrics and gradients keyed by original name (tied copies left out)."""
 
     def loss_fn(params, batch):
-        return SETTINGS.loss(task, bind(CONFIG, params), batch, mask_key, None)
+        return SETTINGS.loss(task, bind(CONFIG, params, SETTINGS), batch, mask_key, None)
 
     step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     (loss, metrics), grads = step(params, jax.tree.map(jnp.asarray, batch))

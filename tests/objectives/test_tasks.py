@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from batches import random_batch
 from flax import nnx
 
 from uniter_jax.model import UniterConfig, UniterForPretraining
@@ -27,24 +28,20 @@ def model():
 
 
 def make_batch(seed=0):
-    rng = np.random.default_rng(seed)
-    lengths = np.array([9, 6, 4, 7])
-    ids = rng.integers(104, 150, (B, LT))
-    ids[:, 0] = 101
-    ids[np.arange(B), lengths - 1] = 102
-    text_mask = (np.arange(LT)[None] < lengths[:, None]).astype(np.int32)
-    ids = np.where(text_mask == 1, ids, 0).astype(np.int32)
-    img_mask = (np.arange(NR)[None] < np.array([[6], [3], [5], [2]])).astype(np.int32)
-    soft = rng.dirichlet(np.ones(CONFIG.num_region_labels), (B, NR)).astype(np.float32)
-    return {
-        "input_ids": ids,
-        "text_mask": text_mask,
-        "img_feat": rng.normal(size=(B, NR, CONFIG.img_dim)).astype(np.float32),
-        "img_pos": rng.uniform(size=(B, NR, 7)).astype(np.float32),
-        "img_mask": img_mask,
-        "itm_label": np.array([1, 0, 1, 1], np.int32),
-        "img_soft_labels": soft,
-    }
+    batch = random_batch(
+        seed,
+        [9, 6, 4, 7],
+        [6, 3, 5, 2],
+        text=LT,
+        regions=NR,
+        img_dim=CONFIG.img_dim,
+        ids=(104, 150),
+        cls_id=101,
+        sep_id=102,
+        num_labels=CONFIG.num_region_labels,
+    )
+    batch["itm_label"] = np.array([1, 0, 1, 1], np.int32)
+    return batch
 
 
 def log_softmax(x):
@@ -68,6 +65,7 @@ def test_mlm_loss_is_cross_entropy_over_masked_tokens_of_matched_pairs(model):
         mask_id=103,
         random_range=(104, 150),
         special_ids=(101, 102, 0),
+        prob=SETTINGS.mask_prob,
     )
     chosen = np.asarray(chosen) & (batch["itm_label"] == 1)[:, None]
     logits = model.mlm_logits(encode(model, batch, input_ids=masked)[:, :LT])  # every position
@@ -98,11 +96,22 @@ def test_masked_count_moments_match_the_masks(length):
     ones = jnp.ones((1, length), jnp.int32)
 
     def mlm_count(key):
-        _, chosen = mlm_mask(key, ids, ones, mask_id=103, random_range=(104, 150), special_ids=())
+        _, chosen = mlm_mask(
+            key,
+            ids,
+            ones,
+            mask_id=103,
+            random_range=(104, 150),
+            special_ids=(),
+            prob=SETTINGS.mask_prob,
+        )
         return chosen.sum()
 
     mean, var = tasks.masked_count_moments(length, 0.15)
-    for counts in (jax.vmap(mlm_count)(keys), jax.vmap(lambda k: mrm_mask(k, ones).sum())(keys)):
+    for counts in (
+        jax.vmap(mlm_count)(keys),
+        jax.vmap(lambda k: mrm_mask(k, ones, prob=SETTINGS.mask_prob).sum())(keys),
+    ):
         counts = np.asarray(counts, np.float64)
         assert abs(counts.mean() - mean) < 4 * np.sqrt(var / counts.size) + 1e-9
         np.testing.assert_allclose(counts.var(), var, rtol=0.15, atol=1e-9)
@@ -134,11 +143,17 @@ def test_task_settings_reject_bad_values():
         tasks.TaskSettings(**{**SETTINGS.__dict__, "wra_iterations": 0})
     with pytest.raises(ValueError, match=r"tasks\.gather_sigmas must be finite"):
         tasks.TaskSettings(**{**SETTINGS.__dict__, "gather_sigmas": float("inf")})
+    for weight in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"tasks\.wra_weight must be finite and >= 0"):
+            tasks.TaskSettings(**{**SETTINGS.__dict__, "wra_weight": weight})
 
 
 def test_region_tasks_match_numpy(model):
     batch, key = make_batch(1), jax.random.PRNGKey(9)
-    chosen = np.asarray(mrm_mask(key, batch["img_mask"])) & (batch["itm_label"] == 1)[:, None]
+    chosen = (
+        np.asarray(mrm_mask(key, batch["img_mask"], prob=SETTINGS.mask_prob))
+        & (batch["itm_label"] == 1)[:, None]
+    )
     hidden = encode(model, batch, img_masked=jnp.asarray(chosen))[:, LT:]
     # MRFR: mean over chosen regions x feature dims of the squared error.
     loss, _ = tasks.mrfr(model, batch, key, None, SETTINGS)
@@ -166,7 +181,9 @@ def test_itm_loss_adds_weighted_wra(model):
     logp = log_softmax(model.itm_logits(seq))
     labels = batch["itm_label"]
     ce = -logp[np.arange(B), labels].mean()
-    d = np.asarray(wra_distance(seq[:, :LT], batch["text_mask"], seq[:, LT:], batch["img_mask"]))
+    d = np.asarray(
+        wra_distance(seq[:, :LT], batch["text_mask"], seq[:, LT:], batch["img_mask"], SETTINGS.wra)
+    )
     ot = (d[labels == 1].sum() - d[labels == 0].sum()) / B
     np.testing.assert_allclose(float(loss), ce + 0.1 * ot, rtol=1e-5)
     np.testing.assert_allclose(metrics["wra_matched"][0], d[labels == 1].sum(), rtol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import ot
 import pytest
 
-from uniter_jax.objectives.wra import cosine_cost, wra_distance, wra_loss
+from uniter_jax.objectives.wra import WraSettings, cosine_cost, wra_distance, wra_loss
 
 EPS = 0.1
 
@@ -36,7 +36,7 @@ def pot_plan(t, r):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_distance_equals_pot_sinkhorn2_on_valid_positions(seed):
     text, tm, regions, im = batch(seed)
-    got = np.asarray(wra_distance(text, tm, regions, im, epsilon=EPS, iterations=2000))
+    got = np.asarray(wra_distance(text, tm, regions, im, WraSettings(epsilon=EPS, iterations=2000)))
     for i in range(len(text)):
         t, r = text[i][tm[i] == 1], regions[i][im[i] == 1]
         cost = numpy_cost(t.astype(np.float64), r.astype(np.float64))
@@ -50,7 +50,9 @@ def test_gradient_is_the_envelope_gradient():
     weights = jnp.array([1.0, -1.0, 1.0])
 
     def ours(t, r):
-        return jnp.sum(weights * wra_distance(t, tm, r, im, epsilon=EPS, iterations=2000))
+        return jnp.sum(
+            weights * wra_distance(t, tm, r, im, WraSettings(epsilon=EPS, iterations=2000))
+        )
 
     plans = []
     for i in range(len(text)):
@@ -105,7 +107,9 @@ def numpy_ipot(cost, text_mask, img_mask, beta, iterations):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ipot_distance_matches_an_independent_float64_ipot(seed):
     text, tm, regions, im = batch(seed)
-    got = np.asarray(wra_distance(text, tm, regions, im, solver="ipot", beta=0.5, iterations=50))
+    got = np.asarray(
+        wra_distance(text, tm, regions, im, WraSettings(solver="ipot", beta=0.5, iterations=50))
+    )
     for i in range(len(text)):
         cost = numpy_cost(text[i].astype(np.float64), regions[i].astype(np.float64))
         want, _ = numpy_ipot(cost, tm[i], im[i], beta=0.5, iterations=50)
@@ -118,7 +122,9 @@ def test_ipot_gradient_is_the_envelope_gradient():
     weights = jnp.array([1.0, -1.0, 1.0])
 
     def ours(t, r):
-        return jnp.sum(weights * wra_distance(t, tm, r, im, solver="ipot", iterations=50))
+        return jnp.sum(
+            weights * wra_distance(t, tm, r, im, WraSettings(solver="ipot", iterations=50))
+        )
 
     plans = []
     for i in range(len(text)):
@@ -140,8 +146,12 @@ def test_ipot_approaches_the_exact_transport_distance():
     """The proximal iterations converge to the unregularised optimum (POT's
     network simplex), which entropic Sinkhorn at epsilon 0.1 does not reach."""
     text, tm, regions, im = batch(3)
-    ipot = np.asarray(wra_distance(text, tm, regions, im, solver="ipot", iterations=2000))
-    sinkhorn = np.asarray(wra_distance(text, tm, regions, im, epsilon=EPS, iterations=2000))
+    ipot = np.asarray(
+        wra_distance(text, tm, regions, im, WraSettings(solver="ipot", iterations=2000))
+    )
+    sinkhorn = np.asarray(
+        wra_distance(text, tm, regions, im, WraSettings(epsilon=EPS, iterations=2000))
+    )
     for i in range(len(text)):
         t, r = text[i][tm[i] == 1], regions[i][im[i] == 1]
         cost = numpy_cost(t.astype(np.float64), r.astype(np.float64))
@@ -154,4 +164,4 @@ def test_ipot_approaches_the_exact_transport_distance():
 def test_an_unknown_solver_is_refused():
     text, tm, regions, im = batch(0)
     with pytest.raises(ValueError, match="unknown WRA solver 'emd'"):
-        wra_distance(text, tm, regions, im, solver="emd")
+        wra_distance(text, tm, regions, im, WraSettings(solver="emd"))

@@ -18,8 +18,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs.pretrain import get_config
+from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.train import loop
-from uniter_jax.train.loop import initial_params
+from uniter_jax.train.pretrain import pretraining_job
+from uniter_jax.train.state import initial_params
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "compat_run")
 
@@ -57,7 +59,7 @@ def leaf_sums(tree):
 
 def test_an_old_checkpoint_resumes_to_the_old_runs_end(copy, expected):
     config = old_config(copy, expected["overrides"])
-    report = loop.train(config, str(copy / "run"))
+    report = loop.train(config, str(copy / "run"), pretraining_job)
     assert report["status"] == "finished" and report["step"] == expected["final_step"] == 6
     with open(copy / "run" / "metrics.jsonl") as f:
         got = [json.loads(line) for line in f]
@@ -81,7 +83,9 @@ def test_an_old_parameter_checkpoint_initialises_todays_model(copy, expected):
     from uniter_jax.train.inputs import model_config
 
     config = old_config(copy, expected["overrides"])
-    params = initial_params(model_config(config.model), 1, str(copy / "model"))
+    params = initial_params(
+        model_config(config.model), 1, str(copy / "model"), objective=PRETRAINING
+    )
     sums = leaf_sums(jax.device_get(params))
     assert sums.keys() == expected["final_param_sums"].keys()
     np.testing.assert_allclose(

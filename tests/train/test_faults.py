@@ -17,6 +17,7 @@ from configs.pretrain import get_config
 from uniter_jax.data import synthetic
 from uniter_jax.train import loop
 from uniter_jax.train.checkpoint import CheckpointError
+from uniter_jax.train.pretrain import pretraining_job
 
 STEPS = 24
 ARGS = (
@@ -98,12 +99,12 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_it_resumes_after(tmp
     config.optim.total_steps, config.optim.warmup_steps = 12, 2
     config.eval.every_steps, config.log.every_steps = 0, 3
     config.checkpoint.every_steps, config.checkpoint.keep = 2, 10
-    whole = loop.train(config, str(tmp_path / "whole"))
+    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
     assert whole["status"] == "finished"
 
     workdir = small_disk / "run"
     with pytest.raises(CheckpointError) as error:
-        loop.train(config, str(workdir))
+        loop.train(config, str(workdir), pretraining_job)
     message = str(error.value)
     assert (
         "No space left on device" in message and "newest complete checkpoint is step 2" in message
@@ -111,6 +112,6 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_it_resumes_after(tmp
     assert "\n" not in message
     # Room again: the same call resumes from step 2 and ends as if never stopped.
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    resumed = loop.train(config, str(workdir))
+    resumed = loop.train(config, str(workdir), pretraining_job)
     assert resumed["status"] == "finished" and resumed["step"] == 12
     assert_trees_equal(final_state(workdir, 12), final_state(tmp_path / "whole", 12))

@@ -11,9 +11,10 @@ from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.regions import num_kept
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
+from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.sharding import to_host
 from uniter_jax.train.image_init import principal_directions, with_principal_projection
-from uniter_jax.train.loop import initial_params
+from uniter_jax.train.state import initial_params
 
 SELECTION = (0.2, 4, 30)
 CONFIG = dataclasses.replace(
@@ -96,8 +97,8 @@ def test_initial_params_start_from_the_directions(world):
         num_region_labels=64,
     )
     stats = principal_directions(images, ids, config.hidden_size, selection=SELECTION)
-    params = to_host(initial_params(config, 0, "", image_directions=stats))
-    random = to_host(initial_params(config, 0, ""))
+    params = to_host(initial_params(config, 0, "", objective=PRETRAINING, image_directions=stats))
+    random = to_host(initial_params(config, 0, "", objective=PRETRAINING))
     kernel = params["uniter"]["img_embeddings"]["img_linear"]["kernel"]
     # The kernel's columns are the directions (up to the common scale).
     np.testing.assert_allclose(kernel / np.linalg.norm(kernel, axis=0), stats[1], atol=1e-5)

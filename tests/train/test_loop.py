@@ -17,8 +17,11 @@ from uniter_jax import param_checkpoint
 from uniter_jax.data import synthetic
 from uniter_jax.data.errors import DataError
 from uniter_jax.model import UniterForPretraining, get_params
+from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.train import evaluate, inputs, loop
 from uniter_jax.train.checkpoint import CheckpointError
+from uniter_jax.train.pretrain import pretraining_job
+from uniter_jax.train.state import initial_params
 from uniter_jax.train.step import TRACES
 
 
@@ -56,14 +59,14 @@ def history(workdir):
 def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
     config = small_config(world)
     traces = TRACES.copy()
-    whole = loop.train(config, str(tmp_path / "whole"))
+    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
     assert whole["status"] == "finished" and whole["step"] == 8
 
     split = str(tmp_path / "split")
-    first = loop.train(config, split, on_step=interrupt_at_2)
+    first = loop.train(config, split, pretraining_job, on_step=interrupt_at_2)
     assert first["status"] == "preempted" and first["step"] == 3
     assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == ["3"]
-    second = loop.train(config, split)
+    second = loop.train(config, split, pretraining_job)
     assert second["status"] == "finished" and second["step"] == 8
 
     a, b = saved_state(tmp_path / "whole", 8), saved_state(split, 8)
@@ -92,7 +95,7 @@ def test_sigterm_during_validation_ends_it_saves_and_resumes_exactly(world, tmp_
     resumed run ends where an uninterrupted one does."""
     config = small_config(world)
     config.eval.num_batches = 3
-    whole = loop.train(config, str(tmp_path / "whole"))
+    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
     calls = []
     real_step = evaluate.eval_step
 
@@ -104,13 +107,13 @@ def test_sigterm_during_validation_ends_it_saves_and_resumes_exactly(world, tmp_
 
     monkeypatch.setattr(evaluate, "eval_step", signalled_step)
     split = str(tmp_path / "split")
-    first = loop.train(config, split)
+    first = loop.train(config, split, pretraining_job)
     assert first["status"] == "preempted" and first["step"] == 4  # the first validation step
     assert first["validation"] == {}
     assert len(calls) == len(evaluate.eval_tasks(True))  # one batch of the three, then stop
     assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == ["4"]
     monkeypatch.undo()
-    second = loop.train(config, split)
+    second = loop.train(config, split, pretraining_job)
     assert second["status"] == "finished" and second["step"] == 8
     assert_trees_equal(saved_state(split, 8), saved_state(tmp_path / "whole", 8))
     assert second["validation"] == whole["validation"]
@@ -123,11 +126,11 @@ def test_a_checkpoint_from_one_mesh_resumes_under_another(world, tmp_path):
     config = small_config(world)
     config.eval.every_steps = 0
     config.mesh.shape = {"data": 8, "fsdp": 1, "tensor": 1}
-    whole = loop.train(config, str(tmp_path / "whole"))
+    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
     split = str(tmp_path / "split")
-    assert loop.train(config, split, on_step=interrupt_at_2)["step"] == 3
+    assert loop.train(config, split, pretraining_job, on_step=interrupt_at_2)["step"] == 3
     config.mesh.shape = {"data": 1, "fsdp": 2, "tensor": 4}
-    second = loop.train(config, split)
+    second = loop.train(config, split, pretraining_job)
     assert second["status"] == whole["status"] == "finished" and second["step"] == 8
 
     a, b = saved_state(tmp_path / "whole", 8), saved_state(split, 8)
@@ -155,7 +158,7 @@ def test_non_finite_loss_stops_naming_step_and_task(world, tmp_path, monkeypatch
     monkeypatch.setattr(loop, "train_step", poisoned)
     config = small_config(world)
     with pytest.raises(loop.NonFiniteError, match=r"at step 6 \(task \w+\).*checkpoint is step 4"):
-        loop.train(config, str(tmp_path))
+        loop.train(config, str(tmp_path), pretraining_job)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
 
 
@@ -165,15 +168,15 @@ def test_init_from_a_parameter_checkpoint(world, tmp_path):
     other = get_params(UniterForPretraining(model_cfg, __import__("flax").nnx.Rngs(7)))
     partial = {"uniter": {k: other["uniter"][k] for k in ("embeddings", "encoder")}}
     param_checkpoint.save(str(tmp_path / "ckpt"), partial, model_cfg)
-    params = loop.initial_params(model_cfg, 0, str(tmp_path / "ckpt"))
-    fresh = loop.initial_params(model_cfg, 0, "")
+    params = initial_params(model_cfg, 0, str(tmp_path / "ckpt"), objective=PRETRAINING)
+    fresh = initial_params(model_cfg, 0, "", objective=PRETRAINING)
     np.testing.assert_array_equal(
         params["uniter"]["encoder"]["layers"]["output"]["kernel"],
         other["uniter"]["encoder"]["layers"]["output"]["kernel"],
     )
     np.testing.assert_array_equal(params["itm"]["dense"]["kernel"], fresh["itm"]["dense"]["kernel"])
     with pytest.raises(FileNotFoundError, match="init_from"):
-        loop.initial_params(model_cfg, 0, str(tmp_path / "nothing"))
+        initial_params(model_cfg, 0, str(tmp_path / "nothing"), objective=PRETRAINING)
 
 
 def test_init_from_a_bert_file_loads_the_text_stack(world, tmp_path):
@@ -192,7 +195,7 @@ def test_init_from_a_bert_file_loads_the_text_stack(world, tmp_path):
     )
     path = tmp_path / "bert.bin"
     torch.save(bert.state_dict(), path)
-    params = loop.initial_params(model_cfg, 0, str(path))
+    params = initial_params(model_cfg, 0, str(path), objective=PRETRAINING)
     np.testing.assert_array_equal(
         params["uniter"]["embeddings"]["word"]["embedding"],
         bert.embeddings.word_embeddings.weight.detach().numpy(),
@@ -201,7 +204,7 @@ def test_init_from_a_bert_file_loads_the_text_stack(world, tmp_path):
         params["uniter"]["encoder"]["layers"]["attention"]["query"]["kernel"][1],
         bert.encoder.layer[1].attention.self.query.weight.detach().numpy().T,
     )
-    fresh = loop.initial_params(model_cfg, 0, "")
+    fresh = initial_params(model_cfg, 0, "", objective=PRETRAINING)
     np.testing.assert_array_equal(  # the image embedder is not in a BERT file
         params["uniter"]["img_embeddings"]["img_linear"]["kernel"],
         fresh["uniter"]["img_embeddings"]["img_linear"]["kernel"],
@@ -218,16 +221,16 @@ def test_unreadable_checkpoints_are_named_moved_aside_and_the_previous_one_used(
     config = small_config(world)
     config.optim.total_steps = 12
     config.eval.every_steps = 0
-    whole = loop.train(config, str(tmp_path / "whole"))
+    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
     split = str(tmp_path / "split")
-    first = loop.train(config, split, on_step=interrupt_at_8)
+    first = loop.train(config, split, pretraining_job, on_step=interrupt_at_8)
     assert first["status"] == "preempted"
     checkpoints = os.path.join(split, "checkpoints")
     assert sorted(os.listdir(checkpoints), key=int) == ["4", "8", "9"]
     truncate_arrays(os.path.join(checkpoints, "9"))  # truncated array files
     with open(os.path.join(checkpoints, "8", "meta", "metadata"), "w") as f:
         f.write('{"key": [0,')  # a cut-off JSON file
-    second = loop.train(config, split)
+    second = loop.train(config, split, pretraining_job)
     assert second["status"] == "finished" and second["step"] == 12
     assert {"8.unreadable", "9.unreadable"} <= set(os.listdir(checkpoints))
     assert_trees_equal(saved_state(split, 12), saved_state(tmp_path / "whole", 12))
@@ -239,7 +242,7 @@ def test_unreadable_checkpoints_are_named_moved_aside_and_the_previous_one_used(
             truncate_arrays(os.path.join(checkpoints, step))
     config.optim.total_steps = 16
     with pytest.raises(CheckpointError, match=r"no checkpoint could be read") as error:
-        loop.train(config, split)
+        loop.train(config, split, pretraining_job)
     assert os.path.join(checkpoints, "12") in str(error.value)
 
 
@@ -262,6 +265,6 @@ def test_a_region_blob_deleted_mid_run_stops_it_naming_the_file(tmp_path):
             shutil.rmtree(regions)
 
     with pytest.raises(DataError, match=r"reading region blobs failed") as error:
-        loop.train(config, str(tmp_path / "run"), on_step=delete_blobs)
+        loop.train(config, str(tmp_path / "run"), pretraining_job, on_step=delete_blobs)
     message = str(error.value)
     assert world["images"] in message and ".rgn" in message, message

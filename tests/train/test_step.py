@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from batches import random_batch
 from flax import nnx
 
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
@@ -21,18 +22,20 @@ SETTINGS = StepSettings(
 
 
 def make_batch(seed=0):
-    rng = np.random.default_rng(seed)
-    b, lt, nr = 4, 8, 5
-    ids = rng.integers(104, 150, (b, lt)).astype(np.int32)
-    ids[:, 0], ids[:, -1] = 101, 102
-    return {
-        "input_ids": ids,
-        "text_mask": np.ones((b, lt), np.int32),
-        "img_feat": rng.normal(size=(b, nr, MODEL.img_dim)).astype(np.float32),
-        "img_pos": rng.uniform(size=(b, nr, 7)).astype(np.float32),
-        "img_mask": np.ones((b, nr), np.int32),
-        "itm_label": np.ones(b, np.int32),
-    }
+    """4 matched pairs of 8 tokens and 5 regions, all of them valid."""
+    batch = random_batch(
+        seed,
+        [8] * 4,
+        [5] * 4,
+        text=8,
+        regions=5,
+        img_dim=MODEL.img_dim,
+        ids=(104, 150),
+        cls_id=101,
+        sep_id=102,
+    )
+    batch["itm_label"] = np.ones(4, np.int32)
+    return batch
 
 
 def fresh_state(settings=SETTINGS):
@@ -82,15 +85,16 @@ def test_step_applies_the_optimiser_to_its_gradient(accumulation):
     optimizer = make_optimizer(settings.optim)
     params, opt_state = copy(state["params"]), copy(state["opt_state"])
     initial = params
+
+    def loss(p, batch, mask_key, dropout_key):
+        model = bind(MODEL, p, settings.tasks)
+        return settings.tasks.loss("mlm", model, batch, mask_key, dropout_key)[0]
+
+    gradient = jax.jit(jax.grad(loss))  # compiled once, for every step
     for step in range(2 * accumulation):
         batch = jax.tree.map(jnp.asarray, make_batch(step))
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(key, step))
-
-        def loss(p, batch=batch, mask_key=mask_key, dropout_key=dropout_key):
-            model = bind(MODEL, p, settings.tasks)
-            return settings.tasks.loss("mlm", model, batch, mask_key, dropout_key)[0]
-
-        grads = jax.jit(jax.grad(loss))(params)
+        grads = gradient(params, batch, mask_key, dropout_key)
         assert float(optax.tree.norm(grads)) > 10 * settings.optim.clip_norm
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

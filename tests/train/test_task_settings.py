@@ -4,7 +4,7 @@ import pytest
 
 from configs.pretrain import get_config
 from uniter_jax.train.inputs import task_settings
-from uniter_jax.train.loop import mix_schedule
+from uniter_jax.train.job import mix_schedule
 
 VOCAB = {"mask_id": 103, "cls_id": 101, "sep_id": 102, "pad_id": 0, "random_range": [999, 28996]}
 

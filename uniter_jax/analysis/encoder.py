@@ -16,8 +16,9 @@ from flax import nnx
 
 from uniter_jax import param_checkpoint
 from uniter_jax.analysis.example import Example, model_inputs
+from uniter_jax.convert.pytorch import import_checkpoint
 from uniter_jax.model import Uniter, UniterConfig, get_params, set_params
-from uniter_jax.objectives.wra import alignment
+from uniter_jax.objectives.wra import WraSettings, alignment
 
 
 def load_encoder(path: str, config: UniterConfig | None = None) -> Uniter:
@@ -31,8 +32,6 @@ def load_encoder(path: str, config: UniterConfig | None = None) -> Uniter:
     elif os.path.isfile(path):
         if config is None:
             raise ValueError(f"{path}: a PyTorch file needs the model config (JSON or preset)")
-        from uniter_jax.convert.pytorch import import_checkpoint
-
         loaded, config, _ = import_checkpoint(path, config, drop_unknown=True, sizes_from_file=True)
     else:
         raise FileNotFoundError(f"no checkpoint file or folder at {path}")
@@ -92,19 +91,17 @@ def iter_inspect(
             yield Inspection(e, att.astype(np.float32), hidden[b, keep].astype(np.float32))
 
 
-def transport_plan(
-    inspection: Inspection, *, epsilon: float = 0.1, iterations: int = 50
-) -> np.ndarray:
+def transport_plan(inspection: Inspection, settings: WraSettings | None = None) -> np.ndarray:
     """The WRA plan `[Lt, Nr]` between the example's final word and region
-    states, computed as in pretraining (cosine cost, uniform marginals,
-    Sinkhorn); each row sums to `1 / Lt`, each column to `1 / Nr`."""
+    states, computed as in pretraining (cosine cost, uniform marginals, the
+    run's solver: pass its `TaskSettings.wra`); each row sums to `1 / Lt`,
+    each column to `1 / Nr`."""
     text, regions = jnp.asarray(inspection.text_hidden), jnp.asarray(inspection.region_hidden)
     _, plan = alignment(
         text,
         jnp.ones(text.shape[0]),
         regions,
         jnp.ones(regions.shape[0]),
-        epsilon=epsilon,
-        iterations=iterations,
+        settings or WraSettings(),
     )
     return np.asarray(plan)

@@ -55,10 +55,7 @@ def _scores(model: UniterForPretraining, batch: dict, wra: TaskSettings | None) 
             batch["text_mask"],
             sequence[:, text_len:].astype(jnp.float32),
             batch["img_mask"],
-            epsilon=wra.wra_epsilon,
-            iterations=wra.wra_iterations,
-            solver=wra.wra_solver,
-            beta=wra.wra_beta,
+            wra.wra,
         )
     return out
 

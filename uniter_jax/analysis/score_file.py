@@ -34,7 +34,7 @@ from uniter_jax.data.text_store import TextStore
 from uniter_jax.model.pretraining import UniterForPretraining, set_params
 from uniter_jax.sharding import Layout, to_host
 from uniter_jax.train import inputs
-from uniter_jax.train.loop import optim_settings
+from uniter_jax.train.state import optim_settings
 from uniter_jax.train.step import StepSettings
 from uniter_jax.train.trained import trained_params
 
@@ -102,6 +102,7 @@ def run_score(
         workdir,
         settings,
         Layout.single_device(),
+        settings.tasks,
         require=("itm",),
         hint="score with a pretrained model (a pretraining workdir, or config.init_from)",
     )

@@ -34,7 +34,8 @@ def default_buckets(
     """Shapes for COCO-like data (captions 8-30 tokens, 10-100 regions).
 
     Two text lengths times six region counts, plus the largest shape for long
-    texts: about 14% padding on that mix (`benchmarks/input_pipeline.py`).
+    texts, within the 15% padding target on that mix (measured by
+    `benchmarks/input_pipeline.py`, docs/benchmarks.md).
     Batch sizes follow a position budget, `global_batch` examples of the
     largest shape, rounded down to a `multiple` (make it divisible by the number
     of hosts and data-parallel devices): each step costs about the same.
@@ -81,8 +82,8 @@ def choose_buckets(
     regions: np.ndarray,
     *,
     global_batch: int,
-    max_buckets: int = 4,
-    target_padding: float = 0.15,
+    max_buckets: int,
+    target_padding: float,
     text_multiple: int = 8,
     region_multiple: int = 4,
     batch_multiple: int = 8,

@@ -1,9 +1,10 @@
 """Per-image region data: validation, 7-d box features, region selection.
 
-REFERENCE.md sections 1 and 7: boxes are `[x1, y1, x2, y2]` in pixels; the box
-feature is `[x1/W, y1/H, x2/W, y2/H, w/W, h/H, (w/W)*(h/H)]`; the original
-keeps the first `clip(#(conf > conf_th), min_bb, max_bb)` regions, sorted by
-detector confidence.
+From docs/original.md, Image embedder and Region features: boxes are
+`[x1, y1, x2, y2]` in pixels; the box feature is
+`[x1/W, y1/H, x2/W, y2/H, w/W, h/H, (w/W)*(h/H)]`; the original keeps the
+first `clip(#(conf > conf_th), min_bb, max_bb)` regions, sorted by detector
+confidence.
 """
 
 from __future__ import annotations

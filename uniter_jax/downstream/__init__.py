@@ -1,1 +1,1 @@
-"""Fine-tuning and evaluation on the downstream tasks of REFERENCE.md section 4."""
+"""Fine-tuning and evaluation on the downstream tasks (docs/original.md, Downstream tasks)."""

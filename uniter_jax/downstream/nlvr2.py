@@ -4,7 +4,7 @@ Batches come from a grouped store (uniter_jax/data/convert/nlvr2.py): each
 statement is two consecutive rows, with its left and its right image. The
 left image's regions have segment type 1, the right's type 2 (a third
 segment embedding, started from the pretrained image type; see
-`param_checkpoint.overlay`). Variants (REFERENCE.md section 4):
+`param_checkpoint.overlay`). Variants (docs/original.md, NLVR2):
   pair       each row encoded alone; the two pooled outputs concatenated,
              `dense 2H -> 2`.
   triplet    one sequence `[CLS] text [SEP] left regions right regions`;
@@ -30,17 +30,18 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.downstream.prediction import predict_examples
+from uniter_jax.downstream.task import DownstreamObjective, scored_by, written_by
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.config import ConfigError
+from uniter_jax.model.inputs import MODEL_INPUTS
 from uniter_jax.model.layers import SelfAttention, attention_bias, dense, dropout, split_key
 from uniter_jax.objectives import losses
-from uniter_jax.objectives.tasks import MODEL_INPUTS
 from uniter_jax.sharding import CLASSES, EMBED
 
 INPUTS = (*MODEL_INPUTS, "valid")
 VARIANTS = ("pair", "triplet", "pair-attn")
 GROUP_SIZE = 2
-RESULTS_FORMAT = "csv"
 _MASKED = -1e4  # attention-pooling score of padding, as the original
 
 
@@ -101,7 +102,7 @@ def _linear(in_features: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class Nlvr2:
+class Nlvr2(DownstreamObjective):
     """The NLVR2 objective (a step's `Objective`), one of `VARIANTS`."""
 
     variant: str = "pair"
@@ -204,10 +205,18 @@ def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, floa
     return {"accuracy": metrics.accuracy(outputs["label"][0::2], texts.arrays["label"][0::2])}
 
 
-def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
+def _write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
     """`identifier,prediction` lines, as the NLVR2 evaluation script reads them."""
     lines = [
         f"{str(t).rsplit('#', 1)[0]},{'True' if p else 'False'}"
         for t, p in zip(texts.text_ids[0::2], outputs["label"][0::2], strict=True)
     ]
     epath.Path(path).write_text("\n".join(lines) + "\n")
+
+
+# The module's `DownstreamTask` interface (uniter_jax/downstream/task.py).
+SUBTASKS = {"nlvr2": ""}
+RESULTS_FORMAT = "csv"
+predict = predict_examples
+score = scored_by(evaluate)
+write_results = written_by(_write_results)

@@ -25,17 +25,19 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.downstream.prediction import predict_examples
+from uniter_jax.downstream.task import DownstreamObjective, scored_by, written_by
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import RegionScoreHead
+from uniter_jax.model.inputs import MODEL_INPUTS, encode
 from uniter_jax.objectives import losses
-from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
 
 INPUTS = (*MODEL_INPUTS, "valid")
 _MASKED = -1e9  # the score of padded regions: never chosen, no softmax mass
 
 
 @dataclasses.dataclass(frozen=True)
-class ReferringExpressions:
+class ReferringExpressions(DownstreamObjective):
     """The referring-expression objective (a step's `Objective`)."""
 
     head_groups: tuple[str, ...] = ("refexp",)
@@ -98,7 +100,7 @@ def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, floa
     }
 
 
-def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
+def _write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
     """The original's results file: sentence id -> `{"pred_box", "tgt_box"}`, each
     `[x, y, w, h]` in pixels (normalised units for stores written before the
     converters kept the image size)."""
@@ -122,3 +124,11 @@ def _xywh(box: np.ndarray) -> list[float]:
 def _sent_id(text_id: str) -> str:
     """The sentence id of a text id `"<ref_id>-<sent_id>"`."""
     return str(text_id).rsplit("-", 1)[-1]
+
+
+# The module's `DownstreamTask` interface (uniter_jax/downstream/task.py).
+SUBTASKS = {"refexp": ""}
+RESULTS_FORMAT = "json"
+predict = predict_examples
+score = scored_by(evaluate)
+write_results = written_by(_write_results)

@@ -1,4 +1,4 @@
-"""VCR: multiple choice Q->A, QA->R and their product Q->AR (REFERENCE.md section 4).
+"""VCR: multiple choice Q->A, QA->R and their product Q->AR (docs/original.md, VCR).
 
 Two grouped stores (uniter_jax/data/convert/vcr.py), four candidates per
 question: `vcr_qa` rows are `question [SEP] answer k`, `vcr_qar` rows are
@@ -28,19 +28,22 @@ from flax import nnx
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.downstream.prediction import predict_examples
+from uniter_jax.downstream.task import DownstreamObjective
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import ClassifierHead
+from uniter_jax.model.inputs import MODEL_INPUTS, encode
 from uniter_jax.objectives import losses
-from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
 
 INPUTS = (*MODEL_INPUTS, "valid")
 GROUP_SIZE = 4
 # The two stores trained together: sub-task -> suffix of its `data.*_texts` fields.
 SUBTASKS = {"vcr_qa": "", "vcr_qar": "_qar"}
+RESULTS_FORMAT = "json"
 
 
 @dataclasses.dataclass(frozen=True)
-class Vcr:
+class Vcr(DownstreamObjective):
     """The VCR objective (a step's `Objective`), for both sub-tasks."""
 
     head_groups: tuple[str, ...] = ("vcr",)
@@ -103,7 +106,7 @@ def _annot_ids(texts: TextStore) -> np.ndarray:
     return np.array([str(t).split("#", 1)[0] for t in texts.text_ids[::GROUP_SIZE]])
 
 
-def evaluate_joint(
+def score(
     outputs: dict[str, dict[str, np.ndarray]], texts: dict[str, TextStore]
 ) -> dict[str, float]:
     """Q->A, QA->R and Q->AR accuracy over labelled questions."""
@@ -124,7 +127,7 @@ def evaluate_joint(
     return out
 
 
-def write_results_joint(
+def write_results(
     outputs: dict[str, dict[str, np.ndarray]], texts: dict[str, TextStore], path: str
 ) -> None:
     """`[{"annot_id", "answer", "rationale"}]`: the chosen answer, and the chosen
@@ -212,3 +215,6 @@ def _annotation_number(annot_id: str) -> tuple:
     """`"test-12"` -> (12, ...): the leaderboard file's row order."""
     tail = str(annot_id).rsplit("-", 1)[-1]
     return (int(tail), annot_id) if tail.isdigit() else (float("inf"), annot_id)
+
+
+predict = predict_examples  # the module's `DownstreamTask` interface (downstream/task.py)

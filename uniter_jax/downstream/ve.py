@@ -22,16 +22,18 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.downstream.prediction import predict_examples
+from uniter_jax.downstream.task import DownstreamObjective, scored_by, written_by
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import ClassifierHead
+from uniter_jax.model.inputs import MODEL_INPUTS, encode
 from uniter_jax.objectives import losses
-from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
 
 INPUTS = (*MODEL_INPUTS, "valid")
 
 
 @dataclasses.dataclass(frozen=True)
-class VisualEntailment:
+class VisualEntailment(DownstreamObjective):
     """The SNLI-VE objective (a step's `Objective`)."""
 
     head_groups: tuple[str, ...] = ("ve",)
@@ -74,9 +76,17 @@ def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, floa
     return {"accuracy": metrics.accuracy(outputs["label"], texts.arrays["label"])}
 
 
-def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
+def _write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
     """The original's results file: one JSON object, pair id -> predicted label."""
     results = {
         str(t): LABELS[int(p)] for t, p in zip(texts.text_ids, outputs["label"], strict=True)
     }
     epath.Path(path).write_text(json.dumps(results))  # local or gs://
+
+
+# The module's `DownstreamTask` interface (uniter_jax/downstream/task.py).
+SUBTASKS = {"ve": ""}
+RESULTS_FORMAT = "json"
+predict = predict_examples
+score = scored_by(evaluate)
+write_results = written_by(_write_results)

@@ -1,4 +1,4 @@
-"""VQA v2: a 3129-way answer classifier on the pooled output (REFERENCE.md section 4).
+"""VQA v2: a 3129-way answer classifier on the pooled output (docs/original.md, VQA).
 
 Loss: binary cross-entropy against the human answers' soft scores, summed
 over answers and averaged over questions (the original's mean-BCE times the
@@ -24,15 +24,17 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import metrics
 from uniter_jax.downstream.model import UniterWithHead
+from uniter_jax.downstream.prediction import predict_examples
+from uniter_jax.downstream.task import DownstreamObjective, scored_by, written_by
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.heads import ClassifierHead
-from uniter_jax.objectives.tasks import MODEL_INPUTS, encode
+from uniter_jax.model.inputs import MODEL_INPUTS, encode
 
 INPUTS = (*MODEL_INPUTS, "valid")
 
 
 @dataclasses.dataclass(frozen=True)
-class Vqa:
+class Vqa(DownstreamObjective):
     """The VQA objective (a step's `Objective`)."""
 
     num_answers: int = 3129
@@ -125,7 +127,7 @@ def evaluate(outputs: dict[str, np.ndarray], texts: TextStore) -> dict[str, floa
     return {"accuracy": metrics.vqa_accuracy(outputs["answer"], *answer_credits(texts))}
 
 
-def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
+def _write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -> None:
     """The official results file: `[{"question_id", "answer"}]`."""
     vocab = answer_vocab(texts)
     results = [
@@ -137,3 +139,11 @@ def write_results(outputs: dict[str, np.ndarray], texts: TextStore, path: str) -
 
 def _question_id(text_id: str) -> int | str:
     return int(text_id) if str(text_id).isdigit() else str(text_id)
+
+
+# The module's `DownstreamTask` interface (uniter_jax/downstream/task.py).
+SUBTASKS = {"vqa": ""}
+RESULTS_FORMAT = "json"
+predict = predict_examples
+score = scored_by(evaluate)
+write_results = written_by(_write_results)

@@ -1,4 +1,4 @@
-"""Text and image embedders (REFERENCE.md section 1).
+"""Text and image embedders (docs/original.md, Model).
 
 Text: word + position + token type, LayerNorm, dropout (BERT's).
 Regions: `LN(W_img f + b) + LN(W_pos p + b) + token_type[1]`, LayerNorm,
@@ -70,11 +70,12 @@ class TextEmbeddings(nnx.Module):
 
         A one-hot product in fp32 rather than a gather: the table has a few
         rows, and a gather's gradient adds every position into one of them.
-        As a scatter-add that ran in the compute dtype (bf16: the sum of 25600
-        region positions rounded at every step) and, on a GPU, as atomic adds
-        into one row: 200 of the 326 ms of a base ITM step at batch 256 x 162
-        on an H200. The product's gradient is a matmul over the positions,
-        accumulated in fp32. Ids outside `[0, type_vocab_size)` give zeros.
+        As a scatter-add that ran in the compute dtype (in bf16, a sum over
+        every region position of the batch, rounded at each addition) and, on
+        a GPU, as atomic adds into one row, which took most of a base step
+        (docs/benchmarks.md, "Type-embedding gradient"). The product's
+        gradient is a matmul over the positions, accumulated in fp32. Ids
+        outside `[0, type_vocab_size)` give zeros.
         """
         table = self.token_type.embedding[...]
         one_hot = jax.nn.one_hot(type_ids, table.shape[0], dtype=jnp.float32)

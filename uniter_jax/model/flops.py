@@ -38,7 +38,7 @@ def head_flops(
     batch: int,
     text: int,
     regions: int,
-    mask_prob: float = 0.15,
+    mask_prob: float,
 ) -> float:
     """Forward FLOPs of a pretraining task's head. ITM: the pooler, the 2-way
     classifier and the WRA cosine cost; the masked tasks: the transform and
@@ -59,7 +59,7 @@ def train_step_flops(
     batch: int,
     text: int,
     regions: int,
-    mask_prob: float = 0.15,
+    mask_prob: float,
 ) -> float:
     """FLOPs of one train step of `task`: three forwards."""
     forward = encoder_flops(config, batch, text, regions)

@@ -1,4 +1,4 @@
-"""Pretraining heads (REFERENCE.md section 1): MLM, MRFR, MRC and ITM.
+"""Pretraining heads (docs/original.md, Pretraining heads): MLM, MRFR, MRC and ITM.
 
 MLM and MRFR reuse encoder weights (the word-embedding table, the image
 linear layer's weight); they receive those arrays at call time, so the tie is
@@ -87,7 +87,7 @@ class ClassifierHead(nnx.Module):
     """The downstream answer classifier (VQA, SNLI-VE): `[B, H]` -> `[B, n]` fp32.
 
     `dense H->2H, GELU, LayerNorm, dense 2H->n` on the pooled output
-    (REFERENCE.md section 4).
+    (docs/original.md, VQA).
     """
 
     def __init__(

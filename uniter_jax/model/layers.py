@@ -29,11 +29,11 @@ def gelu(x: jax.Array) -> jax.Array:
 
     Written with `erf`, as PyTorch computes it, rather than
     `jax.nn.gelu(approximate=False)`, which uses `erfc`: XLA:CPU evaluates
-    `erfc` through an exponential and range selects, and a base layer's GELU
-    took 7.7 ms forward and 9.1 ms backward that way against 1.0 and 5.6 ms
-    with `erf`. Both are within 1.1e-6 of a float64 GELU. Computed in fp32
-    and rounded to the input's dtype, as PyTorch does: in bf16, `1 + erf`
-    cancels to 0 below x = -3.1.
+    `erfc` through an exponential and range selects, which is slower, the
+    forward most of all (docs/benchmarks.md, "GELU through `erf`"). Both are
+    within 1.1e-6 of a float64 GELU. Computed in fp32 and rounded to the
+    input's dtype, as PyTorch does: in bf16, `1 + erf` cancels to 0 below
+    x = -3.1.
     """
     wide = x.astype(jnp.float32)
     return (0.5 * wide * (1.0 + jax.lax.erf(wide * (1.0 / math.sqrt(2.0))))).astype(x.dtype)
@@ -41,10 +41,11 @@ def gelu(x: jax.Array) -> jax.Array:
 
 # Dropout masks come from a counter-based hash, not from `jax.random`: each
 # element's 32-bit draw is a bijective integer mix of its global index and a
-# per-call seed (two words drawn from `key` by threefry). It costs about a
-# tenth of `jax.random.bits`, which made the masks 5-7% of a base train step
-# on a CPU; and because it depends only on the global index, the masks are
-# the same on every mesh and sharding, like threefry's partitionable mode.
+# per-call seed (two words drawn from `key` by threefry). It costs a small
+# fraction of `jax.random.bits`, whose masks were a visible share of a CPU
+# train step (docs/benchmarks.md, "Dropout masks from a hash"); and because
+# it depends only on the global index, the masks are the same on every mesh
+# and sharding, like threefry's partitionable mode.
 # The drop probability is `rate` rounded to a multiple of 2^-32.
 _DRAW_LEVELS = 1 << 32
 
@@ -131,9 +132,8 @@ def linear(x: jax.Array, kernel: jax.Array, wide: bool) -> jax.Array:
     positions, `x.reshape(-1, in).T @ dy.reshape(-1, out)`. Differentiating
     the einsum gives the same contraction over the leading axes, but XLA:CPU
     then wrote each producer of `dy` (LayerNorm's and dropout's backward, for
-    example) transposed, a strided pass over the whole activation: one base
-    layer's forward and backward took 247-250 ms that way against 223-228.
-    Reverse mode only.
+    example) transposed, a strided pass over the whole activation
+    (docs/benchmarks.md, "The dense layers' own backward"). Reverse mode only.
     """
     if x.dtype != kernel.dtype:
         raise TypeError(f"linear: input is {x.dtype} and kernel {kernel.dtype}, not one dtype")
@@ -162,10 +162,10 @@ class Dense(nnx.Linear):
 
     The bias's gradient is the sum of the output's gradient over every
     position of the batch. `nnx.Linear` adds a bias cast to the compute dtype,
-    so in bf16 that sum ran in bf16: 4% off an fp32 run over 41472 positions
-    (base, batch 256 x 162). Here it runs in fp32, as PyTorch's autocast
-    accumulates it; the matmuls, forward and backward, stay in the compute
-    dtype.
+    so in bf16 that sum ran in bf16 and lost precision over a large batch's
+    positions (docs/benchmarks.md, GPU section). Here it runs in fp32, as
+    PyTorch's autocast accumulates it; the matmuls, forward and backward, stay
+    in the compute dtype.
     """
 
     def __call__(self, inputs: jax.Array) -> jax.Array:

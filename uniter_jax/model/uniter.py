@@ -83,8 +83,8 @@ def unstack_layers(tree, num_layers: int) -> list:
 
     One `split` per array rather than `a[i]` per layer: the gradient of a split
     is one concatenation, while the gradient of each `a[i]` is a zero-padded
-    copy of the whole stack, and XLA summed twelve of them. The unrolled base
-    ITM step on a CPU took 3.41 s against 3.47 (median of 10, interleaved).
+    copy of the whole stack, and XLA summed twelve of them
+    (docs/benchmarks.md, "Per-layer parameters by one split").
     """
     leaves, treedef = jax.tree.flatten(tree)
     pieces = [jnp.split(leaf, num_layers) for leaf in leaves]

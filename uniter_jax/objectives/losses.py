@@ -1,8 +1,8 @@
 """Pretraining losses as pure `(prediction, target, weights) -> (sum, count)` functions.
 
 Returning sums and counts lets steps, devices and accumulation add them up
-before the one division; a task's loss is `sum / count` (REFERENCE.md
-section 2 defines each mean). All math is fp32.
+before the one division; a task's loss is `sum / count` (docs/original.md,
+Pretraining tasks, defines each mean). All math is fp32.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MLM and MRM masking inside the jitted step (REFERENCE.md section 2).
+"""MLM and MRM masking inside the jitted step (docs/original.md, Masking).
 
 Conditional masking: a step masks one modality and leaves the other intact;
 these functions only produce the masks, the task decides which one it uses.
@@ -18,7 +18,7 @@ def mlm_mask(
     mask_id: int,
     random_range: tuple[int, int],
     special_ids: tuple[int, ...],
-    prob: float = 0.15,
+    prob: float,
 ) -> tuple[jax.Array, jax.Array]:
     """Chooses tokens for masked language modelling.
 
@@ -50,7 +50,7 @@ def mlm_mask(
     return jnp.where(chosen, replaced, input_ids), chosen
 
 
-def mrm_mask(key: jax.Array, img_mask: jax.Array, *, prob: float = 0.15) -> jax.Array:
+def mrm_mask(key: jax.Array, img_mask: jax.Array, *, prob: float) -> jax.Array:
     """`[B, N]` bool: regions chosen for masked region modelling.
 
     Each real region is chosen with `prob`; an example with none chosen gets

@@ -1,4 +1,4 @@
-"""The pretraining tasks (REFERENCE.md section 2) and how steps choose among them.
+"""The pretraining tasks (docs/original.md, Pretraining tasks) and how steps choose among them.
 
 Each task maps `(model, batch, keys)` to a scalar training loss and metrics as
 `(sum, count)` pairs. Masked tasks run their heads only on the masked
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +22,15 @@ from flax import nnx
 
 from uniter_jax.model import UniterConfig, UniterForPretraining
 from uniter_jax.model.config import ConfigError
+from uniter_jax.model.inputs import MODEL_INPUTS, encode
 from uniter_jax.objectives import losses
 from uniter_jax.objectives.masking import gather_chosen, mlm_mask, mrm_mask
-from uniter_jax.objectives.wra import SOLVERS, wra_distance, wra_loss
+from uniter_jax.objectives.wra import SOLVERS, WraSettings, wra_distance, wra_loss
+from uniter_jax.seeds import task_draw
 
 TASKS = ("itm", "mlm", "mrfr", "mrc", "mrc_kl")
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-# What the encoder reads from a batch (`encode`), and what pretraining steps read.
-MODEL_INPUTS = ("input_ids", "text_mask", "img_feat", "img_pos", "img_mask")
+# What pretraining steps read.
 INPUT_FIELDS = (*MODEL_INPUTS, "itm_label")
 
 
@@ -42,10 +44,11 @@ class TaskSettings:
     mask_prob: float = 0.15  # MLM and MRM selection probability
     gather_sigmas: float = 5.0  # gather room: expected masked count + this many std devs
     wra_weight: float = 0.1  # ITM loss + wra_weight * WRA loss
-    wra_solver: str = "sinkhorn"  # the WRA plan: sinkhorn | ipot (the original's)
-    wra_epsilon: float = 0.1  # Sinkhorn entropic regularisation
-    wra_beta: float = 0.5  # IPOT proximal step (the original's 0.5)
-    wra_iterations: int = 50  # solver iterations (fixed)
+    # The WRA plan's solver and its settings (`WraSettings`, their one source).
+    wra_solver: str = WraSettings.solver
+    wra_epsilon: float = WraSettings.epsilon
+    wra_beta: float = WraSettings.beta
+    wra_iterations: int = WraSettings.iterations
 
     def __post_init__(self):
         problems = []
@@ -55,6 +58,8 @@ class TaskSettings:
             problems.append(
                 f"tasks.gather_sigmas must be finite and >= 0, got {self.gather_sigmas}"
             )
+        if not 0.0 <= self.wra_weight < math.inf:
+            problems.append(f"tasks.wra_weight must be finite and >= 0, got {self.wra_weight}")
         if not self.wra_epsilon > 0.0:
             problems.append(f"tasks.wra_epsilon must be > 0, got {self.wra_epsilon}")
         if self.wra_solver not in SOLVERS:
@@ -66,7 +71,14 @@ class TaskSettings:
         if problems:
             raise ConfigError("; ".join(problems))
 
-    # The step's `Objective` interface (uniter_jax/train/step.py).
+    @property
+    def wra(self) -> WraSettings:
+        return WraSettings(self.wra_solver, self.wra_epsilon, self.wra_beta, self.wra_iterations)
+
+    # The step's `Objective` interface (uniter_jax/train/step.py). The heads are
+    # part of a pretrained checkpoint: none is added fresh.
+    head_groups: ClassVar[tuple[str, ...]] = ()
+
     def build(self, config: UniterConfig, rngs: nnx.Rngs) -> UniterForPretraining:
         return UniterForPretraining(config, rngs)
 
@@ -75,6 +87,21 @@ class TaskSettings:
 
     def fields(self, task: str) -> tuple[str, ...]:
         return batch_fields(task)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingModel:
+    """The pretraining model without its task settings: it builds
+    `UniterForPretraining` and names the tasks' batch fields, as `TaskSettings`
+    does, for code that needs the model's parameters or inputs but no loss
+    (initialisation, scoring, parameter counts, benchmarks)."""
+
+    head_groups: ClassVar[tuple[str, ...]] = ()
+    build = TaskSettings.build
+    fields = TaskSettings.fields
+
+
+PRETRAINING = PretrainingModel()
 
 
 def max_masked(batch: int, length: int, prob: float, sigmas: float) -> int:
@@ -104,13 +131,6 @@ def masked_count_moments(length: int, prob: float) -> tuple[float, float]:
     mean = length * prob + none
     var = length * prob * (1.0 - prob) + none * (1.0 - none - 2.0 * length * prob)
     return mean, max(var, 0.0)
-
-
-def encode(model, batch: Mapping[str, jax.Array], dropout_key, **overrides) -> jax.Array:
-    """The sequence output `[B, Lt + Nr, H]` of a batch's text and regions."""
-    inputs = {k: batch[k] for k in MODEL_INPUTS}
-    inputs.update(overrides)
-    return model(**inputs, dropout_key=dropout_key)
 
 
 def _gather(hidden: jax.Array, chosen: jax.Array, s: TaskSettings):
@@ -143,10 +163,7 @@ def itm(model, batch, mask_key, dropout_key, s: TaskSettings) -> tuple[jax.Array
         batch["text_mask"],
         sequence[:, lt:],
         batch["img_mask"],
-        epsilon=s.wra_epsilon,
-        iterations=s.wra_iterations,
-        solver=s.wra_solver,
-        beta=s.wra_beta,
+        s.wra,
     )
     ot = wra_loss(distance, labels)
     matched = (labels == 1).astype(jnp.float32)
@@ -299,6 +316,6 @@ def task_for_step(mix: Mapping[str, float], seed: int, step: int) -> str:
     """
     names = sorted(mix)
     weights = np.array([mix[n] for n in names], np.float64)
-    draw = np.random.default_rng([seed, 0x7A5C, step]).random()
+    draw = task_draw(seed, step)
     index = np.searchsorted(np.cumsum(weights) / weights.sum(), draw, side="right")
     return names[min(int(index), len(names) - 1)]  # min: rounding in the last cumsum

@@ -1,4 +1,4 @@
-"""Word-region alignment: optimal transport between words and regions (REFERENCE.md §2).
+"""Word-region alignment: optimal transport between words and regions (docs/original.md, WRA).
 
 Per example, the cost between valid text outputs `w_i` (CLS and SEP included)
 and valid region outputs `v_j` is the cosine distance `1 - cos(w_i, v_j)` and
@@ -19,6 +19,8 @@ theorem). All fp32.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,17 @@ def transport_plan(
 SOLVERS = ("sinkhorn", "ipot")
 
 
+@dataclasses.dataclass(frozen=True)
+class WraSettings:
+    """How the plan is computed: training (`TaskSettings.wra`) and the analysis
+    tools read the same values, so a picture shows the plan a run trained with."""
+
+    solver: str = "sinkhorn"  # sinkhorn | ipot (the original's)
+    epsilon: float = 0.1  # Sinkhorn entropic regularisation
+    beta: float = 0.5  # IPOT proximal step (the original's 0.5)
+    iterations: int = 50  # solver iterations (fixed; the original's 50)
+
+
 def ipot_plan(
     cost: jax.Array, text_mask: jax.Array, img_mask: jax.Array, *, beta: float, iterations: int
 ) -> jax.Array:
@@ -79,27 +92,24 @@ def alignment(
     text_mask: jax.Array,
     regions: jax.Array,
     img_mask: jax.Array,
-    *,
-    epsilon: float = 0.1,
-    iterations: int = 50,
-    solver: str = "sinkhorn",
-    beta: float = 0.5,
+    settings: WraSettings,
 ) -> tuple[jax.Array, jax.Array]:
     """One example's `(cost, plan)`, each `[Lt, Nr]` fp32, both held fixed
     (`stop_gradient` on the plan only): `text` `[Lt, H]` with `text_mask`
     `[Lt]`, `regions` `[Nr, H]` with `img_mask` `[Nr]`. Padded rows and
-    columns get no mass in the plan. `solver`: `sinkhorn` (at `epsilon`) or
-    `ipot` (at `beta`)."""
+    columns get no mass in the plan."""
     cost = cosine_cost(text.astype(jnp.float32), regions.astype(jnp.float32))
     fixed = jax.lax.stop_gradient(cost)
-    if solver == "ipot":
-        plan = ipot_plan(fixed, text_mask, img_mask, beta=beta, iterations=iterations)
-    elif solver == "sinkhorn":
+    if settings.solver == "ipot":
+        plan = ipot_plan(
+            fixed, text_mask, img_mask, beta=settings.beta, iterations=settings.iterations
+        )
+    elif settings.solver == "sinkhorn":
         a = text_mask.astype(jnp.float32) / jnp.sum(text_mask)
         b = img_mask.astype(jnp.float32) / jnp.sum(img_mask)
-        plan = transport_plan(fixed, a, b, epsilon=epsilon, iterations=iterations)
+        plan = transport_plan(fixed, a, b, epsilon=settings.epsilon, iterations=settings.iterations)
     else:
-        raise ValueError(f"unknown WRA solver {solver!r}; choose one of {SOLVERS}")
+        raise ValueError(f"unknown WRA solver {settings.solver!r}; choose one of {SOLVERS}")
     return cost, jax.lax.stop_gradient(plan)
 
 
@@ -108,11 +118,7 @@ def wra_distance(
     text_mask: jax.Array,
     regions: jax.Array,
     img_mask: jax.Array,
-    *,
-    epsilon: float = 0.1,
-    iterations: int = 50,
-    solver: str = "sinkhorn",
-    beta: float = 0.5,
+    settings: WraSettings,
 ) -> jax.Array:
     """`[B]` OT distances between each example's words and regions.
 
@@ -124,9 +130,7 @@ def wra_distance(
     """
 
     def one(t, tm, r, rm):
-        cost, plan = alignment(
-            t, tm, r, rm, epsilon=epsilon, iterations=iterations, solver=solver, beta=beta
-        )
+        cost, plan = alignment(t, tm, r, rm, settings)
         return jnp.sum(cost * plan)
 
     # Per device on its own examples under a mesh: no traffic inside Sinkhorn's loop.

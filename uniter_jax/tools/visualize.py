@@ -29,10 +29,12 @@ from tqdm import tqdm
 from uniter_jax.analysis import encoder as enc
 from uniter_jax.analysis import example as ex
 from uniter_jax.analysis import head_patterns, plots
+from uniter_jax.data import synthetic
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model.config import PRESETS, ConfigError, UniterConfig
+from uniter_jax.objectives.wra import SOLVERS, WraSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         help="texts (from --index on) whose attention is averaged to sort the heads",
     )
     p.add_argument("--max-text-len", type=int, default=60)
+    wra = WraSettings()  # the run's values, if it trained with others
+    p.add_argument("--wra-solver", choices=SOLVERS, default=wra.solver, help="WRA plan solver")
+    p.add_argument("--wra-epsilon", type=float, default=wra.epsilon, help="Sinkhorn epsilon")
+    p.add_argument("--wra-beta", type=float, default=wra.beta, help="IPOT proximal step")
+    p.add_argument("--wra-iterations", type=int, default=wra.iterations)
     p.add_argument("--dpi", type=int, default=100)
     p.add_argument("--out", required=True, help="output folder")
     return p
@@ -92,6 +99,7 @@ def write_pictures(
     *,
     picture: np.ndarray | None = None,
     dpi: int = 100,
+    wra: WraSettings | None = None,
 ) -> dict:
     """Writes the pictures of `focus` (its heads sorted on `pattern_examples`)
     into `out`; returns the summary that is also written as summary.json."""
@@ -107,7 +115,7 @@ def write_pictures(
     masses = head_patterns.head_masses(attentions, num_texts, specials)
     patterns = head_patterns.classify(masses)
     (inspection,) = enc.inspect(model, [focus])
-    plan = enc.transport_plan(inspection)
+    plan = enc.transport_plan(inspection, wra)
     figures = {
         f"attention_layer{layer:02d}.png": plots.attention_figure(
             inspection.attention[layer],
@@ -157,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.world:
-            from uniter_jax.data import synthetic
-
             texts_dir = os.path.join(args.world, "texts", "captions_val")
             images_dir = os.path.join(args.world, "images")
             vocab_path = args.vocab or os.path.join(args.world, "vocab.txt")
@@ -189,8 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             focus = stored[0]
         model = enc.load_encoder(args.checkpoint, _model_config(args))
+        wra = WraSettings(args.wra_solver, args.wra_epsilon, args.wra_beta, args.wra_iterations)
         summary = write_pictures(
-            model, focus, stored, args.out, picture=_picture(args.picture), dpi=args.dpi
+            model,
+            focus,
+            stored,
+            args.out,
+            picture=_picture(args.picture),
+            dpi=args.dpi,
+            wra=wra,
         )
     except (DataError, ConfigError, ValueError, FileNotFoundError, IndexError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -74,7 +74,9 @@ def evaluate(
             batch = next(pipeline)
             for task in tasks:
                 task_key = jax.random.fold_in(jax.random.fold_in(key, index), TASKS.index(task))
-                fields = layout.global_batch({k: batch[k] for k in batch_fields(task)})
+                fields = layout.global_batch(
+                    {k: batch[k] for k in batch_fields(task, settings.tasks)}
+                )
                 metrics = to_host(
                     eval_step(params, fields, task_key, task=task, settings=settings, layout=layout)
                 )

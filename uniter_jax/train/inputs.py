@@ -28,6 +28,7 @@ from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import TASKS, TaskSettings, needs_soft_labels
+from uniter_jax.seeds import pipeline_seed
 from uniter_jax.sharding import Layout
 
 
@@ -148,7 +149,7 @@ def train_pipelines(
     for task in tasks:
         settings = pipeline_config(
             config.data,
-            seed=config.seed * len(TASKS) + TASKS.index(task),
+            seed=pipeline_seed(config.seed, TASKS.index(task), len(TASKS)),
             itm_neg_prob=config.data.itm_neg_prob if task == "itm" else 0.0,
             soft_labels=needs_soft_labels(task),
         )
@@ -210,7 +211,7 @@ def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:
 
 # Fields of `TaskSettings` that come from the text store, not the config.
 _VOCAB_FIELDS = ("mask_id", "special_ids", "random_range")
-# Keys of the `tasks` section that schedule the tasks (`loop.mix_schedule`).
+# Keys of the `tasks` section that schedule the tasks (`job.mix_schedule`).
 _MIX_KEYS = ("mix", "first_mix", "first_steps")
 
 

@@ -1,4 +1,6 @@
-"""The optimiser of REFERENCE.md section 3: clipped AdamW on a warm-up/decay schedule.
+"""The original's optimiser: clipped AdamW on a warm-up/decay schedule.
+
+Values and rules: docs/original.md, Optimizer and schedule.
 
 Weight decay skips biases and LayerNorm parameters, as the original's
 `no_decay` list. With gradient accumulation the micro-step gradients are
@@ -23,9 +25,9 @@ class OptimSettings:
     lr: float = 5e-5  # peak learning rate
     warmup_steps: int = 10_000  # linear warm-up from 0 to `lr` (optimizer updates)
     total_steps: int = 200_000  # linear decay to 0 at this many updates
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-6
+    b1: float = 0.9  # Adam beta1
+    b2: float = 0.98  # Adam beta2 (the original's)
+    eps: float = 1e-6  # Adam epsilon
     weight_decay: float = 0.01  # decoupled (AdamW); not on biases or LayerNorm
     clip_norm: float = 5.0  # global gradient norm; 0 disables clipping
     accumulation: int = 1  # micro-steps whose gradients are summed per update
@@ -94,8 +96,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
     One multiply by a scalar, which XLA fuses into AdamW's moment updates.
     `optax.clip_by_global_norm` selects between the gradient and a divided
-    copy instead, and XLA:CPU wrote that copy out: the base update took 204-220
-    ms with it against 146 ms with this (median of 10, one process each).
+    copy instead, and XLA:CPU wrote that copy out: two more passes over the
+    gradient (docs/benchmarks.md, "Clipping by a scalar factor").
     """
 
     def update(updates, state, params=None, *, grad_norm=None, **extra_args):

@@ -21,8 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
-from uniter_jax.objectives import tasks as pretraining
+from uniter_jax.model import UniterConfig, get_params
 from uniter_jax.sharding import Layout, logical_specs
 from uniter_jax.train.optimizer import OptimSettings, make_optimizer, optimizer_args
 
@@ -34,10 +33,15 @@ TRACES: collections.Counter = collections.Counter()
 class Objective(Protocol):
     """What a step trains: the model it builds and the losses of its tasks.
 
-    Implemented by the pretraining `TaskSettings` and by each downstream task
+    Implemented by the pretraining `TaskSettings` (and, without `loss`, by
+    `PRETRAINING`, the pretraining model alone) and by each downstream task
     (`uniter_jax/downstream`). Must be hashable (a frozen dataclass): steps are
     compiled once per objective.
     """
+
+    # Parameter groups besides `uniter` that this objective's model adds and a
+    # pretrained checkpoint lacks (a downstream head); () for pretraining.
+    head_groups: tuple[str, ...]
 
     def build(self, config: UniterConfig, rngs: nnx.Rngs) -> nnx.Module:
         """A fresh model: the encoder and this objective's heads."""
@@ -60,24 +64,22 @@ class StepSettings:
     optim: OptimSettings
 
 
-def batch_fields(task: str, objective: Objective | None = None) -> tuple[str, ...]:
-    """The batch entries `task`'s step reads; pretraining when `objective` is None."""
-    return objective.fields(task) if objective is not None else pretraining.batch_fields(task)
+def batch_fields(task: str, objective: Objective) -> tuple[str, ...]:
+    """The batch entries `task`'s step reads."""
+    return objective.fields(task)
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract_model(config: UniterConfig, objective: Objective | None = None) -> nnx.Module:
-    if objective is None:
-        return nnx.eval_shape(lambda: UniterForPretraining(config, nnx.Rngs(0)))
+def _abstract_model(config: UniterConfig, objective: Objective) -> nnx.Module:
     return nnx.eval_shape(lambda: objective.build(config, nnx.Rngs(0)))
 
 
-def abstract_params(config: UniterConfig, objective: Objective | None = None) -> dict:
-    """The parameter tree of `objective`'s model (pretraining when None), as shapes."""
+def abstract_params(config: UniterConfig, objective: Objective) -> dict:
+    """The parameter tree of `objective`'s model, as shapes."""
     return nnx.to_pure_dict(nnx.state(_abstract_model(config, objective), nnx.Param))
 
 
-def bind(config: UniterConfig, params: dict, objective: Objective | None = None) -> nnx.Module:
+def bind(config: UniterConfig, params: dict, objective: Objective) -> nnx.Module:
     """A model whose parameters are `params` (a pure dict); cheap inside a trace."""
     return nnx.merge(nnx.split(_abstract_model(config, objective))[0], params)
 
@@ -85,9 +87,7 @@ def bind(config: UniterConfig, params: dict, objective: Objective | None = None)
 # ---- where the state lives ---------------------------------------------------
 
 
-def param_shardings(
-    config: UniterConfig, layout: Layout, objective: Objective | None = None
-) -> dict:
+def param_shardings(config: UniterConfig, layout: Layout, objective: Objective) -> dict:
     """`NamedSharding` of every parameter under `layout`, from its logical axis names."""
     return layout.shardings(logical_specs(_abstract_model(config, objective)))
 
@@ -139,16 +139,16 @@ def init_params(
     config: UniterConfig,
     seed: int,
     layout: Layout | None = None,
-    objective: Objective | None = None,
+    *,
+    objective: Objective,
 ) -> dict:
-    """Fresh parameters of `objective`'s model (pretraining when None) from
-    `nnx.Rngs(seed)`, created directly in their shards."""
+    """Fresh parameters of `objective`'s model from `nnx.Rngs(seed)`, created
+    directly in their shards (one device by default)."""
     layout = layout or Layout.single_device()
     shardings = param_shardings(config, layout, objective)
-    build = objective.build if objective is not None else UniterForPretraining
     with layout.active():
         return jax.jit(
-            lambda: get_params(build(config, nnx.Rngs(seed))),
+            lambda: get_params(objective.build(config, nnx.Rngs(seed))),
             out_shardings=shardings,
         )()
 
@@ -193,8 +193,8 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
         return optax.apply_updates(params, updates), opt_state
 
     # A branch, not `where(finite, new, old)` over every array: the select was
-    # one more pass over parameters and moments, 113 of the 295 ms that the
-    # update took for base on a CPU.
+    # one more pass over parameters and moments (docs/benchmarks.md, "The
+    # non-finite guard as a branch").
     params, opt_state = jax.lax.cond(
         finite, update, lambda *old: old, state["params"], state["opt_state"]
     )
@@ -284,7 +284,7 @@ def train_step(
 
     Args:
       state: `{"params", "opt_state", "step"}`, laid out by `layout`; donated.
-      batch: the arrays of `batch_fields(task)`, `[B, ...]`, split over the
+      batch: the arrays of `batch_fields(task, settings.tasks)`, `[B, ...]`, split over the
         batch axis (`Layout.global_batch`) or host arrays on one device.
       key: the run's base PRNG key; the step's key is `fold_in(key, step)`.
       layout: mesh and rules; None = one device.

@@ -10,8 +10,8 @@ from etils import epath
 
 from uniter_jax.model.config import ConfigError
 from uniter_jax.sharding import Layout
-from uniter_jax.train import loop
 from uniter_jax.train.checkpoint import Checkpoints
+from uniter_jax.train.state import MODEL_DIR, initial_params
 from uniter_jax.train.step import Objective, StepSettings, abstract_state
 
 
@@ -20,21 +20,21 @@ def trained_params(
     workdir: str,
     settings: StepSettings,
     layout: Layout,
-    objective: Objective | None = None,
+    objective: Objective,
     *,
     require: Sequence[str] = (),
     hint: str = "",
 ) -> tuple[dict, str]:
     """`workdir/model`, else the newest checkpoint in `workdir/checkpoints`, else
-    `config.init_from`, as parameters of `objective`'s model (pretraining when
-    None); and where they came from.
+    `config.init_from`, as parameters of `objective`'s model; and where they
+    came from.
 
     A source without one of the parameter groups `require` (a head) is an
     error that names the source, the missing groups and `hint`.
     """
     root = epath.Path(workdir)
-    if (root / loop.MODEL_DIR).exists():
-        source = str(root / loop.MODEL_DIR)
+    if (root / MODEL_DIR).exists():
+        source = str(root / MODEL_DIR)
     elif (root / "checkpoints").exists():
         checkpoints = Checkpoints(str(root / "checkpoints"), async_save=False)
         step = checkpoints.latest_step()
@@ -48,12 +48,12 @@ def trained_params(
         source = config.init_from
     if not source:
         raise FileNotFoundError(
-            f"no trained model: {workdir} has no {loop.MODEL_DIR}/ or checkpoints/ and "
+            f"no trained model: {workdir} has no {MODEL_DIR}/ or checkpoints/ and "
             "config.init_from is empty"
         )
     try:
-        params = loop.initial_params(
-            settings.model, config.seed, source, layout, objective, require=require
+        params = initial_params(
+            settings.model, config.seed, source, layout, objective=objective, require=require
         )
     except ValueError as error:
         raise ConfigError(f"{error}: {hint}" if hint else str(error)) from None

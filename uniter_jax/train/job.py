@@ -1,0 +1,50 @@
+"""A `Job`: what one training run trains. Pretraining (`train/pretrain.py`) and
+each fine-tuning task (`downstream/finetune.py`) make one; `train/loop.py`
+runs any of them the same way; `main.py` picks which."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from uniter_jax.objectives.tasks import MixSchedule, check_mix
+from uniter_jax.sharding import Layout
+from uniter_jax.train.step import StepSettings
+
+
+@dataclasses.dataclass
+class Job:
+    """What one training run trains: the part that differs between pretraining and
+    each fine-tuning task; `train` runs any job the same way.
+
+    `pipelines` maps each task to an iterator of host batches with
+    `state()` / `restore(state)` / `close()` (a `Pipeline` or a wrapper);
+    `validate(params)` returns `{"val/...": value}`; `initial_params()`
+    creates (or loads) the parameters of a fresh run.
+    """
+
+    name: str  # the report is `<name>_report.json`
+    settings: StepSettings
+    mix: MixSchedule
+    pipelines: dict[str, Any]
+    validate: Callable[[dict], dict[str, float]] | None
+    initial_params: Callable[[], dict]
+    close: Callable[[], None]
+
+
+def mix_schedule(section: ml_collections.ConfigDict) -> MixSchedule:
+    """`tasks.mix`, after `tasks.first_mix` for `tasks.first_steps` micro-steps."""
+    first_steps = int(section.get("first_steps", 0))
+    first = section.get("first_mix")
+    return MixSchedule(
+        mix=check_mix(section.mix.to_dict()),
+        first=check_mix(first.to_dict()) if first_steps and first is not None else {},
+        first_steps=first_steps,
+    )
+
+
+# `(config, workdir, layout) -> Job`: how `main.py` hands the job to the loop.
+JobFactory = Callable[[ml_collections.ConfigDict, str, Layout], Job]
