@@ -20,6 +20,7 @@ import pytest
 from configs.pretrain import get_config
 from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.train import loop
+from uniter_jax.train.inputs import model_config
 from uniter_jax.train.pretrain import pretraining_job
 from uniter_jax.train.state import initial_params
 
@@ -52,9 +53,12 @@ def old_config(root, overrides):
     return config
 
 
-def leaf_sums(tree):
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): float(np.sum(np.asarray(x, np.float64))) for p, x in flat}
+def assert_sums(params, expected, **tolerance):
+    """Every parameter array is there, under its path, with its recorded sum."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    sums = {jax.tree_util.keystr(p): float(np.sum(np.asarray(x, np.float64))) for p, x in flat}
+    assert sums.keys() == expected.keys()
+    np.testing.assert_allclose([sums[k] for k in sums], [expected[k] for k in sums], **tolerance)
 
 
 def test_an_old_checkpoint_resumes_to_the_old_runs_end(copy, expected):
@@ -69,28 +73,12 @@ def test_an_old_checkpoint_resumes_to_the_old_runs_end(copy, expected):
         np.testing.assert_allclose([new[k] for k in new], [old[k] for k in new], rtol=1e-5)
     with ocp.StandardCheckpointer() as checkpointer:
         final = checkpointer.restore(str(copy / "run" / "checkpoints" / "6" / "state"))
-    sums = leaf_sums(final["params"])
-    assert sums.keys() == expected["final_param_sums"].keys()
-    np.testing.assert_allclose(
-        [sums[k] for k in sums],
-        [expected["final_param_sums"][k] for k in sums],
-        rtol=1e-4,
-        atol=1e-6,
-    )
+    assert_sums(final["params"], expected["final_param_sums"], rtol=1e-4, atol=1e-6)
 
 
 def test_an_old_parameter_checkpoint_initialises_todays_model(copy, expected):
-    from uniter_jax.train.inputs import model_config
-
     config = old_config(copy, expected["overrides"])
     params = initial_params(
         model_config(config.model), 1, str(copy / "model"), objective=PRETRAINING
     )
-    sums = leaf_sums(jax.device_get(params))
-    assert sums.keys() == expected["final_param_sums"].keys()
-    np.testing.assert_allclose(
-        [sums[k] for k in sums],
-        [expected["final_param_sums"][k] for k in sums],
-        rtol=1e-6,
-        atol=1e-9,
-    )
+    assert_sums(jax.device_get(params), expected["final_param_sums"], rtol=1e-6, atol=1e-9)
