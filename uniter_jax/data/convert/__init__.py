@@ -13,17 +13,22 @@ from uniter_jax.data.convert.lxmert_tsv import convert_lxmert_tsv
 from uniter_jax.data.convert.npz_dir import convert_npz_dir
 from uniter_jax.data.convert.texts import TextSummary
 from uniter_jax.data.convert.uniter_lmdb import convert_uniter_img_lmdb, convert_uniter_txt_lmdb
+from uniter_jax.data.convert.vg_regions import convert_vg_regions
 from uniter_jax.data.convert.vqa import convert_vqa
+from uniter_jax.data.convert.web_captions import convert_cc, convert_sbu
 
 __all__ = [
     "Skipped",
     "Summary",
     "TextSummary",
     "convert_butd_tsv",
+    "convert_cc",
     "convert_coco_captions",
     "convert_lxmert_tsv",
     "convert_npz_dir",
+    "convert_sbu",
     "convert_uniter_img_lmdb",
     "convert_uniter_txt_lmdb",
+    "convert_vg_regions",
     "convert_vqa",
 ]

@@ -27,6 +27,13 @@
       --vocab vocab.txt --images data/coco_img --out data/txt/coco_karpathy_train
   python -m uniter_jax.data.convert vcr train.jsonl --mode qa --vocab vocab.txt \\
       --images data/vcr_img --out data/txt/vcr_qa_train  # --mode qar: QA->R
+  python -m uniter_jax.data.convert vg-regions region_descriptions.json --vocab vocab.txt \
+      --images data/vg_img --out data/txt/vg_captions
+  python -m uniter_jax.data.convert cc Train_GCC-training.tsv --url-map cc_urls.tsv \
+      --vocab vocab.txt --images data/cc_img --out data/txt/cc_train  # url<TAB>image_id
+  python -m uniter_jax.data.convert sbu SBU_captioned_photo_dataset_urls.txt \
+      SBU_captioned_photo_dataset_captions.txt --url-map sbu_urls.tsv --vocab vocab.txt \
+      --images data/sbu_img --out data/txt/sbu_train
 
 Region formats: --feature-dim (2048). All: --skip-bad (skip and list bad records
 instead of failing), --force (replace an existing store), --no-progress.
@@ -59,7 +66,9 @@ from uniter_jax.data.convert.uniter_lmdb import (
 )
 from uniter_jax.data.convert.vcr import MODES as VCR_MODES
 from uniter_jax.data.convert.vcr import convert_vcr
+from uniter_jax.data.convert.vg_regions import convert_vg_regions
 from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
+from uniter_jax.data.convert.web_captions import convert_cc, convert_sbu
 from uniter_jax.data.errors import DataError
 
 
@@ -307,6 +316,39 @@ def _add_vcr(subparsers: Any) -> None:
     )
 
 
+def _add_vg_regions(subparsers: Any) -> None:
+    p = subparsers.add_parser("vg-regions", help="Visual Genome region descriptions -> captions")
+    p.add_argument("json", help="region_descriptions.json")
+    _text_arguments(p)
+    p.set_defaults(convert=lambda a: convert_vg_regions(a.json, a.out, **_text_options(a)))
+
+
+_URL_MAP_HELP = "TSV url<TAB>image_id of the images you downloaded; other URLs are left out"
+
+
+def _add_cc(subparsers: Any) -> None:
+    p = subparsers.add_parser("cc", help="Conceptual Captions TSV (caption<TAB>url) -> captions")
+    p.add_argument("tsv", help="Train_GCC-training.tsv or the validation TSV")
+    p.add_argument("--url-map", required=True, help=_URL_MAP_HELP)
+    _text_arguments(p)
+    p.set_defaults(
+        convert=lambda a: convert_cc(a.tsv, a.out, url_map=a.url_map, **_text_options(a))
+    )
+
+
+def _add_sbu(subparsers: Any) -> None:
+    p = subparsers.add_parser("sbu", help="SBU captions (URL and caption files) -> captions")
+    p.add_argument("urls", help="SBU_captioned_photo_dataset_urls.txt")
+    p.add_argument("captions", help="SBU_captioned_photo_dataset_captions.txt, line-aligned")
+    p.add_argument("--url-map", required=True, help=_URL_MAP_HELP)
+    _text_arguments(p)
+    p.set_defaults(
+        convert=lambda a: convert_sbu(
+            a.urls, a.captions, a.out, url_map=a.url_map, **_text_options(a)
+        )
+    )
+
+
 _ADDERS = (
     _add_butd_tsv,
     _add_lxmert_tsv,
@@ -321,6 +363,9 @@ _ADDERS = (
     _add_refexp_json,
     _add_karpathy,
     _add_vcr,
+    _add_vg_regions,
+    _add_cc,
+    _add_sbu,
 )
 
 

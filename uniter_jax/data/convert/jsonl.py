@@ -25,17 +25,27 @@ def jsonl_records(
     path: str, parse: Callable[[dict[str, Any]], Text | list[Text]]
 ) -> list[TextRecord]:
     """One `TextRecord` per non-blank line of `path`; `parse` gets the line's object."""
+    return [
+        TextRecord(path, f"line {n}", functools.partial(_parse_line, line, parse))
+        for n, line in enumerate(text_lines(path), start=1)
+        if line.strip()
+    ]
+
+
+def text_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 file, blank ones kept so that line n is `lines[n - 1]`.
+
+    Split on "\n" only: str.splitlines would also split on characters such as
+    U+2028 that JSON allows unescaped inside a string (and captions may hold).
+    A final newline ends the last line rather than starting an empty one; a
+    "\r" before a newline stays, for the caller to strip where it matters.
+    """
     try:
         content = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e})", file=path) from None
-    # Split on "\n" only: str.splitlines would also split on characters such as
-    # U+2028 that JSON allows unescaped inside a string.
-    return [
-        TextRecord(path, f"line {n}", functools.partial(_parse_line, line, parse))
-        for n, line in enumerate(content.split("\n"), start=1)
-        if line.strip()
-    ]
+    lines = content.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def convert_jsonl(

@@ -52,13 +52,19 @@ class TextSummary:
     texts: int = 0
     truncated: int = 0
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    # Texts left out, not as bad, but because their image is not held: the
+    # web-caption converters' URLs missing from the user's URL -> image map.
+    unmapped: int = 0
 
     def report(self, max_listed: int = 20) -> str:
         head = (
             f"wrote {self.texts} texts to {self.out_dir} "
             f"({self.truncated} cut to the maximum length)"
         )
-        return "\n".join([head, *skipped_lines(self.skipped, max_listed)])
+        lines = [head]
+        if self.unmapped:
+            lines.append(f"left out {self.unmapped} texts whose URL is not in the image map")
+        return "\n".join([*lines, *skipped_lines(self.skipped, max_listed)])
 
 
 @dataclasses.dataclass(frozen=True)
