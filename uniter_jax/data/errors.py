@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class DataError(ValueError):
     """Bad input data, located by file, record and field where known."""
@@ -30,3 +32,19 @@ class DataError(ValueError):
             record=self.record if self.record is not None else record,
             field=self.field,
         )
+
+
+def check_unique(ids: np.ndarray, names: list[str], sizes: list[int], what: str) -> None:
+    """Raises DataError naming the store and record of an id seen twice in the
+    concatenation of stores `names` (of `sizes` records each)."""
+    _, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return
+    duplicate = ids[first[np.argmax(counts > 1)]]
+    where = np.flatnonzero(ids == duplicate)
+    owners = np.searchsorted(np.cumsum(sizes), where, side="right")
+    raise DataError(
+        f"{what} id also in {names[owners[0]]}: stores read together must not share {what} ids",
+        file=names[owners[1]],
+        record=str(duplicate),
+    )

@@ -95,6 +95,11 @@ def sha256(path: str) -> str:
     return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
+def joined_sha256(digests: list[str]) -> str:
+    """The checksum of several stores read as one: of their checksums, in order."""
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
 def load_npz(path: str, *, expect_sha256: str | None = None) -> dict[str, np.ndarray]:
     """All arrays of an npz (never unpickled), checked against a sha256 if given."""
     data = read_bytes(path)

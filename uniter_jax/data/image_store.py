@@ -21,15 +21,17 @@ import dataclasses
 import os
 import time
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from uniter_jax.data.errors import DataError
+from uniter_jax.data.errors import DataError, check_unique
 from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
     close_atomic,
+    joined_sha256,
     load_npz,
     read_bytes,
     read_manifest,
@@ -86,6 +88,9 @@ def decode(blob: bytes, image_id: str, num_boxes: int, fields: list[Field]) -> I
     if offset != len(blob):
         raise DataError(f"blob holds {len(blob)} bytes, expected {offset}", record=image_id)
     return ImageRegions(image_id=image_id, **arrays)
+
+
+_INDEX_ARRAYS = ("num_boxes", "crc32", "conf")
 
 
 def blob_path(root: str, index: int) -> str:
@@ -191,21 +196,73 @@ class ImageStore:
     """Reads a store written by ImageStoreWriter."""
 
     def __init__(self, directory: str, *, verify_index: bool = True):
-        self.directory = directory
-        self.manifest = manifest = read_manifest(directory, FORMAT, VERSION)
-        self.feature_dim: int = manifest["feature_dim"]
-        self.num_labels: int | None = manifest["num_labels"]
-        self.fields = blob_fields(self.feature_dim, self.num_labels)
+        manifest = read_manifest(directory, FORMAT, VERSION)
         index_path = os.path.join(directory, INDEX)
         index = load_npz(
             index_path, expect_sha256=manifest["index_sha256"] if verify_index else None
         )
+        self._set(directory, manifest, index, parts=((directory, 0),))
+
+    def _set(
+        self,
+        directory: str,
+        manifest: dict[str, Any],
+        index: dict[str, np.ndarray],
+        parts: tuple[tuple[str, int], ...],
+    ) -> None:
+        self.directory = directory  # a folder, or a name for several (`joined`)
+        self.manifest = manifest
+        self.feature_dim: int = manifest["feature_dim"]
+        self.num_labels: int | None = manifest["num_labels"]
+        self.fields = blob_fields(self.feature_dim, self.num_labels)
         self.ids = index["ids"]
         self.num_boxes = index["num_boxes"]
         self.crc32 = index["crc32"]
         self.conf = index["conf"]  # flat, image after image
         self.conf_offsets = np.concatenate([[0], np.cumsum(self.num_boxes)]).astype(np.int64)
+        # `(folder, first position)` of each store this one reads: one, or several.
+        self.parts = parts
         self._position: dict[str, int] | None = None  # built on first use
+
+    @classmethod
+    def joined(cls, stores: Sequence[ImageStore], *, name: str) -> ImageStore:
+        """Several stores read as one: positions run through them in order.
+
+        They must agree on feature width and soft labels; an image id in two of
+        them is a DataError (a text could not say which it means)."""
+        if len(stores) == 1:
+            return stores[0]
+        first = stores[0]
+        for store in stores[1:]:
+            for key in ("feature_dim", "num_labels"):
+                if store.manifest[key] != first.manifest[key]:
+                    raise DataError(
+                        f"{key} {store.manifest[key]}, but {first.directory} has "
+                        f"{first.manifest[key]}: the stores of {name} must agree",
+                        file=store.directory,
+                    )
+        ids = np.concatenate([s.ids for s in stores])
+        check_unique(ids, [s.directory for s in stores], [len(s) for s in stores], "image")
+        starts = np.cumsum([0] + [len(s) for s in stores[:-1]])
+        manifest = {
+            **first.manifest,
+            "num_images": len(ids),
+            "num_regions": sum(s.manifest["num_regions"] for s in stores),
+            "index_sha256": joined_sha256([s.manifest["index_sha256"] for s in stores]),
+            "parts": [s.directory for s in stores],
+        }
+        index = {
+            "ids": ids,
+            **{k: np.concatenate([getattr(s, k) for s in stores]) for k in _INDEX_ARRAYS},
+        }
+        out = cls.__new__(cls)
+        parts = tuple(
+            (directory, int(start) + offset)
+            for store, start in zip(stores, starts, strict=True)
+            for directory, offset in store.parts
+        )
+        out._set(name, manifest, index, parts)
+        return out
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -247,7 +304,10 @@ class ImageStore:
         return found
 
     def path(self, position: int) -> str:
-        return blob_path(self.directory, position)
+        starts = [start for _, start in self.parts]
+        part = int(np.searchsorted(starts, position, side="right")) - 1
+        directory, start = self.parts[part]
+        return blob_path(directory, position - start)
 
     def get(self, image_id: str, *, verify: bool = True) -> ImageRegions:
         """One image's arrays; `verify` checks the blob's crc32."""

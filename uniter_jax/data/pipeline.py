@@ -220,10 +220,15 @@ class Pipeline:
         return batched.prefetch(self.config.prefetch).with_options(options)
 
     def _blob_path(self, index: tf.Tensor) -> tf.Tensor:
-        """`regions/SSSSS/IIIIIIII.rgn` of image position `index` (as `blob_path`)."""
+        """`<store>/regions/SSSSS/IIIIIIII.rgn` of image position `index` (as
+        `ImageStore.path`, also for several stores read as one)."""
+        directories = tf.constant([directory for directory, _ in self.images.parts])
+        starts = tf.constant([start for _, start in self.images.parts], tf.int64)
+        part = tf.searchsorted(starts, tf.reshape(index, [1]), side="right")[0] - 1
+        index = index - starts[part]
         shard = tf.strings.as_string(index // IMAGES_PER_SHARD, width=5, fill="0")
         name = tf.strings.as_string(index, width=8, fill="0")
-        return tf.strings.join([self.images.directory, "/regions/", shard, "/", name, ".rgn"])
+        return tf.strings.join([directories[part], "/regions/", shard, "/", name, ".rgn"])
 
     def _load(self, e: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         text_len, num_regions = e["shape"][0], e["shape"][1]

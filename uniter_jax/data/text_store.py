@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from uniter_jax.data.errors import DataError
+from uniter_jax.data.errors import DataError, check_unique
 from uniter_jax.data.files import (
     MANIFEST,
     atomic_directory,
     close_atomic,
+    joined_sha256,
     load_npz,
     read_manifest,
     sha256,
@@ -160,6 +161,16 @@ class TextStoreWriter:
         )
 
 
+def _concatenate(key: str, values: list[np.ndarray]) -> np.ndarray:
+    """One array of several stores'; ragged offsets are moved past the earlier values."""
+    if not key.endswith(OFFSETS):
+        return np.concatenate(values)
+    ends = np.cumsum([0] + [int(v[-1]) for v in values[:-1]])
+    return np.concatenate(
+        [values[0]] + [v[1:] + end for v, end in zip(values[1:], ends[1:], strict=True)]
+    )
+
+
 def _flatten(name: str, values: list[np.ndarray]) -> dict[str, np.ndarray]:
     lengths = [len(v) for v in values]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -175,12 +186,52 @@ class TextStore:
     """Reads a text store into memory (token ids are small next to region features)."""
 
     def __init__(self, directory: str, *, verify: bool = True):
-        self.directory = directory
-        self.manifest = manifest = read_manifest(directory, FORMAT, VERSION)
+        manifest = read_manifest(directory, FORMAT, VERSION)
         data_path = os.path.join(directory, DATA)
-        self.arrays = load_npz(data_path, expect_sha256=manifest["data_sha256"] if verify else None)
-        self.text_ids = self.arrays["text_id"]
-        self.image_ids = self.arrays["image_id"]
+        arrays = load_npz(data_path, expect_sha256=manifest["data_sha256"] if verify else None)
+        self._set(directory, manifest, arrays)
+
+    def _set(self, directory: str, manifest: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.directory = directory  # a folder, or a name for several (`joined`)
+        self.manifest = manifest
+        self.arrays = arrays
+        self.text_ids = arrays["text_id"]
+        self.image_ids = arrays["image_id"]
+
+    @classmethod
+    def joined(cls, stores: Sequence[TextStore], *, name: str) -> TextStore:
+        """Several stores read as one, examples in order. They must share the
+        vocabulary and fields; a text id in two of them is a DataError."""
+        if len(stores) == 1:
+            return stores[0]
+        first = stores[0]
+        for store in stores[1:]:
+            for key in ("vocab", "fields", "ragged"):
+                if store.manifest[key] != first.manifest[key]:
+                    raise DataError(
+                        f"its {key} differs from that of {first.directory}: the stores of "
+                        f"{name} must agree",
+                        file=store.directory,
+                        field=key,
+                    )
+        arrays = {key: _concatenate(key, [s.arrays[key] for s in stores]) for key in first.arrays}
+        check_unique(
+            arrays["text_id"], [s.directory for s in stores], list(map(len, stores)), "text"
+        )
+        lengths = np.diff(arrays["input_ids" + OFFSETS])
+        manifest = {
+            **first.manifest,
+            "num_examples": len(arrays["text_id"]),
+            "num_images": len(np.unique(arrays["image_id"])),
+            "max_txt_len": max(s.manifest["max_txt_len"] for s in stores),
+            "truncated": sum(s.manifest["truncated"] for s in stores),
+            "token_length": {"mean": float(lengths.mean()), "max": int(lengths.max())},
+            "data_sha256": joined_sha256([s.manifest["data_sha256"] for s in stores]),
+            "parts": [s.directory for s in stores],
+        }
+        out = cls.__new__(cls)
+        out._set(name, manifest, arrays)
+        return out
 
     def __len__(self) -> int:
         return len(self.text_ids)
