@@ -3,6 +3,9 @@
   python main.py --config=configs/pretrain.py --workdir=DIR          # base
   python main.py --config=configs/pretrain.py:large --workdir=DIR
   python main.py --config=configs/pretrain.py:tiny --workdir=DIR     # CPU, minutes
+  python main.py --config=configs/pretrain.py:indomain --workdir=DIR  # COCO + VG
+  python main.py --config=configs/pretrain.py:alldata --workdir=DIR   # + CC + SBU
+  python main.py --config=configs/pretrain.py:alldata_tiny --workdir=DIR  # 4 synthetic
 
 Any field can be overridden, e.g. `--config.optim.lr=1e-4`. Without
 `data.images` / `data.texts` the run uses the built-in synthetic world
@@ -19,12 +22,59 @@ from uniter_jax.model.config import PRESETS
 from uniter_jax.objectives.tasks import TaskSettings
 from uniter_jax.train.optimizer import OptimSettings
 
+# The original's two pretraining setups (docs/original.md, Pretraining data):
+# per dataset, its text stores, image stores, validation stores and task
+# ratios (ITM : MLM : MRFR : MRC-kl). Paths are where the README's conversion
+# commands write; override any, e.g. --config.data.datasets.coco.texts=...
+_COCO = dict(
+    texts=("data/txt/coco_train", "data/txt/coco_restval"),
+    images=("data/img/coco_train2014", "data/img/coco_val2014"),
+    val_texts=("data/txt/coco_val",),
+    val_images=("data/img/coco_val2014",),
+)
+_VG = dict(texts=("data/txt/vg_train",), images=("data/img/vg",), val_texts=("data/txt/vg_val",))
+_CC = dict(
+    texts=("data/txt/cc_train",),
+    images=("data/img/cc_train",),
+    val_texts=("data/txt/cc_val",),
+    val_images=("data/img/cc_val",),
+)
+_SBU = dict(
+    texts=("data/txt/sbu_train",), images=("data/img/sbu",), val_texts=("data/txt/sbu_val",)
+)
+
+
+def _ratios(itm: float, mlm: float, mrfr: float, mrc_kl: float) -> dict[str, float]:
+    return dict(itm=itm, mlm=mlm, mrfr=mrfr, mrc_kl=mrc_kl)
+
+
+SETUPS = {
+    "indomain": dict(
+        coco={**_COCO, "mix": _ratios(2, 2, 1, 1)}, vg={**_VG, "mix": _ratios(2, 2, 1, 1)}
+    ),
+    "alldata": dict(
+        coco={**_COCO, "mix": _ratios(6, 8, 4, 4)},
+        vg={**_VG, "mix": _ratios(9, 12, 6, 6)},
+        cc={**_CC, "mix": _ratios(9, 12, 6, 6)},
+        sbu={**_SBU, "mix": _ratios(6, 8, 4, 4)},
+    ),
+}
+
+
+def _variant(arg: str) -> tuple[str, str]:
+    """`(setup, model preset)` of a variant: `tiny`, `indomain`, `alldata_tiny`, ..."""
+    setup, _, size = arg.partition("_") if arg.split("_")[0] in SETUPS else ("", "", arg)
+    size = size or "base"
+    if size not in PRESETS:
+        raise ValueError(
+            f"unknown variant {arg!r} of configs/pretrain.py; choose a model size "
+            f"{sorted(PRESETS)}, a setup {sorted(SETUPS)}, or <setup>_<size> (alldata_tiny)"
+        )
+    return setup, size
+
 
 def get_config(arg: str = "base") -> ml_collections.ConfigDict:
-    if arg not in PRESETS:
-        raise ValueError(
-            f"unknown variant {arg!r} of configs/pretrain.py; choose {sorted(PRESETS)}"
-        )
+    setup, arg = _variant(arg)
     tiny = arg == "tiny"
     config = ml_collections.ConfigDict()
     config.job = "pretrain"  # what main.py runs
@@ -90,6 +140,15 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # Regions kept: clip(#(conf > conf_th), min_bb, max_bb), `PipelineConfig`'s defaults.
     config.data.update(defaults(PipelineConfig, only=("conf_th", "min_bb", "max_bb")))
     config.data.itm_neg_prob = 0.5  # ITM: texts paired with a random other image
+    # Several datasets, each name -> texts, images, val_texts, val_images, mix
+    # (task ratios) and optionally conf_th/min_bb/max_bb; one stream per
+    # (dataset, task) (uniter_jax/train/datasets.py). Empty: data.texts/images.
+    # A dataset with no texts and images reads the built-in synthetic corpus
+    # of its name (coco, vg, cc, sbu), written into the workdir.
+    config.data.datasets = ml_collections.ConfigDict()
+    if setup:
+        config.data.datasets = ml_collections.ConfigDict(_setup_datasets(setup, tiny))
+        config.data.synthetic_images = 400 if tiny else config.data.synthetic_images  # each
 
     # Masking, WRA and gather settings at `TaskSettings`' defaults (documented
     # there); the mix schedule below.
@@ -117,7 +176,8 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         # MRC-kl averages over 1601 classes, so its gradients are tiny: on the
         # tiny model an Adam epsilon of 1e-6 mutes them (no MRC learning at all).
         config.optim.eps = 1e-8
-    config.optim.accumulation = 1 if tiny else 2  # micro-steps summed per update
+    # Micro-steps summed per update; the original's all-data setup sums 6.
+    config.optim.accumulation = 1 if tiny else (6 if setup == "alldata" else 2)
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 6000 if tiny else 5000  # micro-steps between saves
@@ -132,3 +192,11 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.log = ml_collections.ConfigDict()
     config.log.every_steps = 500 if tiny else 100  # micro-steps between train metric lines
     return config
+
+
+def _setup_datasets(setup: str, tiny: bool) -> dict:
+    """The datasets of `setup`; tiny: the built-in synthetic corpora of the same
+    names (no paths), with the same ratios."""
+    if not tiny:
+        return SETUPS[setup]
+    return {name: {"mix": entry["mix"]} for name, entry in SETUPS[setup].items()}

@@ -3,8 +3,8 @@
 import pytest
 
 from configs.pretrain import get_config
+from uniter_jax.train.datasets import configured_datasets, stream_schedule
 from uniter_jax.train.inputs import task_settings
-from uniter_jax.train.job import mix_schedule
 
 VOCAB = {"mask_id": 103, "cls_id": 101, "sep_id": 102, "pad_id": 0, "random_range": [999, 28996]}
 
@@ -44,15 +44,20 @@ def test_bad_wra_settings_are_named(key, value, message):
         task_settings(section, VOCAB)
 
 
+def mix_schedule(config):
+    return stream_schedule(configured_datasets(config), config.tasks)[0]
+
+
 def test_the_mix_schedule_comes_from_the_tasks_section():
-    section = get_config("tiny").tasks
-    assert mix_schedule(section).first_steps == 0  # the mix from the start by default
+    config = get_config("tiny")
+    section = config.tasks
+    assert mix_schedule(config).first_steps == 0  # the mix from the start by default
     section.first_steps = 3000
     section.first_mix = {"itm": 1.0, "mlm": 0.0}
-    schedule = mix_schedule(section)
+    schedule = mix_schedule(config)
     assert (schedule.first, schedule.first_steps) == ({"itm": 1.0}, 3000)
     assert schedule.at(2999) == {"itm": 1.0} and schedule.at(3000) == dict(schedule.mix)
     task_settings(section, VOCAB)  # the schedule's keys are not unknown task settings
     section.first_mix = {"nsp": 1.0}
     with pytest.raises(ValueError, match="unknown tasks"):
-        mix_schedule(section)
+        mix_schedule(config)

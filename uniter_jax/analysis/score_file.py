@@ -29,8 +29,6 @@ from uniter_jax.analysis.example import RegionSelection, store_vocabulary
 from uniter_jax.analysis.itm_scores import itm_scores
 from uniter_jax.data import files
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.image_store import ImageStore
-from uniter_jax.data.text_store import TextStore
 from uniter_jax.model.pretraining import UniterForPretraining, set_params
 from uniter_jax.sharding import Layout, to_host
 from uniter_jax.train import inputs
@@ -86,9 +84,7 @@ def run_score(
     if jax.process_count() > 1:
         raise ValueError("--mode=score runs in one process: start it on one host")
     pairs = read_pairs(pairs_path)
-    stores = inputs.resolve_stores(config, workdir)
-    texts = TextStore(stores.texts)
-    images = ImageStore(stores.images)
+    texts, images = inputs.open_stores(inputs.single_dataset(config, workdir))
     vocab = store_vocabulary(texts)
     model_cfg = inputs.model_config(config.model)
     inputs.check_compatible(texts, images, model_cfg)
@@ -113,7 +109,7 @@ def run_score(
     if missing:
         line = next(n for n, (image, _) in enumerate(keys, 1) if image == missing[0])
         raise DataError(
-            f"{len(missing)} image ids are not in the image store {stores.images} "
+            f"{len(missing)} image ids are not in the image store {images.directory} "
             f"(first: {missing[0]!r}); set data.images to the store that holds them",
             file=pairs_path,
             record=f"line {line}",

@@ -10,8 +10,9 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from uniter_jax.data.errors import DataError
 
 # Every store folder holds this file; it is written last.
 MANIFEST = "manifest.json"
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def is_remote(path: str) -> bool:
@@ -100,6 +104,17 @@ def joined_sha256(digests: list[str]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
+def map_ordered(
+    function: Callable[[T], R], items: Sequence[T], *, workers: int = 16, chunk: int = 1024
+) -> Iterator[R]:
+    """`map(function, items)` on `workers` threads, results in order, at most
+    `chunk` items in flight: reads of many small files from gs:// wait on the
+    network, not the CPU."""
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(items), chunk):
+            yield from pool.map(function, items[start : start + chunk])
+
+
 def load_npz(path: str, *, expect_sha256: str | None = None) -> dict[str, np.ndarray]:
     """All arrays of an npz (never unpickled), checked against a sha256 if given."""
     data = read_bytes(path)
@@ -113,26 +128,30 @@ def load_npz(path: str, *, expect_sha256: str | None = None) -> dict[str, np.nda
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: str, *, overwrite: bool = False) -> Iterator[str]:
+def atomic_directory(
+    directory: str, *, overwrite: bool = False, marker: str = MANIFEST
+) -> Iterator[str]:
     """Yields a temporary sibling folder; renames it to `directory` on success.
 
     On any exception the temporary folder is removed, so `directory` is either
     absent, the old one, or complete: never partial. Local paths only (convert
-    locally, then copy to gs://).
+    locally, then copy to gs://). `overwrite` replaces only a folder holding
+    `marker` (the file every complete folder of this kind holds), never
+    another non-empty folder.
     """
     if is_remote(directory):
         raise DataError(
             "stores are written to local disk; copy them to gs:// afterwards", file=directory
         )
     directory = os.path.abspath(directory)
-    _check_target(directory, overwrite)
+    _check_target(directory, overwrite, marker)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
         yield tmp
-        _check_target(directory, overwrite)  # again: something may have appeared meanwhile
+        _check_target(directory, overwrite, marker)  # again: something may have appeared meanwhile
         if os.path.exists(directory):
             old = f"{tmp}.old"
             os.replace(directory, old)
@@ -160,7 +179,7 @@ def close_atomic(context: Any, exc_type: Any, exc: Any, tb: Any, finish: Any) ->
     context.__exit__(exc_type, exc, tb)
 
 
-def _check_target(directory: str, overwrite: bool) -> None:
+def _check_target(directory: str, overwrite: bool, marker: str) -> None:
     if os.path.exists(directory):
         if not os.path.isdir(directory):
             raise DataError("exists and is not a folder", file=directory)
@@ -168,5 +187,5 @@ def _check_target(directory: str, overwrite: bool) -> None:
             raise DataError(
                 "already exists (pass overwrite / --force to replace it)", file=directory
             )
-        if os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
+        if os.listdir(directory) and not os.path.exists(os.path.join(directory, marker)):
             raise DataError("not empty and not a store: refusing to replace it", file=directory)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -186,7 +185,6 @@ class ImageStoreWriter:
                 "num_regions": int(sum(self._num_boxes)),
                 "images_per_shard": IMAGES_PER_SHARD,
                 "index_sha256": sha256(index_path),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source": self.source,
             },
         )

@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from uniter_jax.data import image_store, text_store
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.files import exists, read_json, write_json
+from uniter_jax.data.files import MANIFEST, exists, read_json, write_json
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 
@@ -30,6 +31,8 @@ SHARDS = "shards.json"
 FORMAT = "uniter_jax.shards"
 VERSION = 1
 KINDS = ("text", "image")
+# A plain store's kind, by its manifest's format.
+KIND_OF_FORMAT = {text_store.FORMAT: "text", image_store.FORMAT: "image"}
 
 
 def shard_name(index: int, count: int) -> str:
@@ -54,6 +57,22 @@ def read_shard_index(directory: str) -> dict | None:
         if missing:
             raise DataError(f"shard entry without {missing}", file=path, record=position)
     return index
+
+
+def store_kind(path: str) -> str:
+    """What the store or sharded store at `path` holds: "text" or "image"."""
+    index = read_shard_index(path)
+    if index is not None:
+        return index["kind"]
+    manifest_path = os.path.join(path, MANIFEST)
+    manifest = read_json(manifest_path)
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found not in KIND_OF_FORMAT:
+        raise DataError(
+            f"neither a text nor an image store, nor a sharded store (format {found!r})",
+            file=manifest_path,
+        )
+    return KIND_OF_FORMAT[found]
 
 
 def store_folders(paths: str | Sequence[str], kind: str) -> list[tuple[str, dict | None]]:

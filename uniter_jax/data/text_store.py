@@ -14,7 +14,6 @@ Task fields: fixed-size per example (`label` [N], `target` [N, K]) or ragged
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -155,7 +154,6 @@ class TextStoreWriter:
                 "ragged": sorted(self.ragged),
                 "vocab": self.vocab,
                 "data_sha256": sha256(data_path),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source": self.source,
             },
         )

@@ -47,8 +47,10 @@ def evaluate(
     tasks: tuple[str, ...],
     num_batches: int = 0,
     layout: Layout | None = None,
+    prefix: str = "val",
 ) -> dict[str, float]:
-    """`{"val/<task>/<metric>": value}` over `num_batches` batches (0: one epoch)."""
+    """`{"<prefix>/<task>/<metric>": value}` over `num_batches` batches (0: one
+    epoch); pretraining on several datasets uses the prefix `val/<dataset>`."""
     start = time.perf_counter()
     layout = layout or Layout.single_device()
     pipeline.restore({**pipeline.state(), "epoch": 0, "step": 0})
@@ -81,7 +83,7 @@ def evaluate(
                     eval_step(params, fields, task_key, task=task, settings=settings, layout=layout)
                 )
                 for name in REPORTED[task]:
-                    sums[f"val/{task}/{name}"] += np.asarray(metrics[name], np.float64)
+                    sums[f"{prefix}/{task}/{name}"] += np.asarray(metrics[name], np.float64)
     finally:
         pipeline.close()
     out = {name: float(s / c) for name, (s, c) in sums.items() if c > 0}

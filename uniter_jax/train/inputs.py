@@ -15,29 +15,24 @@ import json
 import os
 import pathlib
 import tempfile
+from collections.abc import Callable
 
 import jax
 import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from uniter_jax.data import files, synthetic
+from uniter_jax.data import files, synthetic, synthetic_corpora
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
+from uniter_jax.data.store_sets import open_images, open_texts
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import TASKS, TaskSettings, needs_soft_labels
 from uniter_jax.seeds import pipeline_seed
 from uniter_jax.sharding import Layout
-
-
-@dataclasses.dataclass(frozen=True)
-class Stores:
-    images: str
-    texts: str
-    val_images: str  # "" with val_texts "": no validation data
-    val_texts: str
+from uniter_jax.train.datasets import Dataset, configured_datasets, stream_seed_index
 
 
 def model_config(section: ml_collections.ConfigDict) -> UniterConfig:
@@ -47,48 +42,96 @@ def model_config(section: ml_collections.ConfigDict) -> UniterConfig:
     return UniterConfig.preset(preset, **values)
 
 
-def resolve_stores(config: ml_collections.ConfigDict, workdir: str) -> Stores:
-    """The configured store folders, or the synthetic world's (written if needed)."""
-    data = config.data
-    if bool(data.images) != bool(data.texts):
-        raise ConfigError("set both data.images and data.texts, or neither (synthetic data)")
-    if data.val_images and not data.val_texts:
-        raise ConfigError("data.val_images is set but data.val_texts is not: set both, or neither")
-    if data.images:
-        if data.val_texts and not files.exists(data.val_texts):  # local or gs://
-            raise FileNotFoundError(f"data.val_texts: no text store at {data.val_texts}")
-        return Stores(data.images, data.texts, data.val_images or data.images, data.val_texts)
-    root = synthetic_world(config, workdir)
-    images = os.path.join(root, "images")
-    texts = os.path.join(root, "texts")
-    return Stores(
-        images, os.path.join(texts, "captions_train"), images, os.path.join(texts, "captions_val")
-    )
+def resolve_datasets(config: ml_collections.ConfigDict, workdir: str) -> list[Dataset]:
+    """The run's datasets (`train/datasets.py`), synthetic ones' stores written
+    into the workdir on first use and their paths filled in."""
+    out = []
+    for dataset in configured_datasets(config):
+        if not dataset.synthetic:
+            for path in dataset.val_texts:
+                if not files.exists(path):  # local or gs://
+                    raise FileNotFoundError(f"data.val_texts: no text store at {path}")
+            out.append(dataset)
+            continue
+        if dataset.name:
+            root = synthetic_corpus(config, workdir, dataset.name)
+            texts, images = os.path.join(root, "texts"), os.path.join(root, "images")
+            train, val = os.path.join(texts, "train"), os.path.join(texts, "val")
+        else:
+            root = synthetic_world(config, workdir)
+            images = os.path.join(root, "images")
+            train = os.path.join(root, "texts", "captions_train")
+            val = os.path.join(root, "texts", "captions_val")
+        out.append(
+            dataclasses.replace(
+                dataset, texts=(train,), images=(images,), val_texts=(val,), val_images=(images,)
+            )
+        )
+    return out
+
+
+def single_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
+    """The one dataset of a tool that reads one text and one image store."""
+    datasets = resolve_datasets(config, workdir)
+    if len(datasets) > 1 or datasets[0].name:
+        raise ConfigError(
+            f"this reads one text and one image store, the config lists datasets "
+            f"{[d.name for d in datasets]}: set data.texts and data.images (and "
+            "--config.data.datasets='{}')"
+        )
+    return datasets[0]
 
 
 def synthetic_world(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The folder of the built-in synthetic world of `config.data.synthetic_images`
-    images, written on first use (by process 0, or by each host when the
-    workdir is remote)."""
+    images, written on first use."""
     world = synthetic.WorldConfig(num_images=config.data.synthetic_images, seed=config.seed)
     # The generator's version too: a world written by an older one lacks stores.
-    wanted = json.dumps(
-        {**dataclasses.asdict(world), "version": synthetic.WORLD_VERSION}, sort_keys=True
+    return _written_once(
+        workdir,
+        "synthetic",
+        "world.json",
+        {**dataclasses.asdict(world), "version": synthetic.WORLD_VERSION},
+        lambda root: synthetic.write_world(root, world, overwrite=True),
     )
+
+
+def synthetic_corpus(config: ml_collections.ConfigDict, workdir: str, name: str) -> str:
+    """The folder of built-in synthetic corpus `name` (coco, vg, cc or sbu; its
+    public formats converted into stores), written on first use."""
+    corpus = synthetic_corpora.CorpusConfig.named(
+        name, num_images=config.data.synthetic_images, seed=config.seed
+    )
+    return _written_once(
+        workdir,
+        os.path.join("synthetic_corpora", name),
+        "corpus.json",
+        {**dataclasses.asdict(corpus), "version": synthetic_corpora.VERSION},
+        lambda root: synthetic_corpora.write_corpus(root, corpus, overwrite=True),
+    )
+
+
+def _written_once(
+    workdir: str, name: str, marker: str, described: dict, write: Callable[[str], object]
+) -> str:
+    """`workdir/name`, written by `write(root)` unless its `marker` file already
+    holds `described`: by process 0, or, when the workdir is remote, by each
+    host to its own disk (small and deterministic; the store readers want
+    local files here)."""
+    wanted = json.dumps(described, sort_keys=True)
     if "://" in workdir:
-        # A bucket workdir: each host writes the (small, deterministic) world to
-        # its own disk, as the store readers want local files here.
         digest = hashlib.sha256(wanted.encode()).hexdigest()[:12]
-        root, writer = os.path.join(tempfile.gettempdir(), f"uniter_jax_synthetic_{digest}"), True
+        folder = f"uniter_jax_{name.replace(os.sep, '_')}_{digest}"
+        root, writer = os.path.join(tempfile.gettempdir(), folder), True
     else:
-        root, writer = os.path.join(workdir, "synthetic"), jax.process_index() == 0
-    marker = os.path.join(root, "world.json")
+        root, writer = os.path.join(workdir, name), jax.process_index() == 0
+    marker = os.path.join(root, marker)
     if writer and (not os.path.exists(marker) or pathlib.Path(marker).read_text() != wanted):
-        logging.info("writing the synthetic world (%d images) to %s", world.num_images, root)
-        synthetic.write_world(root, world, overwrite=True)
+        logging.info("writing %s to %s", name, root)
+        write(root)
         pathlib.Path(marker).write_text(wanted)
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("synthetic world written")
+        multihost_utils.sync_global_devices(f"{name} written")
     return root
 
 
@@ -99,12 +142,16 @@ def pipeline_config(
     itm_neg_prob: float,
     soft_labels: bool,
     shuffle: bool = True,
+    selection: tuple[float, int, int] | None = None,
 ) -> PipelineConfig:
+    """The pipeline settings of `data`; `selection` (conf_th, min_bb, max_bb)
+    where a dataset selects regions its own way."""
+    conf_th, min_bb, max_bb = selection or (data.conf_th, data.min_bb, data.max_bb)
     return PipelineConfig(
         buckets=tuple(Bucket(*b) for b in data.buckets),
-        conf_th=data.conf_th,
-        min_bb=data.min_bb,
-        max_bb=data.max_bb,
+        conf_th=conf_th,
+        min_bb=min_bb,
+        max_bb=max_bb,
         itm_neg_prob=itm_neg_prob,
         shuffle=shuffle,
         seed=seed,
@@ -135,33 +182,50 @@ def check_compatible(texts: TextStore, images: ImageStore, model: UniterConfig) 
         )
 
 
+def open_stores(dataset: Dataset, *, val: bool = False) -> tuple[TextStore, ImageStore]:
+    """A dataset's training (or validation) text and image stores, each read as one."""
+    texts, images = (
+        (dataset.val_texts, dataset.val_images) if val else (dataset.texts, dataset.images)
+    )
+    label = f"{dataset.name or 'data'}{' validation' if val else ''}"
+    return open_texts(texts, name=f"{label} texts {list(texts)}"), open_images(
+        images, name=f"{label} images {list(images)}"
+    )
+
+
 def train_pipelines(
     config: ml_collections.ConfigDict,
-    stores: Stores,
-    tasks: tuple[str, ...],
+    datasets: list[Dataset],
+    stores: dict[str, tuple[TextStore, ImageStore]],
+    streams: dict[str, str],
     *,
     process_index: int = 0,
     process_count: int = 1,
 ) -> dict[str, Pipeline]:
-    """One pipeline per active task, each with its own seed."""
-    texts, images = TextStore(stores.texts), ImageStore(stores.images)
+    """One pipeline per stream (a dataset's task), each with its own seed."""
     out = {}
-    for task in tasks:
-        settings = pipeline_config(
-            config.data,
-            seed=pipeline_seed(config.seed, TASKS.index(task), len(TASKS)),
-            itm_neg_prob=config.data.itm_neg_prob if task == "itm" else 0.0,
-            soft_labels=needs_soft_labels(task),
-        )
-        out[task] = Pipeline(
-            texts, images, settings, process_index=process_index, process_count=process_count
-        )
+    for dataset in datasets:
+        texts, images = stores[dataset.name]
+        for task in TASKS:
+            stream = dataset.stream(task)
+            if stream not in streams:
+                continue
+            settings = pipeline_config(
+                config.data,
+                seed=pipeline_seed(config.seed, *stream_seed_index(datasets, dataset, task)),
+                itm_neg_prob=config.data.itm_neg_prob if task == "itm" else 0.0,
+                soft_labels=needs_soft_labels(task),
+                selection=dataset.selection,
+            )
+            out[stream] = Pipeline(
+                texts, images, settings, process_index=process_index, process_count=process_count
+            )
     return out
 
 
 def val_pipeline(
     config: ml_collections.ConfigDict,
-    stores: Stores,
+    dataset: Dataset,
     *,
     model: UniterConfig,
     train_vocab: dict,
@@ -169,9 +233,8 @@ def val_pipeline(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Pipeline | None:
-    """The validation pipeline (negatives as in training, fixed order), or None."""
-    if not stores.val_texts:
-        logging.warning("no validation data (data.val_texts is empty): no validation metrics")
+    """A dataset's validation pipeline (negatives as in training, fixed order), or None."""
+    if not dataset.val_texts:
         return None
     settings = pipeline_config(
         config.data,
@@ -179,14 +242,11 @@ def val_pipeline(
         itm_neg_prob=config.data.itm_neg_prob,
         soft_labels=soft_labels,
         shuffle=False,
+        selection=dataset.selection,
     )
-    texts, images = TextStore(stores.val_texts), ImageStore(stores.val_images)
+    texts, images = open_stores(dataset, val=True)
     check_compatible(texts, images, model)
-    if texts.manifest["vocab"] != train_vocab:
-        raise ConfigError(
-            f"{stores.val_texts}: tokenized with another vocabulary than the training texts "
-            f"({texts.manifest['vocab'].get('path')} vs {train_vocab.get('path')})"
-        )
+    check_vocab(texts, train_vocab)
     return Pipeline(
         texts,
         images,
@@ -194,6 +254,15 @@ def val_pipeline(
         process_index=process_index,
         process_count=process_count,
     )
+
+
+def check_vocab(texts: TextStore, vocab: dict) -> None:
+    """Raises ConfigError unless `texts` was tokenized with `vocab`."""
+    if texts.manifest["vocab"] != vocab:
+        raise ConfigError(
+            f"{texts.directory}: tokenized with another vocabulary than the first training "
+            f"texts ({texts.manifest['vocab'].get('path')} vs {vocab.get('path')})"
+        )
 
 
 def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from uniter_jax.objectives.tasks import MixSchedule, check_mix
+from uniter_jax.objectives.tasks import MixSchedule
 from uniter_jax.sharding import Layout
 from uniter_jax.train.step import StepSettings
 
@@ -20,8 +20,10 @@ class Job:
     """What one training run trains: the part that differs between pretraining and
     each fine-tuning task; `train` runs any job the same way.
 
-    `pipelines` maps each task to an iterator of host batches with
-    `state()` / `restore(state)` / `close()` (a `Pipeline` or a wrapper);
+    `pipelines` maps each stream the mix draws to an iterator of host batches
+    with `state()` / `restore(state)` / `close()` (a `Pipeline` or a wrapper);
+    `streams` maps a stream to the task its steps train where the names differ
+    (pretraining's `"<dataset>/<task>"`; absent: the stream is the task);
     `validate(params)` returns `{"val/...": value}`; `initial_params()`
     creates (or loads) the parameters of a fresh run.
     """
@@ -33,17 +35,11 @@ class Job:
     validate: Callable[[dict], dict[str, float]] | None
     initial_params: Callable[[], dict]
     close: Callable[[], None]
+    streams: dict[str, str] = dataclasses.field(default_factory=dict)
 
-
-def mix_schedule(section: ml_collections.ConfigDict) -> MixSchedule:
-    """`tasks.mix`, after `tasks.first_mix` for `tasks.first_steps` micro-steps."""
-    first_steps = int(section.get("first_steps", 0))
-    first = section.get("first_mix")
-    return MixSchedule(
-        mix=check_mix(section.mix.to_dict()),
-        first=check_mix(first.to_dict()) if first_steps and first is not None else {},
-        first_steps=first_steps,
-    )
+    def task(self, stream: str) -> str:
+        """The task the steps of `stream` train."""
+        return self.streams.get(stream, stream)
 
 
 # `(config, workdir, layout) -> Job`: how `main.py` hands the job to the loop.

@@ -1,7 +1,8 @@
 """The training loop: runs (or resumes) one `Job` (`train/job.py`), pretraining's
 or a fine-tuning task's; `main.py` picks which.
 
-One task per micro-step, drawn by mix ratio from `(seed, step)`; gradients of
+One stream (a task, or pretraining's dataset and task) per micro-step,
+drawn by mix ratio from `(seed, step)`; gradients of
 `optim.accumulation` micro-steps make one update. The run resumes from the
 newest checkpoint in `workdir/checkpoints` with params, optimiser state, step,
 PRNG key, every pipeline's position and the partly filled metric window, so
@@ -85,7 +86,10 @@ class _Run:
     writer: Any
     pending: tuple[int, str, Any] | None = None
 
-    def step(self, step: int, task: str, batch: dict) -> None:
+    def step(self, step: int, stream: str, batch: dict) -> None:
+        """Dispatches micro-step `step` on a batch of `stream` (its metrics are
+        logged under the stream's name, e.g. `train/coco/itm/loss`)."""
+        task = self.job.task(stream)
         fields = self.layout.global_batch(
             {k: batch[k] for k in batch_fields(task, self.job.settings.tasks)}
         )
@@ -93,12 +97,12 @@ class _Run:
             self.state, fields, self.key, task=task, settings=self.job.settings, layout=self.layout
         )
         self.settle()
-        self.pending = (step + 1, task, out)
+        self.pending = (step + 1, stream, out)
 
     def settle(self) -> None:
         if self.pending is None:
             return
-        step, task, out = self.pending
+        step, stream, out = self.pending
         self.pending = None
         out = to_host(out)
         if not out["finite"]:
@@ -106,11 +110,11 @@ class _Run:
             newest = self.checkpoints.latest_step()
             raise NonFiniteError(
                 f"non-finite {'loss' if not np.isfinite(objective) else 'gradient'} at step "
-                f"{step} (task {task}): loss {objective}, gradient norm {grad_norm}; the update "
+                f"{step} (task {stream}): loss {objective}, gradient norm {grad_norm}; the update "
                 "was not applied; "
                 + (f"the newest checkpoint is step {newest}" if newest else "no checkpoint yet")
             )
-        self.window.add(task, out["metrics"])
+        self.window.add(stream, out["metrics"])
 
     def log(self, step: int) -> None:
         self.settle()
@@ -159,16 +163,16 @@ def _restore(
     start, state, meta = newest
     if set(meta["data"]) != set(job.pipelines):
         raise ConfigError(
-            f"{checkpoints.directory}/{start} was saved by a run with tasks "
+            f"{checkpoints.directory}/{start} was saved by a run with streams "
             f"{sorted(meta['data'])}; this config trains {sorted(job.pipelines)}: resume with "
-            "the same tasks.mix (or use a new workdir)"
+            "the same tasks.mix and data.datasets (or use a new workdir)"
         )
-    for task, pipeline in job.pipelines.items():
+    for stream, pipeline in job.pipelines.items():
         try:
-            pipeline.restore(meta["data"][task])
+            pipeline.restore(meta["data"][stream])
         except DataError as e:
             raise DataError(
-                f"cannot resume the {task} pipeline from {checkpoints.directory}/{start}: "
+                f"cannot resume the {stream} pipeline from {checkpoints.directory}/{start}: "
                 f"{e.message}"
             ) from None
     return start, state, np.asarray(meta["key"], np.uint32), Window(meta["window"])
@@ -193,8 +197,8 @@ def _loop(
     metrics: dict[str, float] = {}
     with Preemption() as preemption:
         for step in range(start, total):
-            task = task_for_step(run.job.mix.at(step), config.seed, step)
-            run.step(step, task, next(run.job.pipelines[task]))
+            stream = task_for_step(run.job.mix.at(step), config.seed, step)
+            run.step(step, stream, next(run.job.pipelines[stream]))
             done = step + 1  # steps are counted as done: logs, checkpoints, errors
             progress(done)
             if _every(config.log.every_steps, done, total):

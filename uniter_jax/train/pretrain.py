@@ -1,10 +1,12 @@
-"""The pretraining job: the tasks of `config.tasks.mix` on the configured (or
-synthetic) stores, validated on the validation store (`train/job.py`)."""
+"""The pretraining job (`train/job.py`): one stream per (dataset, task) of the
+configured (or synthetic) datasets (`train/datasets.py`), drawn by their mix
+ratios, each dataset validated on its own validation stores."""
 
 from __future__ import annotations
 
 import jax
 import ml_collections
+from absl import logging
 
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
@@ -12,97 +14,136 @@ from uniter_jax.model import UniterConfig
 from uniter_jax.model.config import ConfigError
 from uniter_jax.sharding import Layout
 from uniter_jax.train import inputs, shapes
+from uniter_jax.train.datasets import Dataset, stream_schedule
 from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.image_init import principal_directions
-from uniter_jax.train.job import Job, mix_schedule
+from uniter_jax.train.job import Job
 from uniter_jax.train.state import initial_params, optim_settings
 from uniter_jax.train.step import StepSettings
 
 
 def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Job:
-    """The pretraining tasks of `config.tasks.mix` on the configured (or synthetic) stores."""
+    """The pretraining streams of the configured (or synthetic) datasets."""
     model_cfg = inputs.model_config(config.model)
-    mix = mix_schedule(config.tasks)
-    tasks = mix.tasks
-    stores = inputs.resolve_stores(config, workdir)
-    read = [(stores.texts, stores.images)] + (
-        [(stores.val_texts, stores.val_images)] if stores.val_texts else []
-    )
+    datasets = inputs.resolve_datasets(config, workdir)
+    mix, streams = stream_schedule(datasets, config.tasks)
+    stores = {d.name: inputs.open_stores(d) for d in datasets}
     buckets = shapes.run_buckets(
         config.data,
         workdir,
-        lambda: [(TextStore(t), ImageStore(i)) for t, i in read],
+        lambda: _shape_sources(datasets, stores),
         ways=layout.batch_shards * jax.process_count(),
     )
     config = shapes.with_buckets(config, buckets)
     inputs.check_batches(config.data, layout)
+    vocab = _check_stores(datasets, stores, streams, model_cfg)
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    pipelines = inputs.train_pipelines(config, stores, tasks, **hosts)
-    any_pipeline = pipelines[tasks[0]]
-    inputs.check_compatible(any_pipeline.texts, any_pipeline.images, model_cfg)
-    has_soft = bool(any_pipeline.images.num_labels)
-    if any(t in ("mrc", "mrc_kl") for t in tasks) and not has_soft:
-        raise ConfigError(f"{stores.images}: MRC tasks need soft labels, the image store has none")
-    val = inputs.val_pipeline(
-        config,
-        stores,
-        model=model_cfg,
-        train_vocab=any_pipeline.texts.manifest["vocab"],
-        soft_labels=has_soft,
-        **hosts,
-    )
+    pipelines = inputs.train_pipelines(config, datasets, stores, streams, **hosts)
+    val = {}
+    for dataset in datasets:
+        soft = bool(stores[dataset.name][1].num_labels)
+        pipeline = inputs.val_pipeline(
+            config, dataset, model=model_cfg, train_vocab=vocab, soft_labels=soft, **hosts
+        )
+        if pipeline is not None:
+            val[dataset.name] = (pipeline, eval_tasks(soft))
+    if not val:
+        logging.warning("no validation data (no validation texts configured): no val metrics")
     settings = StepSettings(
         model=model_cfg,
-        tasks=inputs.task_settings(config.tasks, any_pipeline.texts.manifest["vocab"]),
+        tasks=inputs.task_settings(config.tasks, vocab),
         optim=optim_settings(config.optim),
     )
 
     def validate(params: dict) -> dict[str, float]:
-        return evaluate(
-            params,
-            val,
-            settings,
-            jax.random.PRNGKey(config.eval.seed),
-            tasks=eval_tasks(has_soft),
-            num_batches=config.eval.num_batches,
-            layout=layout,
-        )
+        metrics = {}
+        for name, (pipeline, tasks) in val.items():
+            metrics |= evaluate(
+                params,
+                pipeline,
+                settings,
+                jax.random.PRNGKey(config.eval.seed),
+                tasks=tasks,
+                num_batches=config.eval.num_batches,
+                layout=layout,
+                prefix=f"val/{name}" if name else "val",
+            )
+        return metrics
 
     def close() -> None:
-        for p in (*pipelines.values(), val):
-            if p is not None:
-                p.close()
+        for p in (*pipelines.values(), *(p for p, _ in val.values())):
+            p.close()
 
+    first_texts, first_images = stores[datasets[0].name]
     return Job(
         name="pretrain",
         settings=settings,
         mix=mix,
         pipelines=pipelines,
-        validate=validate if val is not None else None,
+        streams=streams,
+        validate=validate if val else None,
         initial_params=lambda: initial_params(
             model_cfg,
             config.seed,
             config.init_from,
             layout,
             objective=settings.tasks,
-            image_directions=_image_directions(config, any_pipeline, model_cfg),
+            image_directions=_image_directions(
+                config, first_texts, first_images, datasets[0].selection, model_cfg
+            ),
         ),
         close=close,
     )
 
 
-def _image_directions(config: ml_collections.ConfigDict, pipeline, model_cfg: UniterConfig):
-    """`config.image_init`: None for "random", the training regions' principal
-    directions for "pca"."""
+def _shape_sources(datasets: list[Dataset], stores: dict) -> list[tuple]:
+    """`(texts, images, selection)` of every store pair the run reads, for the buckets."""
+    out = []
+    for dataset in datasets:
+        out.append((*stores[dataset.name], dataset.selection))
+        if dataset.val_texts:
+            out.append((*inputs.open_stores(dataset, val=True), dataset.selection))
+    return out
+
+
+def _check_stores(
+    datasets: list[Dataset],
+    stores: dict,
+    streams: dict[str, str],
+    model_cfg: UniterConfig,
+) -> dict:
+    """The training vocabulary, after checking that every dataset's stores fit
+    the model, share it, and hold soft labels where an MRC task reads them."""
+    vocab = stores[datasets[0].name][0].manifest["vocab"]
+    for dataset in datasets:
+        texts, images = stores[dataset.name]
+        inputs.check_compatible(texts, images, model_cfg)
+        inputs.check_vocab(texts, vocab)
+        mrc = [t for t in ("mrc", "mrc_kl") if dataset.stream(t) in streams]
+        if mrc and not images.num_labels:
+            raise ConfigError(
+                f"{images.directory}: {mrc} read soft labels, the image store has none"
+            )
+    return vocab
+
+
+def _image_directions(
+    config: ml_collections.ConfigDict,
+    texts: TextStore,
+    images: ImageStore,
+    selection: tuple[float, int, int],
+    model_cfg: UniterConfig,
+):
+    """`config.image_init`: None for "random", the (first dataset's) training
+    regions' principal directions for "pca"."""
     if config.image_init == "random":
         return None
     if config.image_init != "pca":
         raise ConfigError(f"config.image_init is {config.image_init!r}: choose random or pca")
-    data = config.data
     return principal_directions(
-        pipeline.images,
-        [str(i) for i in pipeline.texts.image_ids],
+        images,
+        [str(i) for i in texts.image_ids],
         model_cfg.hidden_size,
-        selection=(data.conf_th, data.min_bb, data.max_bb),
+        selection=selection,
         seed=config.seed,
     )

@@ -24,20 +24,24 @@ from uniter_jax.data.text_store import OFFSETS, TextStore
 BUCKETS_FILE = "buckets.json"
 
 
+def _selection(data: ml_collections.ConfigDict) -> tuple[float, int, int]:
+    return data.conf_th, data.min_bb, data.max_bb
+
+
 def example_shapes(
-    texts: TextStore, images: ImageStore, data: ml_collections.ConfigDict
+    texts: TextStore, images: ImageStore, selection: tuple[float, int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """`[N]` text lengths with [CLS]/[SEP] and `[N]` kept region counts of a
-    text store's examples, regions selected as `data` says."""
+    text store's examples, regions selected by `selection` (conf_th, min_bb, max_bb)."""
     lengths = np.diff(texts.arrays["input_ids" + OFFSETS]) + 2
-    kept = images.num_kept(data.conf_th, data.min_bb, data.max_bb)
+    kept = images.num_kept(*selection)
     return lengths, kept[images.positions(texts.image_ids)]
 
 
 def run_buckets(
     data: ml_collections.ConfigDict,
     workdir: str,
-    stores: Callable[[], Sequence[tuple[TextStore, ImageStore]]],
+    stores: Callable[[], Sequence[tuple]],
     *,
     ways: int,
     group_size: int = 1,
@@ -45,7 +49,9 @@ def run_buckets(
 ) -> tuple[Bucket, ...]:
     """The configured buckets; else the ones this workdir's run chose before;
     else buckets chosen now from every `(texts, images)` pair the run reads
-    (`stores()`, opened only then: large stores are not read twice),
+    (`stores()`, opened only then: large stores are not read twice; each
+    `(texts, images)`, or `(texts, images, selection)` where a dataset selects
+    regions other than `data` says),
     with batch sizes divisible by `ways` (data-parallel shards times hosts)
     and `group_size`, written to `workdir/buckets.json` by process 0.
     `remember=False` (prediction) neither reads nor writes that file."""
@@ -57,7 +63,10 @@ def run_buckets(
         logging.info("buckets of this run, from %s: %s", saved, _describe(chosen))
         return chosen
     stores = stores()
-    shapes = [example_shapes(texts, images, data) for texts, images in stores]
+    shapes = [
+        example_shapes(texts, images, selection[0] if selection else _selection(data))
+        for texts, images, *selection in stores
+    ]
     lengths = np.concatenate([s[0] for s in shapes])
     regions = np.concatenate([s[1] for s in shapes])
     chosen = choose_buckets(
@@ -86,7 +95,7 @@ def run_buckets(
             "buckets": [[b.text_len, b.num_regions, b.batch_size] for b in chosen],
             "padding": waste,
             "texts": len(lengths),
-            "stores": [texts.directory for texts, _ in stores],
+            "stores": [entry[0].directory for entry in stores],
         }
         partial = saved.parent / f"{BUCKETS_FILE}.partial"
         partial.write_text(json.dumps(record, indent=2) + "\n")
