@@ -45,7 +45,13 @@ class Tokenizer:
 
     def __init__(self, vocab_path: str, *, lowercase: bool = False):
         if not os.path.isfile(vocab_path):
-            raise DataError("vocabulary file not found", file=vocab_path)
+            raise DataError(
+                "vocabulary file not found: captions need a cased WordPiece vocab.txt; for "
+                "English captions and UNITER's weights, bert-base-cased's (huggingface-cli "
+                "download bert-base-cased vocab.txt --local-dir data/), or one built from your "
+                "captions (python -m uniter_jax.data.vocab)",
+                file=vocab_path,
+            )
         with open(vocab_path, encoding="utf-8") as f:
             tokens = [line.rstrip("\n") for line in f]
         ids = {t: i for i, t in enumerate(tokens)}
