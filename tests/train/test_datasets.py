@@ -102,6 +102,7 @@ def history(workdir):
 
 def test_each_stream_reads_its_own_dataset_in_its_own_order(tmp_path):
     config = two_corpora_config()
+    config.data.datasets.vg.max_bb = 7  # its own region selection
     job = pretraining_job(config, str(tmp_path), Layout.single_device())
     try:
         assert set(job.pipelines) == {f"{d}/{t}" for d in ("coco", "vg") for t in TASKS} - {
@@ -114,6 +115,7 @@ def test_each_stream_reads_its_own_dataset_in_its_own_order(tmp_path):
             assert all(str(i).startswith(f"{dataset}_") for i in pipeline.texts.image_ids)
             assert all(str(i).startswith(f"{dataset}_") for i in pipeline.images.ids)
             assert job.task(stream) == stream.split("/")[1]
+            assert pipeline.config.max_bb == (7 if dataset == "vg" else config.data.max_bb)
             seeds.add(pipeline.config.seed)
         assert len(seeds) == len(job.pipelines)
     finally:
