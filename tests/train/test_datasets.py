@@ -11,6 +11,7 @@ import scipy.stats
 from test_loop import interrupt_at_2, saved_state
 
 from configs.pretrain import SETUPS, get_config
+from uniter_jax.data import synthetic_corpora
 from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import TASKS
 from uniter_jax.sharding import Layout
@@ -162,11 +163,15 @@ def test_the_measured_mix_matches_the_ratios(tmp_path):
     config.eval.every_steps = 0
     config.checkpoint.every_steps = 400
     loop.train(config, str(tmp_path / "run"), pretraining_job)
+    assert synthetic_corpora.beam_converters is not None  # converted through Beam
     (line,) = history(tmp_path / "run")
-    schedule, _ = stream_schedule(configured_datasets(config), config.tasks)
-    names = sorted(schedule.mix)
-    counts = np.array([line.get(f"train/{n}/steps", 0.0) for n in names])
-    ratios = np.array([schedule.mix[n] for n in names])
+    ratios = {
+        f"{name}/{task}": ratio
+        for name, entry in config.data.datasets.items()
+        for task, ratio in entry.mix.items()
+    }
+    counts = np.array([line.get(f"train/{n}/steps", 0.0) for n in sorted(ratios)])
+    ratios = np.array([ratios[n] for n in sorted(ratios)], np.float64)
     assert counts.sum() == 400
     expected = 400 * ratios / ratios.sum()
     assert scipy.stats.chisquare(counts, expected).pvalue > 1e-3

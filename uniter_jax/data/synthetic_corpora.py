@@ -16,7 +16,9 @@ Region features of every corpus: `regions.tsv` in the bottom-up-attention
 TSV layout with a folder of per-image class distributions (`soft_labels/`),
 converted by the BUTD converter. All four share one vocabulary file (the
 stores of one run must). The first tenth of each corpus' images is its
-validation split.
+validation split. Conversion runs through the Beam pipelines on the
+DirectRunner when apache-beam is installed (`uniter_jax.data.beam`), else
+in process: the same bytes.
 
   python -m uniter_jax.data.synthetic_corpora --out data/corpora   # all four
 """
@@ -30,6 +32,7 @@ import os
 import shutil
 
 import numpy as np
+from absl import logging
 
 from uniter_jax.data.claims import captions
 from uniter_jax.data.convert.butd_tsv import convert_butd_tsv
@@ -40,6 +43,11 @@ from uniter_jax.data.files import write_json
 from uniter_jax.data.scenes import CAPTION_KINDS, HEIGHT, WIDTH, WorldConfig, generate
 from uniter_jax.data.synthetic import corpus, write_lines
 from uniter_jax.data.tokenizer import build_vocab
+
+try:
+    from uniter_jax.data import beam as beam_converters
+except ImportError:  # apache-beam is an optional extra (pip install -e .[beam])
+    beam_converters = None
 
 # Bumped whenever a corpus changes: runs rewrite older ones.
 VERSION = 1
@@ -83,9 +91,27 @@ def vocab_path(root: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(root)), "vocab.txt")
 
 
-def write_corpus(root: str, config: CorpusConfig, *, overwrite: bool = False) -> dict[str, str]:
+def write_corpus(
+    root: str,
+    config: CorpusConfig,
+    *,
+    overwrite: bool = False,
+    use_beam: bool | None = None,
+    keep_raw: bool = False,
+) -> dict[str, str]:
     """Writes corpus `config` in its public formats under `root/raw`, converts it
-    to `root/images` and `root/texts/{train,val}`; returns those paths."""
+    to `root/images` and `root/texts/{train,val}`; returns those paths.
+
+    `use_beam`: convert through the Beam pipelines on the DirectRunner
+    (`uniter_jax.data.beam`; None: when apache-beam is installed), else with
+    the in-process converters; the stores are the same bytes either way.
+    `keep_raw` keeps the public-format files."""
+    if use_beam is None:
+        use_beam = beam_converters is not None
+    if use_beam and beam_converters is None:
+        raise ImportError("use_beam needs apache-beam: pip install -e .[beam]")
+    convert = beam_converters if use_beam else _InProcess
+    extra = {"pipeline_options": ["--runner=DirectRunner"]} if use_beam else {}
     os.makedirs(root, exist_ok=True)
     vocab = build_vocab(corpus(_VOCAB_WORLD), vocab_path(root), vocab_size=400)
     raw = os.path.join(root, "raw")
@@ -94,8 +120,8 @@ def write_corpus(root: str, config: CorpusConfig, *, overwrite: bool = False) ->
     captions_of = _write_regions(raw, config)
     texts = _write_texts(raw, config, captions_of)
     paths = {"vocab": vocab, "images": os.path.join(root, "images")}
-    quiet = {"overwrite": overwrite, "progress": False}
-    convert_butd_tsv(
+    quiet = {"overwrite": overwrite, "progress": False, **extra}
+    convert.convert_butd_tsv(
         os.path.join(raw, "regions.tsv"),
         paths["images"],
         soft_label_dir=os.path.join(raw, "soft_labels"),
@@ -105,7 +131,10 @@ def write_corpus(root: str, config: CorpusConfig, *, overwrite: bool = False) ->
     options = {"vocab": vocab, "images": paths["images"], **quiet}
     for split in SPLITS:
         paths[split] = os.path.join(root, "texts", split)
-        _CONVERT[config.name](texts[split], paths[split], options)
+        _convert_texts(config.name, texts[split], paths[split], convert, options)
+    logging.info("%s converted %s", "Beam (DirectRunner)" if use_beam else "in process", root)
+    if not keep_raw:
+        shutil.rmtree(raw)
     return paths
 
 
@@ -201,23 +230,27 @@ def _write_web(raw: str, name: str, split: str, items: list) -> list[str]:
     return [urls, texts, url_map]
 
 
-def _convert_coco(files: list[str], out: str, options: dict) -> None:
-    convert_coco_captions(files[0], out, image_id_format="coco_{id:06d}", **options)
+def _convert_texts(name: str, files: list[str], out: str, convert, options: dict) -> None:
+    """Converts one split of corpus `name` with `convert` (the in-process or the
+    Beam converters, which take the same arguments)."""
+    if name == "coco":
+        convert.convert_coco_captions(files[0], out, image_id_format="coco_{id:06d}", **options)
+    elif name == "vg":
+        convert.convert_vg_regions(files[0], out, image_id_format="vg_{id:06d}", **options)
+    elif name == "cc":
+        convert.convert_cc(files[0], out, url_map=files[1], **options)
+    else:
+        convert.convert_sbu(files[0], files[1], out, url_map=files[2], **options)
 
 
-def _convert_vg(files: list[str], out: str, options: dict) -> None:
-    convert_vg_regions(files[0], out, image_id_format="vg_{id:06d}", **options)
+class _InProcess:
+    """The in-process converters under the names the Beam package gives them."""
 
-
-def _convert_cc(files: list[str], out: str, options: dict) -> None:
-    convert_cc(files[0], out, url_map=files[1], **options)
-
-
-def _convert_sbu(files: list[str], out: str, options: dict) -> None:
-    convert_sbu(files[0], files[1], out, url_map=files[2], **options)
-
-
-_CONVERT = {"coco": _convert_coco, "vg": _convert_vg, "cc": _convert_cc, "sbu": _convert_sbu}
+    convert_butd_tsv = staticmethod(convert_butd_tsv)
+    convert_coco_captions = staticmethod(convert_coco_captions)
+    convert_vg_regions = staticmethod(convert_vg_regions)
+    convert_cc = staticmethod(convert_cc)
+    convert_sbu = staticmethod(convert_sbu)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,10 +260,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, default=500, help="images per corpus")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace existing stores")
+    parser.add_argument(
+        "--no-beam", action="store_true", help="convert in process even if apache-beam is installed"
+    )
+    parser.add_argument("--keep-raw", action="store_true", help="keep the public-format files")
     args = parser.parse_args(argv)
     for name in args.corpora:
         config = CorpusConfig.named(name, num_images=args.num_images, seed=args.seed)
-        paths = write_corpus(os.path.join(args.out, name), config, overwrite=args.force)
+        paths = write_corpus(
+            os.path.join(args.out, name),
+            config,
+            overwrite=args.force,
+            use_beam=False if args.no_beam else None,
+            keep_raw=args.keep_raw,
+        )
         print(f"{name}: {paths}")
 
 
