@@ -13,6 +13,8 @@ import base64
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ pytest.importorskip("apache_beam")
 from uniter_jax.data import beam
 from uniter_jax.data import convert as in_process
 from uniter_jax.data.beam import lines, shards
-from uniter_jax.data.beam.__main__ import main
+from uniter_jax.data.beam.__main__ import main, unknown_beam_flags
 from uniter_jax.data.beam.elements import Plan
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
@@ -391,6 +393,63 @@ def test_cli_passes_beam_flags_and_fails_with_status_2(inputs, one_piece, tmp_pa
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--skip-bad", "--force", *ONE]) == 0  # a sharded store replaced
     assert files(out) == files(one_piece["coco-captions"][0])
+
+
+BEAM_FLAGS = [
+    "--runner=FnApiRunner",
+    "--direct_num_workers=2",
+    "--direct_running_mode=multi_processing",
+    "--project=x",
+    "--temp_location=gs://b/t",
+    "--experiments=a",
+    "--experiments=b",
+    "--region",
+    "R",
+    "--no_pipeline_type_check",
+]
+
+
+def test_beam_flags_are_known_and_others_unknown_as_written():
+    assert unknown_beam_flags(BEAM_FLAGS) == []
+    stray = ["--max-text-len", "40", "--skip_bad", "extra.json", "--foo_bar=3"]
+    assert unknown_beam_flags([*BEAM_FLAGS[:2], *stray, *BEAM_FLAGS[2:]]) == stray
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--max-text-len", "40"], "--max-text-len 40"),  # ours is --max-txt-len
+        (["--skip_bad"], "--skip_bad"),  # ours is --skip-bad
+        (["second.json"], "second.json"),
+        (["--direct_num_workers=two"], "argument --direct_num_workers: invalid int value"),
+        (["--project"], "argument --project: expected one argument"),
+    ],
+)
+def test_cli_refuses_arguments_neither_it_nor_beam_knows(inputs, tmp_path, capsys, extra, named):
+    (path,), options, _ = inputs["coco-captions"]
+    out = str(tmp_path / "out")
+    args = ["coco-captions", path, "--out", out, "--vocab", options["vocab"]]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, *extra, *ONE])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "coco-captions" in err
+    if not named.startswith("argument"):
+        assert "write Beam flags as --flag=value" in err
+    assert_nothing_at(out)
+
+
+def test_import_prints_nothing_and_leaves_logging_as_it_was():
+    code = (
+        "import logging, uniter_jax.data.beam\n"
+        "assert not logging.root.handlers and not logging.root.filters\n"
+        "assert logging.root.level == logging.WARNING\n"
+        "logging.warning('a later warning')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "" and result.stderr == "WARNING:root:a later warning\n"
 
 
 # ---------------------------------------------------------------- byte ranges

@@ -49,6 +49,24 @@ Limits:
   Grouped texts (NLVR2, VCR) are not converted here.
 """
 
+import logging
+
+
+def _not_apitools_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("apitools not found")
+
+
+# `import apache_beam` calls `logging.warning("apitools not found, and bigquery
+# client libraries are not available ...")` where Beam's GCP extras are not
+# installed; we need none of them, so the line is noise on every run. That
+# call also installs a stderr handler on the root logger when it has none (the
+# implicit `logging.basicConfig`), after which a program's own `basicConfig`
+# does nothing. So, during the import only, the root logger drops exactly that
+# record (a logger's filter sees only records logged to it, not Beam's own
+# loggers' warnings), and the handler that call added is taken away again.
+_root = logging.getLogger()
+_root_handlers = list(_root.handlers)
+_root.addFilter(_not_apitools_notice)
 try:
     import apache_beam  # noqa: F401
 except ImportError as e:
@@ -56,8 +74,14 @@ except ImportError as e:
         "uniter_jax.data.beam needs Apache Beam: pip install -e .[beam] "
         "(or pip install apache-beam==2.77.0)"
     ) from e
+finally:
+    _root.removeFilter(_not_apitools_notice)
+    if not _root_handlers:
+        for _handler in list(_root.handlers):
+            _root.removeHandler(_handler)
 
-from uniter_jax.data.beam.converters import (
+# After the quiet import above: the converters import Beam too.
+from uniter_jax.data.beam.converters import (  # noqa: E402
     convert_butd_tsv,
     convert_cc,
     convert_coco_captions,

@@ -18,7 +18,9 @@
   python -m uniter_jax.data.beam npz-dir features/ --out data/coco_img
 
 Arguments this parser does not know go to Beam's `PipelineOptions`: write
-them after the inputs, as `--flag=value`. Options as in `python -m
+them after the inputs, as `--flag=value`. An argument that neither knows (a
+misspelled option such as `--max-text-len`, a stray input) is an error, not
+dropped with Beam's warning. Options as in `python -m
 uniter_jax.data.convert`: --skip-bad (skip and list bad records), --force
 (replace an existing store); --no-progress is accepted and does nothing.
 A failure leaves no store behind and exits with status 2.
@@ -28,7 +30,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from uniter_jax.data.beam.converters import (
     convert_butd_tsv,
@@ -158,11 +163,41 @@ def _parser() -> argparse.ArgumentParser:
             **_region_options(a),
         )
     )
+    for q in formats.choices.values():  # errors after parsing show the format's usage
+        q.set_defaults(parser=q)
     return p
+
+
+def unknown_beam_flags(flags: Sequence[str]) -> list[str]:
+    """The arguments of `flags` that Beam's `PipelineOptions` does not know, as written.
+
+    Beam itself only logs "Discarding unparseable args" and drops them, so a
+    misspelled converter option would be silently ignored. The flags are parsed
+    with the very parser `PipelineOptions` builds (every options class Beam
+    registers, no abbreviations), handed out by `get_all_options`'s
+    `add_extra_args_fn` hook. Raises `argparse.ArgumentError` for a known flag
+    with a bad value (`--direct_num_workers=x`, `--project` without a value).
+    """
+    parsers: list[argparse.ArgumentParser] = []
+    # No flags here, so Beam warns of nothing; the parser is a fresh one per call.
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    (beam_parser,) = parsers
+    beam_parser.exit_on_error = False  # raise, rather than print Beam's whole usage
+    _, unknown = beam_parser.parse_known_args(list(flags))
+    return unknown
 
 
 def main(argv: list[str] | None = None) -> int:
     args, beam_flags = _parser().parse_known_args(argv)
+    try:
+        unknown = unknown_beam_flags(beam_flags)
+    except argparse.ArgumentError as e:
+        args.parser.error(f"{e} (a Beam pipeline flag)")
+    if unknown:
+        args.parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} (neither an option of "
+            f"{args.format} nor a Beam pipeline flag; write Beam flags as --flag=value)"
+        )
     try:
         summary = args.run(args, {"pipeline_options": beam_flags})
     except DataError as e:

@@ -3,7 +3,7 @@
 `CheckRecords` runs on the workers over `(order, item)` elements; what it
 needs that is heavy (the tokenizer, the image store's ids, a URL map) is
 built in `setup`, once per worker, never pickled with the elements. The
-checks are the in-process converters' own (`_checked_ids`, the parse
+checks are the in-process converters' own (`checked_ids`, the parse
 functions), and errors are located as `write_text_store` and `write_store`
 locate them, so a bad record reads the same either way.
 """
@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from uniter_jax.data.beam.elements import Bad, Parsed
 from uniter_jax.data.convert.common import Record
-from uniter_jax.data.convert.texts import TextRecord, _checked_ids
+from uniter_jax.data.convert.texts import TextRecord, checked_ids
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.tokenizer import Tokenizer
@@ -41,7 +41,7 @@ class TextCheck:
             text = record.parse()
             if isinstance(text, list):
                 raise TypeError(f"{record.where}: grouped texts are not converted by Beam")
-            ids = _checked_ids(text, record, self._tokenizer, self._image_store)
+            ids = checked_ids(text, record, self._tokenizer, self._image_store)
         except DataError as e:
             raise DataError(
                 e.message, file=record.file, record=record.where, field=e.field

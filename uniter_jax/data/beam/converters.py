@@ -149,7 +149,7 @@ def convert_butd_tsv(
         if not exists(soft_label_dir):
             raise DataError("soft-label folder not found", file=soft_label_dir)
     parse = functools.partial(
-        butd_tsv._parse, feature_dim=opts.feature_dim, soft_label_dir=soft_label_dir
+        butd_tsv.parse_detections, feature_dim=opts.feature_dim, soft_label_dir=soft_label_dir
     )
     conversion = Conversion(
         ReadLines(paths, range_bytes=range_bytes, text=False),
@@ -191,9 +191,9 @@ def convert_npz_dir(
         raise DataError("no .npz files", file=directory)
     strict = soft_labels is None
     if soft_labels is None:
-        soft_labels = npz_dir._first_has_soft_labels(paths)
+        soft_labels = npz_dir.first_has_soft_labels(paths)
     parse = functools.partial(
-        npz_dir._parse,
+        npz_dir.parse_file,
         feature_dim=opts.feature_dim,
         soft_labels=soft_labels,
         num_labels=num_labels,

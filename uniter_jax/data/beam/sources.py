@@ -30,7 +30,7 @@ from uniter_jax.data.files import read_json
 
 def coco_records(path: str, image_id_format: str) -> list[TextRecord]:
     """One record per annotation of a COCO caption JSON."""
-    return coco_captions._records(path, image_id_format)
+    return coco_captions.records(path, image_id_format)
 
 
 def vg_records(path: str, image_id_format: str) -> list[TextRecord]:
@@ -38,7 +38,7 @@ def vg_records(path: str, image_id_format: str) -> list[TextRecord]:
     images = read_json(path)
     if not isinstance(images, list):
         raise DataError("expected a JSON list of images", file=path)
-    return vg_regions._records(path, images, image_id_format)
+    return vg_regions.records(path, images, image_id_format)
 
 
 def sbu_rows(urls_path: str, captions_path: str) -> list[web_captions.Row]:
@@ -66,7 +66,7 @@ def npz_paths(directory: str) -> list[str]:
 def npz_records(directory: str, parse: functools.partial) -> list[Record]:
     """One record per `.npz` file of `directory`, in name order."""
     paths = npz_paths(directory)
-    return [Record(path, npz_dir._stem(path), functools.partial(parse, path)) for path in paths]
+    return [Record(path, npz_dir.file_stem(path), functools.partial(parse, path)) for path in paths]
 
 
 # ---------------------------------------------------------------- record makers
@@ -113,7 +113,7 @@ class WebRecords:
             yield order, None
             return
         parse = functools.partial(
-            web_captions._parse, n, fields, self._mapping, self.image_id_format
+            web_captions.parse_row, n, fields, self._mapping, self.image_id_format
         )
         yield order, TextRecord(file, f"line {n}", parse)
 
@@ -133,7 +133,7 @@ class ButdRecords:
         path, number, line = item
         line = line.rstrip(b"\r\n")
         if line:
-            split = functools.partial(tsv._split, line, butd_tsv.COLUMNS, self.parse)
+            split = functools.partial(tsv.split_columns, line, butd_tsv.COLUMNS, self.parse)
             yield order, Record(path, f"line {number}", split)
 
 

@@ -49,7 +49,9 @@ def convert_butd_tsv(
         soft_label_dir = os.fspath(soft_label_dir)
         if not exists(soft_label_dir):
             raise DataError("soft-label folder not found", file=soft_label_dir)
-    parse = functools.partial(_parse, feature_dim=opts.feature_dim, soft_label_dir=soft_label_dir)
+    parse = functools.partial(
+        parse_detections, feature_dim=opts.feature_dim, soft_label_dir=soft_label_dir
+    )
     return opts.write(
         tsv.records(paths, COLUMNS, parse),
         out_dir,
@@ -58,7 +60,16 @@ def convert_butd_tsv(
     )
 
 
-def _parse(columns: tsv.Columns, *, feature_dim: int, soft_label_dir: str | None) -> ImageRegions:
+def parse_detections(
+    columns: tsv.Columns, *, feature_dim: int, soft_label_dir: str | None
+) -> ImageRegions:
+    """One TSV line's `COLUMNS` -> validated regions, features `[n, feature_dim]`.
+
+    With `soft_label_dir`, the image's class distribution `[n, 1601]` is read
+    from there (see the module docstring) and its highest non-background
+    probability is the confidence; without, every confidence is 1.0. Raises
+    DataError naming the column, or the soft-label file, of a bad value.
+    """
     detections = tsv.Detections.parse(
         columns, id_column="image_id", width_column="image_w", height_column="image_h"
     )

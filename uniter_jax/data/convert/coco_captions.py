@@ -17,7 +17,14 @@ from uniter_jax.data.files import read_json
 from uniter_jax.data.tokenizer import Tokenizer
 
 
-def _records(path: str, image_id_format: str) -> list[TextRecord]:
+def records(path: str, image_id_format: str) -> list[TextRecord]:
+    """One lazily parsed record per annotation of the caption JSON at `path`, in order.
+
+    Each record is located as `annotation <n>` (counted from 0); its parse
+    makes a `Text` with text id = the annotation's `id` and image id = its
+    `image_id` through `image_id_format`. Raises DataError (naming `path`) when
+    the file is not an object with an `annotations` list.
+    """
     data = read_json(path)
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
@@ -60,9 +67,8 @@ def convert_coco_captions(
     """
     opts = TextOptions(**options)
     path = os.fspath(json_path)
-    records = _records(path, opts.image_id_format)
     return opts.write(
-        records,
+        records(path, opts.image_id_format),
         out_dir,
         task="captions",
         tokenizer=Tokenizer(opts.vocab),

@@ -63,15 +63,15 @@ def convert_npz_dir(
         raise DataError("no .npz files", file=directory)
     strict = soft_labels is None
     if soft_labels is None:
-        soft_labels = _first_has_soft_labels(paths)
+        soft_labels = first_has_soft_labels(paths)
     parse = functools.partial(
-        _parse,
+        parse_file,
         feature_dim=opts.feature_dim,
         soft_labels=soft_labels,
         num_labels=num_labels,
         strict=strict,
     )
-    records = (Record(path, _stem(path), functools.partial(parse, path)) for path in paths)
+    records = (Record(path, file_stem(path), functools.partial(parse, path)) for path in paths)
     return opts.write(
         records,
         out_dir,
@@ -81,11 +81,17 @@ def convert_npz_dir(
     )
 
 
-def _stem(path: str) -> str:
+def file_stem(path: str) -> str:
+    """The image id an `<image_id>.npz` path names (its file name without `.npz`)."""
     return os.path.basename(path)[: -len(".npz")]
 
 
-def _first_has_soft_labels(paths: list[str]) -> bool:
+def first_has_soft_labels(paths: list[str]) -> bool:
+    """Whether the first readable file of `paths` holds `soft_labels` (False if none is).
+
+    This is what `soft_labels=None` follows; unreadable files are passed over
+    here and reported as bad when they are converted.
+    """
     for path in paths:
         try:
             return "soft_labels" in load_npz(path, ("soft_labels",))
@@ -94,10 +100,17 @@ def _first_has_soft_labels(paths: list[str]) -> bool:
     return False
 
 
-def _parse(
+def parse_file(
     path: str, *, feature_dim: int, soft_labels: bool, num_labels: int, strict: bool
 ) -> ImageRegions:
-    name = image_id(_stem(path), "file name")
+    """One `<image_id>.npz` -> validated regions, features `[n, feature_dim]`.
+
+    `soft_labels`: require `[n, num_labels]` soft labels (True) or ignore them
+    (False); `strict`: a file holding them while `soft_labels` is False is bad
+    (the default mode, where the first file decides). Raises DataError naming
+    the key of a bad or missing array.
+    """
+    name = image_id(file_stem(path), "file name")
     arrays = load_npz(path, KEYS)
     if "features" not in arrays:
         raise DataError("missing", field="features")

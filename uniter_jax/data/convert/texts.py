@@ -159,7 +159,7 @@ def write_text_store(
             try:
                 parsed = record.parse()
                 group = parsed if isinstance(parsed, list) else [parsed]
-                checked = [_checked_ids(text, record, tokenizer, images) for text in group]
+                checked = [checked_ids(text, record, tokenizer, images) for text in group]
                 ids = [text.text_id for text in group]
                 if len(set(ids)) < len(ids) or any(i in writer for i in ids):
                     raise DataError("duplicate text id", field="text_id")
@@ -183,10 +183,17 @@ def write_text_store(
     return summary
 
 
-def _checked_ids(
+def checked_ids(
     text: Text, record: TextRecord, tokenizer: Tokenizer | None, images: ImageStore | None
 ) -> Sequence[int]:
-    """The token ids of one parsed text, after the checks every converter shares."""
+    """The token ids of one parsed text, after the checks every converter shares.
+
+    The text must be non-empty and its image in `images` (when given); its
+    own `input_ids` are returned as they are, else `tokenizer` encodes it
+    (untruncated; the writer truncates). Raises DataError (field `text` or
+    `image_id`), or ValueError for an untokenized text without a tokenizer
+    (`record` names it).
+    """
     if text.input_ids is None and not text.text.strip():
         raise DataError("empty text", field="text")
     if images is not None and text.image_id not in images:

@@ -25,15 +25,22 @@ from uniter_jax.data.files import read_json
 from uniter_jax.data.tokenizer import Tokenizer
 
 
-def _records(path: str, images: list, image_id_format: str) -> list[TextRecord]:
-    records = []
+def records(path: str, images: list, image_id_format: str) -> list[TextRecord]:
+    """One lazily parsed record per region description of `images`, in order.
+
+    `images` is the JSON list read from `path` (the file the records name).
+    A region is located as `image <n> region <m>`; an image without a
+    `regions` list is one record, `image <n>`, whose parse raises, since
+    nothing in it can be placed.
+    """
+    found = []
     for n, image in enumerate(images):
         regions = image.get("regions") if isinstance(image, dict) else None
         if not isinstance(regions, list):
             # Nothing in it can be placed, so the image is one bad record.
-            records.append(TextRecord(path, f"image {n}", functools.partial(_bad_image, image)))
+            found.append(TextRecord(path, f"image {n}", functools.partial(_bad_image, image)))
             continue
-        records += [
+        found += [
             TextRecord(
                 path,
                 f"image {n} region {m}",
@@ -41,7 +48,7 @@ def _records(path: str, images: list, image_id_format: str) -> list[TextRecord]:
             )
             for m, region in enumerate(regions)
         ]
-    return records
+    return found
 
 
 def _bad_image(image: object) -> Text:
@@ -91,7 +98,7 @@ def convert_vg_regions(
     if not isinstance(images, list):
         raise DataError("expected a JSON list of images", file=path)
     return opts.write(
-        _records(path, images, opts.image_id_format),
+        records(path, images, opts.image_id_format),
         out_dir,
         task="captions",
         tokenizer=Tokenizer(opts.vocab),

@@ -84,12 +84,19 @@ def _records(
         if url and url not in mapping:
             unmapped += 1
             continue
-        parse = functools.partial(_parse, n, fields, mapping, image_id_format)
+        parse = functools.partial(parse_row, n, fields, mapping, image_id_format)
         records.append(TextRecord(file, f"line {n}", parse))
     return records, unmapped
 
 
-def _parse(n: int, fields: list[str], mapping: dict[str, str], image_id_format: str) -> Text:
+def parse_row(n: int, fields: list[str], mapping: dict[str, str], image_id_format: str) -> Text:
+    """The text of line `n`, `fields` = `[caption, url]` as split on tabs.
+
+    Text id = `n`; image id = `mapping[url]` through `image_id_format`. The
+    URL must be in `mapping` (the caller leaves unmapped rows out). Raises
+    DataError, naming the field, for other than two fields or an empty
+    caption or URL.
+    """
     if len(fields) != 2:
         raise DataError(
             f"expected 2 tab-separated fields (caption, url), got {len(fields)}",
