@@ -43,7 +43,7 @@ def test_cased_by_default(vocab_path):
 def test_bad_vocab_files(tmp_path):
     with pytest.raises(
         DataError,
-        match="not found: captions need a cased WordPiece vocab.txt.*bert-base-cased vocab.txt",
+        match=r"not found: captions need a cased WordPiece vocab\.txt.*bert-base-cased vocab\.txt",
     ):
         Tokenizer(str(tmp_path / "missing.txt"))
     (tmp_path / "v.txt").write_text("hello\nworld\n")
