@@ -12,8 +12,10 @@ package docstring for what runs where.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -58,9 +60,11 @@ def run(
     if not isinstance(options, PipelineOptions):
         options = PipelineOptions(list(options or []))
     pipeline = beam.Pipeline(options=options)
-    _build(pipeline, conversion, target, num_shards=num_shards, skip_bad=skip_bad)
+    with _quiet_beam():
+        _build(pipeline, conversion, target, num_shards=num_shards, skip_bad=skip_bad)
     try:
-        state = pipeline.run().wait_until_finish()
+        with _quiet_beam():
+            state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
             raise RuntimeError(f"the pipeline ended {state}")
         outcome = read_outcome(target)
@@ -77,6 +81,20 @@ def run(
         raise
     discard(target)
     return outcome
+
+
+@contextlib.contextmanager
+def _quiet_beam() -> Iterator[None]:
+    """Beam's INFO lines while a pipeline is built and run locally (a line per
+    type hint it cannot resolve, the runner's start-up) bury the converter's
+    own; its warnings and errors still show."""
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    beam_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        beam_logger.setLevel(level)
 
 
 def _build(pipeline, conversion: Conversion, target: Target, *, num_shards, skip_bad) -> None:

@@ -18,6 +18,24 @@ not needed: each record names its image. Texts over `max_txt_len` are cut and
 counted (the original dropped them). A record with two images (`img_fname` a
 list, as in NLVR2's db) is refused: NLVR2 is converted from its public JSON
 Lines by `nlvr2` into a grouped store.
+
+The pretraining dbs are caption dbs (`--task captions`), one per corpus and
+split, each read with one image db (the original's configs pair them in
+order). Their records carry more fields than are read here (`id`,
+`toked_caption`; COCO/VG also `sent`, `bbox`, `image_id`, `file_path`):
+
+  text db                         image db         img_fname
+  pretrain_coco_train.db          coco_train2014   coco_train2014_<id:012>.npz
+  pretrain_coco_{restval,val}.db  coco_val2014     coco_val2014_<id:012>.npz
+  pretrain_vg_{train,val}.db      vg               vg_<id:012>.npz
+  conceptual_caption_<split>.db   gcc_<split>      gcc_<split>_<id:012>.npz
+  sbu_caption_{train,val}.db      sbu              sbu_<id>.npz
+
+Text ids are the caption annotation's id (COCO, VG; COCO's train and restval
+stores are read together, and `store_sets.open_texts` refuses an id in both)
+or the image's (CC, SBU: one caption per image). Their `meta.json` names the
+tokenizer under `bert`. tests/data/test_convert_pretrain_lmdb.py writes each
+layout.
 """
 
 from __future__ import annotations
