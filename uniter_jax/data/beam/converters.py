@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -49,12 +49,16 @@ def convert_coco_captions(
 
     `options`: the fields of `TextOptions`. The JSON is parsed on one worker.
     """
-    opts = TextOptions(**options)
-    path = os.fspath(json_path)
-    load = functools.partial(sources.coco_records, path, opts.image_id_format)
-    source = {"format": "coco-captions", "file": path, "image_id_format": opts.image_id_format}
-    read = ReadList(load, chunk_size=chunk_size)
-    return _texts(read, sources.AsIs(), out_dir, opts, source, num_shards, pipeline_options)
+    return _json_texts(
+        "coco-captions",
+        sources.coco_records,
+        json_path,
+        out_dir,
+        num_shards,
+        pipeline_options,
+        chunk_size,
+        options,
+    )
 
 
 def convert_vg_regions(
@@ -70,10 +74,33 @@ def convert_vg_regions(
 
     `options`: the fields of `TextOptions`. The JSON is parsed on one worker.
     """
+    return _json_texts(
+        "vg-regions",
+        sources.vg_records,
+        json_path,
+        out_dir,
+        num_shards,
+        pipeline_options,
+        chunk_size,
+        options,
+    )
+
+
+def _json_texts(
+    fmt: str,
+    records: Callable[[str, str], list],
+    json_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_shards: int,
+    pipeline_options: Options,
+    chunk_size: int,
+    options: dict[str, Any],
+) -> TextSummary:
+    """A text format whose one JSON file `records(path, image_id_format)` reads."""
     opts = TextOptions(**options)
     path = os.fspath(json_path)
-    load = functools.partial(sources.vg_records, path, opts.image_id_format)
-    source = {"format": "vg-regions", "file": path, "image_id_format": opts.image_id_format}
+    load = functools.partial(records, path, opts.image_id_format)
+    source = {"format": fmt, "file": path, "image_id_format": opts.image_id_format}
     read = ReadList(load, chunk_size=chunk_size)
     return _texts(read, sources.AsIs(), out_dir, opts, source, num_shards, pipeline_options)
 
