@@ -21,7 +21,7 @@ HEAVY = (
     # trained checkpoints inspected, the converter's command line.
     "tests/train/test_loop.py",
     "tests/train/test_compat.py",
-    "tests/train/test_datasets.py::test_two_datasets_resume_exactly",
+    "tests/train/test_datasets.py::test_four_datasets_resume_exactly",
     "tests/test_main.py",
     "tests/downstream/test_finetune.py",
     "tests/analysis/test_itm_scores.py",
