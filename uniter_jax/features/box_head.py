@@ -18,6 +18,9 @@ and py-bottom-up-attention `detectron2/modeling/roi_heads/roi_heads.py`
   is embedded (1601 x 256), concatenated after the feature (2048 + 256),
   then Linear 2304 -> 512, ReLU, Linear 512 -> 401 (index 0 "no attribute").
   The bua port returns the softmax of these logits; we return the logits.
+  A model without the attribute head (`DetectorConfig.attributes = False`,
+  e.g. py-bottom-up-attention's `faster_rcnn_from_caffe.pkl`) has no such
+  parameters and returns `attribute_logits = None`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class RegionOutputs(NamedTuple):
     features: jax.Array  # [B, R, 2048] mean-pooled res5 features
     class_logits: jax.Array  # [B, R, 1601], background at 0
     box_deltas: jax.Array  # [B, R, 1601, 4] per class (dx, dy, dw, dh)
-    attribute_logits: jax.Array  # [B, R, 401], given `classes`
+    attribute_logits: jax.Array | None  # [B, R, 401], given `classes`; None without the head
     classes: jax.Array  # [B, R] int32, the class the attributes are conditioned on
 
 
@@ -73,36 +76,45 @@ class BoxPredictor(nnx.Module):
         # Init stds as the ports (normal 0.01 / 0.001); irrelevant once loaded.
         self.cls_score = Linear(width, classes, dtype, rngs, 0.01)
         self.bbox_pred = Linear(width, 4 * classes, dtype, rngs, 0.001)
-        self.cls_embedding = nnx.Embed(
-            classes,
-            config.class_embedding_size,
-            embedding_init=nnx.initializers.normal(0.01),
-            param_dtype=jnp.float32,
-            rngs=rngs,
-        )
-        self.fc_attr = Linear(
-            width + config.class_embedding_size, config.attribute_hidden_size, dtype, rngs, 0.01
-        )
-        self.attr_score = Linear(
-            config.attribute_hidden_size, config.num_attributes, dtype, rngs, 0.01
-        )
+        if config.attributes:
+            self.cls_embedding = nnx.Embed(
+                classes,
+                config.class_embedding_size,
+                embedding_init=nnx.initializers.normal(0.01),
+                param_dtype=jnp.float32,
+                rngs=rngs,
+            )
+            self.fc_attr = Linear(
+                width + config.class_embedding_size,
+                config.attribute_hidden_size,
+                dtype,
+                rngs,
+                0.01,
+            )
+            self.attr_score = Linear(
+                config.attribute_hidden_size, config.num_attributes, dtype, rngs, 0.01
+            )
+        else:  # assigned once: a None assigned first would make them static in NNX
+            self.cls_embedding = self.fc_attr = self.attr_score = None
         self.dtype = dtype
 
     def __call__(
         self, features: jax.Array, classes: jax.Array | None = None
-    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array]:
         """`features` `[..., 2048]`; `classes` `[...]` to condition the attributes
         on (default: the argmax of the class logits, as the ports do at test
         time). Returns class logits, deltas `[..., classes, 4]`, attribute
-        logits and the classes used."""
+        logits (None without the attribute head) and the classes used."""
         x = features.astype(self.dtype)
         class_logits = self.cls_score(x)
         deltas = self.bbox_pred(x)
         if classes is None:
             classes = jnp.argmax(class_logits, axis=-1).astype(jnp.int32)
-        embedded = self.cls_embedding.embedding[...][classes].astype(self.dtype)
-        hidden = jax.nn.relu(self.fc_attr(jnp.concatenate([x, embedded], axis=-1)))
-        attribute_logits = self.attr_score(hidden.astype(self.dtype))
+        attribute_logits = None
+        if self.attr_score is not None:
+            embedded = self.cls_embedding.embedding[...][classes].astype(self.dtype)
+            hidden = jax.nn.relu(self.fc_attr(jnp.concatenate([x, embedded], axis=-1)))
+            attribute_logits = self.attr_score(hidden.astype(self.dtype))
         deltas = deltas.reshape(*deltas.shape[:-1], -1, 4)
         return class_logits, deltas, attribute_logits, classes
 

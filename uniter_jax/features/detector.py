@@ -10,7 +10,7 @@ between them:
 
 To load a checkpoint, build it abstract (`nnx.eval_shape(lambda: Detector(...))`)
 and set every variable: the random init runs op by op and takes tens of
-seconds on a CPU.
+seconds on a CPU. `weights.load_detector` does that for the published files.
 
 Parameter names mirror detectron2's module names, so a checkpoint maps key
 by key. Two checkpoint layouts:

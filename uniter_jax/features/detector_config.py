@@ -5,17 +5,27 @@ res5 box head with attributes), as the detectron2 ports define it
 (bottom-up-attention.pytorch `configs/caffe/test-caffe-r101.yaml`,
 py-bottom-up-attention `configs/VG-Detection/faster_rcnn_R_101_C4_attr_caffemaxpool.yaml`).
 The defaults are that model; smaller widths and depths exist for tests.
+
+`anchors` says which cell anchors the RPN's channels were trained with: the
+Caffe model's (`"caffe"`, the bua checkpoints) or detectron2's (`"detectron2"`,
+the py-bottom-up-attention and HuggingFace ports); `weights.load_detector`
+sets it from the checkpoint, its module docstring gives the evidence.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+from uniter_jax.features import boxes
+
 # Bottleneck blocks in res2, res3, res4 (detectron2 `build_resnet_backbone`).
 # res5 always has 3 blocks: the ports build it in the box head with a fixed 3.
 STAGE_BLOCKS = {50: (3, 4, 6), 101: (3, 4, 23), 152: (3, 8, 36)}
 RES5_BLOCKS = 3
 DTYPES = ("float32", "bfloat16")
+ANCHOR_KINDS = ("caffe", "detectron2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +39,14 @@ class DetectorConfig:
     bottleneck_channels: int = 64  # res2's 3x3 width; doubles per stage (res5: 512)
     rpn_channels: int = 512  # the RPN's 3x3 conv output (BUA.RPN.CONV_OUT_CHANNELS)
     num_anchors: int = 12  # anchors per position: 4 sizes x 3 aspect ratios
+    anchors: str = "caffe"  # cell-anchor generator the RPN was trained with (ANCHOR_KINDS)
+    anchor_sizes: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)  # sqrt(area), input pixels
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
     pooler_resolution: int = 14  # RoIPool output side
     feature_stride: int = 16  # res4's stride; RoIPool's spatial scale is 1 / this
     num_classes: int = 1601  # background first (Caffe order) + 1600 VG objects
     num_attributes: int = 401  # "no attribute" first + 400 VG attributes
+    attributes: bool = True  # the attribute head exists (False: no attribute outputs)
     class_embedding_size: int = 256  # the predicted class's embedding, for attributes
     attribute_hidden_size: int = 512  # the attribute head's hidden layer
     batch_norm_eps: float = 1e-5  # detectron2 FrozenBatchNorm2d / torch BatchNorm2d
@@ -50,6 +64,15 @@ class DetectorConfig:
             value = getattr(self, field.name)
             if field.type == "int" and (not isinstance(value, int) or value <= 0):
                 problems.append(f"{field.name} must be a positive integer, got {value!r}")
+        if self.anchors not in ANCHOR_KINDS:
+            problems.append(f"anchors must be one of {ANCHOR_KINDS}, got {self.anchors!r}")
+        if min((*self.anchor_sizes, *self.anchor_ratios), default=0) <= 0:
+            problems.append("anchor_sizes and anchor_ratios must be positive")
+        if len(self.anchor_sizes) * len(self.anchor_ratios) != self.num_anchors:
+            problems.append(
+                f"num_anchors {self.num_anchors} != {len(self.anchor_sizes)} anchor_sizes x "
+                f"{len(self.anchor_ratios)} anchor_ratios"
+            )
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_norm_eps <= 0:
@@ -63,6 +86,20 @@ class DetectorConfig:
         if self.blocks_per_stage is not None:
             return tuple(self.blocks_per_stage)
         return (*STAGE_BLOCKS[self.depth], RES5_BLOCKS)
+
+    def cell_anchors(self) -> np.ndarray:
+        """The anchors of the feature-map cell at (0, 0), `[num_anchors, 4]` float32
+        (x1, y1, x2, y2), in the order of the RPN's channels; `boxes.anchor_grid`
+        shifts them by `feature_stride` per cell (both ports' grids start at 0).
+
+        "caffe": `boxes.caffe_cell_anchors` with scales `anchor_sizes / feature_stride`
+        (ratio-major, rounded sides, centred on 7.5); "detectron2":
+        `boxes.detectron2_cell_anchors` (size-major, exact sides, centred on 0).
+        """
+        if self.anchors == "caffe":
+            scales = tuple(size / self.feature_stride for size in self.anchor_sizes)
+            return boxes.caffe_cell_anchors(self.feature_stride, self.anchor_ratios, scales)
+        return boxes.detectron2_cell_anchors(self.anchor_sizes, self.anchor_ratios)
 
     @property
     def res4_channels(self) -> int:
