@@ -148,5 +148,8 @@ def write_shard_index(directory: str, kind: str, names: Sequence[str]) -> dict:
         store = read(os.path.join(directory, name))
         shards.append({"name": name, "count": len(store), "sha256": checksum(store)})
     index = {"format": FORMAT, "version": VERSION, "kind": kind, "shards": shards}
-    write_json(os.path.join(directory, SHARDS), index)
+    # Replaced in one step: a reader sees the old index or the new, never half of one.
+    tmp = os.path.join(directory, f".{SHARDS}.tmp")
+    write_json(tmp, index)
+    os.replace(tmp, os.path.join(directory, SHARDS))
     return index

@@ -1,0 +1,176 @@
+"""The extraction's output folder: shards, their label files, reports, the index.
+
+  p0000-00000/           a complete image store (`ImageStoreWriter`), named
+                         `p<process>-<serial>`: each process numbers its own
+  labels/p0000-00000.npz that shard's object and attribute labels (`read_labels`)
+  bad-images-p0000.txt   `id<TAB>file<TAB>reason` of that process's last run
+  shards.json            the shard index (`store_sets.py`) over every complete shard
+
+A shard is complete when its manifest exists: `ImageStoreWriter` writes it last
+and renames the folder into place, so a killed run leaves only a hidden
+temporary folder (`.p0000-00003.tmp-...`), which `clean_leftovers` removes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+
+from uniter_jax.data import store_sets
+from uniter_jax.data.convert.common import Skipped
+from uniter_jax.data.errors import DataError
+from uniter_jax.data.files import MANIFEST, write_npz
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.features.image_files import ImageFile
+
+log = logging.getLogger(__name__)
+
+LABELS = "labels"
+# Per region, in the side file `labels/<shard>.npz` (attributes only with the head).
+LABEL_FIELDS = ("object_class", "object_conf", "attribute", "attribute_conf")
+_SHARD = re.compile(r"^p(\d{4})-(\d{5})$")
+
+
+def shard_folder_name(process_index: int, serial: int) -> str:
+    return f"p{process_index:04d}-{serial:05d}"
+
+
+def finished_shards(out_dir: str) -> list[str]:
+    """Names of the complete shards in `out_dir`, in name order."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(out_dir)
+        if _SHARD.match(name) and os.path.isfile(os.path.join(out_dir, name, MANIFEST))
+    )
+
+
+def next_serial(out_dir: str, process_index: int) -> int:
+    """The serial of the next shard of process `process_index`."""
+    serials = [
+        int(m.group(2))
+        for m in map(_SHARD.match, finished_shards(out_dir))
+        if int(m.group(1)) == process_index
+    ]
+    return max(serials, default=-1) + 1
+
+
+def labels_path(out_dir: str, shard: str) -> str:
+    return os.path.join(out_dir, LABELS, f"{shard}.npz")
+
+
+def report_path(out_dir: str, process_index: int) -> str:
+    return os.path.join(out_dir, f"bad-images-p{process_index:04d}.txt")
+
+
+def check_output(out_dir: str) -> None:
+    """Raises DataError unless `out_dir` is absent, a folder of ours, or empty."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError("exists and is not a folder", file=out_dir)
+    if os.path.isfile(os.path.join(out_dir, MANIFEST)):
+        raise DataError("is a plain store; extraction writes a sharded one", file=out_dir)
+    index = store_sets.read_shard_index(out_dir) if os.path.isdir(out_dir) else None
+    if index is not None and index["kind"] != "image":
+        raise DataError("holds a sharded text store", file=out_dir)
+
+
+def clean_leftovers(out_dir: str, process_index: int) -> None:
+    """Removes what a killed run of this process left: temporary shard folders,
+    and label files of shards that were never completed. Other processes' files
+    are theirs (they may be running)."""
+    prefix = f"p{process_index:04d}-"
+    done = set(finished_shards(out_dir))
+    for name in os.listdir(out_dir):
+        if name.startswith(f".{prefix}") and ".tmp-" in name:
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    labels = os.path.join(out_dir, LABELS)
+    for name in os.listdir(labels) if os.path.isdir(labels) else []:
+        if name.startswith(prefix) and name.split(".")[0] not in done:
+            os.remove(os.path.join(labels, name))
+
+
+def stored_ids(out_dir: str, shards: Sequence[str]) -> dict[str, str]:
+    """Image id -> shard, over `shards`; an id in two shards is a DataError."""
+    owner: dict[str, str] = {}
+    for shard in shards:
+        for image_id in ImageStore(os.path.join(out_dir, shard), verify_index=False).ids:
+            image_id = str(image_id)
+            if image_id in owner:
+                raise DataError(
+                    f"image {image_id!r} is in shards {owner[image_id]} and {shard}: remove one",
+                    file=out_dir,
+                )
+            owner[image_id] = shard
+    return owner
+
+
+def write_labels(path: str, ids: Sequence[str], labels: Sequence[dict[str, np.ndarray]]) -> None:
+    """One shard's label file (written whole, then renamed into place): `ids`,
+    `num_boxes` `[N]` and each of `LABEL_FIELDS` present, flat over the regions
+    of the images in store order (classes int16, probabilities float32)."""
+    arrays = {
+        "ids": np.array(ids, np.str_),
+        "num_boxes": np.array([len(part["object_class"]) for part in labels], np.int32),
+    }
+    for key in LABEL_FIELDS:
+        if key in labels[0]:
+            dtype = np.int16 if key in ("object_class", "attribute") else np.float32
+            arrays[key] = np.concatenate([part[key] for part in labels]).astype(dtype)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_npz(f"{path}.tmp", arrays)
+    os.replace(f"{path}.tmp", path)
+
+
+def read_labels(out_dir: str) -> dict[str, dict[str, np.ndarray]]:
+    """Image id -> its regions' `object_class`, `object_conf`, `attribute`,
+    `attribute_conf` `[n]` (those present; in the store's region order), over
+    every complete shard of an extraction output."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for shard in finished_shards(out_dir):
+        with np.load(labels_path(out_dir, shard)) as f:
+            arrays = {k: f[k] for k in f.files}
+        offsets = np.concatenate([[0], np.cumsum(arrays["num_boxes"])])
+        for i, image_id in enumerate(arrays["ids"]):
+            out[str(image_id)] = {
+                k: arrays[k][offsets[i] : offsets[i + 1]] for k in LABEL_FIELDS if k in arrays
+            }
+    return out
+
+
+def write_report(out_dir: str, process_index: int, skipped: Sequence[Skipped]) -> None:
+    """This process's bad-images report (removed when there were none)."""
+    path = report_path(out_dir, process_index)
+    if not skipped:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    with open(f"{path}.tmp", "w") as f:
+        for s in skipped:
+            f.write(f"{s.record}\t{s.file}\t{s.reason}\n")
+    os.replace(f"{path}.tmp", path)
+
+
+def write_index(out_dir: str, images: Sequence[ImageFile]) -> bool:
+    """Writes `shards.json` over every complete shard, if each of `images` is
+    stored or in a bad-images report; returns whether it did."""
+    shards = finished_shards(out_dir)
+    stored = stored_ids(out_dir, shards)
+    reported: set[str] = set()
+    for name in os.listdir(out_dir):
+        if name.startswith("bad-images-p") and name.endswith(".txt"):
+            with open(os.path.join(out_dir, name)) as f:
+                reported.update(line.split("\t", 1)[0] for line in f if line.strip())
+    missing = [
+        i.image_id for i in images if i.image_id not in stored and i.image_id not in reported
+    ]
+    if missing or not shards:
+        log.info("%d images not extracted yet (e.g. %s): no shards.json", len(missing), missing[:1])
+        return False
+    store_sets.write_shard_index(out_dir, "image", shards)
+    return True
