@@ -21,7 +21,6 @@ HEAVY = (
     # trained checkpoints inspected, the converter's command line.
     "tests/train/test_loop.py",
     "tests/train/test_compat.py",
-    "tests/train/test_datasets.py::test_four_datasets_resume_exactly",
     "tests/test_main.py",
     "tests/downstream/test_finetune.py",
     "tests/analysis/test_itm_scores.py",
@@ -31,6 +30,7 @@ HEAVY = (
     "tests/features/test_extract.py",
     "tests/features/test_networks.py::test_resnet101_matches_torch_on_a_tiny_image",
     "tests/features/test_weights.py",
+    "tests/features/test_own_images.py",
     # Jitted train steps: one device, a 2x2x2 mesh, the image-embedder init;
     # the layer stack scanned and rematerialised.
     "tests/train/test_step.py",

@@ -123,6 +123,7 @@ def test_each_stream_reads_its_own_dataset_in_its_own_order(tmp_path):
         job.close()
 
 
+@pytest.mark.slow
 def test_four_datasets_resume_exactly_with_metrics_by_dataset(tmp_path):
     config = small_config()
     traces = TRACES.copy()
