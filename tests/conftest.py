@@ -30,7 +30,6 @@ HEAVY = (
     "tests/features/test_extract.py",
     "tests/features/test_networks.py::test_resnet101_matches_torch_on_a_tiny_image",
     "tests/features/test_weights.py",
-    "tests/features/test_own_images.py",
     # Jitted train steps: one device, a 2x2x2 mesh, the image-embedder init;
     # the layer stack scanned and rematerialised.
     "tests/train/test_step.py",
