@@ -99,6 +99,10 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # none for tiny, which must learn the synthetic world in minutes.
     config.model.hidden_dropout = 0.0 if tiny else 0.1
     config.model.attention_dropout = 0.0 if tiny else 0.1
+    # The image store's widths (checked at start): the detector's 2048-d features
+    # and 1601-way class distribution (background + 1600 Visual Genome classes).
+    config.model.img_dim = 2048  # region feature width
+    config.model.num_region_labels = 1601  # soft-label classes (MRC)
 
     config.mesh = ml_collections.ConfigDict()
     # Device mesh ('data', 'fsdp', 'tensor'); one size may be -1 (the rest of the

@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Pipeline, PipelineConfig
+from uniter_jax.data.store_sets import open_images
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.downstream import nlvr2, refexp, retrieval, vcr, ve, vqa
 from uniter_jax.downstream.task import DownstreamObjective, DownstreamTask, Evaluation
@@ -155,7 +155,7 @@ def pipeline_for(
     settings = dataclasses.replace(settings, keep_partial=not train, **options)
     return Pipeline(
         texts,
-        ImageStore(images),
+        open_images(images),
         settings,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -188,7 +188,7 @@ def with_run_buckets(
     buckets = shapes.run_buckets(
         config.data,
         workdir,
-        lambda: [(texts, ImageStore(images)) for texts, images in read()],
+        lambda: [(texts, open_images(images)) for texts, images in read()],
         ways=layout.batch_shards * jax.process_count(),
         group_size=math.lcm(*widths),
         remember=remember,

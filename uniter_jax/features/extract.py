@@ -157,7 +157,7 @@ def _regions_of(
     return regions, {k: take[k] for k in output.LABEL_FIELDS if k in take}
 
 
-def _write_shard(
+def write_shard(
     chunk: Sequence[ImageFile],
     folder: str,
     labels_path: str,
@@ -287,7 +287,7 @@ def extract_images(
         with bar, ThreadPoolExecutor(config.workers) as pool:
             for start in range(0, len(pending), config.shard_size):
                 name = output.shard_folder_name(process_index, serial)
-                stored, regions = _write_shard(
+                stored, regions = write_shard(
                     pending[start : start + config.shard_size],
                     os.path.join(out_dir, name),
                     output.labels_path(out_dir, name),

@@ -55,6 +55,7 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes, read_json
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.regions import box_iou
+from uniter_jax.data.store_sets import open_images
 from uniter_jax.data.tokenizer import Tokenizer
 
 BOXES = ("detected", "gt")
@@ -327,7 +328,7 @@ def convert_refcoco(
             f"no refs in split {split!r}; the splits present: {present}", file=refs_path
         )
     anns, images_by_id = _index(instances_path)
-    store = ImageStore(images)
+    store = open_images(images)
     resolve = _Resolver(anns, images_by_id, boxes_of(store), opts.image_id_format, boxes)
     records = [
         record

@@ -34,7 +34,7 @@ from uniter_jax.data.convert.refcoco import (
 from uniter_jax.data.convert.texts import Text, TextOptions, TextRecord, TextSummary
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_bytes
-from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.store_sets import open_images
 
 REQUIRED = ("ref_id", "image_id", "sentence", "bbox", "width", "height")
 
@@ -105,7 +105,7 @@ def convert_refexp_json(
     items = read_expressions(path)
     if not isinstance(items, list) or not items:
         raise DataError("expected a non-empty list of expressions", file=path)
-    store = ImageStore(images)
+    store = open_images(images)
     boxes_of_image = boxes_of(store)
     seen: collections.Counter = collections.Counter()
     records = []

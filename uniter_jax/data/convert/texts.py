@@ -18,6 +18,7 @@ from tqdm import tqdm
 from uniter_jax.data.convert.common import Skipped, skipped_lines
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.store_sets import open_images
 from uniter_jax.data.text_store import TextStoreWriter
 from uniter_jax.data.tokenizer import Tokenizer
 
@@ -87,7 +88,7 @@ class TextOptions:
 
     def image_store(self) -> ImageStore | None:
         """The store every text's image must be in; None (no `images`): not checked."""
-        return ImageStore(self.images) if self.images else None
+        return open_images(self.images) if self.images else None
 
     def write(
         self,

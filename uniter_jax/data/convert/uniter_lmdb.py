@@ -65,8 +65,8 @@ from uniter_jax.data.convert.uniter_db import (
 )
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import read_json
-from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.regions import ImageRegions, make_regions
+from uniter_jax.data.store_sets import open_images
 
 TEXT_TASKS = ("captions", "vqa")
 META = "meta.json"
@@ -301,7 +301,7 @@ def convert_uniter_txt_lmdb(
         raise ValueError(f"task must be one of {TEXT_TASKS}, got {task!r}")
     db_dir = os.fspath(db_dir)
     vocab, meta = text_db_vocab(db_dir)
-    image_store = ImageStore(images) if images else None
+    image_store = open_images(images) if images else None
     with open_lmdb(db_dir) as env:
         total = count_records(env, db_dir, ())
         parse = functools.partial(_parse_text, task=task, first={})
