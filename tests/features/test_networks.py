@@ -12,6 +12,7 @@ are copied into our model through the bua -> ours key mapping of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -338,6 +339,20 @@ def test_roi_pool_matches_the_kernel_loop():
     np.testing.assert_array_equal(ours, ref)  # a max: exact
     assert (ours[1, 3] == 0).all()  # wholly outside: every bin empty
     assert (ours[1, 2] == 0).any() and (ours[1, 2] != 0).any()  # partly outside
+
+
+@pytest.mark.parametrize("rois_per_step", [1, 3, 4])
+def test_roi_pool_in_steps_equals_the_kernel_loop(rois_per_step):
+    """Boxes pooled a few at a time (the memory bound), R not a multiple of the step."""
+    rng = np.random.default_rng(5)
+    fmap = rng.normal(size=(2, 4, 6, 5)).astype(np.float32)
+    boxes = np.concatenate([BOXES, BOXES[:, :3] + 7.0], axis=1)  # 7 boxes per image
+    pool = functools.partial(roi_pool, rois_per_step=rois_per_step)
+    ours = np.asarray(jax.jit(pool)(jnp.asarray(fmap), jnp.asarray(boxes)))
+    ref = np.stack(
+        [np.stack([roi_pool_loop(fmap[b], box, 14, 1 / 16) for box in boxes[b]]) for b in (0, 1)]
+    )
+    np.testing.assert_array_equal(ours, ref)
 
 
 def test_roi_pool_on_a_larger_map_and_in_bf16():

@@ -83,6 +83,32 @@ def roi_pool(
     *,
     output_size: int = 14,
     spatial_scale: float = 1.0 / 16,
+    rois_per_step: int = 4,
+) -> jax.Array:
+    """`_pool` over the boxes `rois_per_step` at a time (a loop), so the masked
+    intermediate holds `B * rois_per_step * 14 * H * W * C` elements, not `R`
+    times that: a full-width detector at 300 boxes asked XLA:CPU for 41.8 GB
+    in one piece. Same arguments and result as `_pool`."""
+    batch, count, _ = boxes.shape
+    if count <= rois_per_step:
+        return _pool(features, boxes, output_size=output_size, spatial_scale=spatial_scale)
+    steps = -(-count // rois_per_step)
+    padded = jnp.pad(boxes, ((0, 0), (0, steps * rois_per_step - count), (0, 0)))
+    chunks = padded.reshape(batch, steps, rois_per_step, 4).swapaxes(0, 1)
+    pooled = jax.lax.map(
+        lambda chunk: _pool(features, chunk, output_size=output_size, spatial_scale=spatial_scale),
+        chunks,
+    )  # [steps, B, rois_per_step, P, P, C]
+    pooled = pooled.swapaxes(0, 1).reshape(batch, steps * rois_per_step, *pooled.shape[3:])
+    return pooled[:, :count]
+
+
+def _pool(
+    features: jax.Array,
+    boxes: jax.Array,
+    *,
+    output_size: int,
+    spatial_scale: float,
 ) -> jax.Array:
     """Max-pools each box's region of the feature map into a fixed grid.
 
