@@ -9,7 +9,10 @@
 # 2. base, bf16, batch 256 x (62 text + 100 regions) = 41472 positions, every
 #    task, the layers unrolled (the model's default; on an H200 the scanned
 #    stack's stacked buffers cost about 45 ms a step), the PyTorch side
-#    (HuggingFace BertModel under bf16 autocast) taking turns.
+#    (HuggingFace BertModel under bf16 autocast) taking turns;
+# 3. region extraction (issue #25): the ResNet-101 detector with random weights
+#    on COCO-sized images (one 600 x 800 bucket), fp32 and bf16, batch 8: images/s
+#    and each stage's time (extract.py --device-check; a few minutes, not yet measured).
 # Logs, JSON and the markdown table land in $OUT.
 #
 # The machine's own jax, flax, optax and CUDA plugin are used as they are.
@@ -48,3 +51,5 @@ bench 120 smoke --preset tiny --tasks itm --rounds 1 --repeats 2 --no-torch --no
 bench 360 b256 --preset "$PRESET" --dtype bfloat16 --batch 256 --text 62 --regions 100 \
     --no-scan --rounds 3 --repeats 10 --no-pipeline --json "$OUT/b256.json" \
     --out "$OUT/benchmarks.md"
+timeout 360 "$PY" benchmarks/extract.py --device-check --json "$OUT/extract.json" 2>&1 |
+    tee "$OUT/extract.txt"

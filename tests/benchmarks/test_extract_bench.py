@@ -1,0 +1,61 @@
+"""extract.py on a tiny detector: every stage is timed and the stages find the step's regions."""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import extract  # noqa: E402
+
+from uniter_jax.features.detector_config import DetectorConfig  # noqa: E402
+from uniter_jax.features.extract_config import ExtractConfig  # noqa: E402
+
+TINY = DetectorConfig(
+    blocks_per_stage=(1, 1, 1, 1),
+    stem_channels=8,
+    res2_channels=16,
+    bottleneck_channels=4,
+    rpn_channels=12,
+    num_classes=23,
+    num_attributes=9,
+    class_embedding_size=8,
+    attribute_hidden_size=16,
+)
+CONFIG = ExtractConfig(
+    min_boxes=3,
+    max_boxes=10,
+    short_side=64,
+    max_side=96,
+    buckets=((64, 96), (96, 64)),
+    pre_nms_top_n=200,
+    post_nms_top_n=40,
+)
+
+
+def test_tiny_run_reports_every_stage():
+    result = extract.measure(
+        ("80x60", "70x50"),
+        ("float32",),
+        batch_size=2,
+        warmup=0,
+        repeats=1,
+        detector_config=TINY,
+        extract_config=CONFIG,
+    )
+    json.dumps(result)  # the script prints it as JSON
+    assert set(result["cases"]) == {"80x60/float32", "70x50/float32"}
+    # Both land in one bucket: the second reuses the first's programs.
+    assert [c["bucket"] for c in result["cases"].values()] == [[64, 96], [64, 96]]
+    for case in result["cases"].values():
+        assert set(case["stages"]) == {"backbone_rpn", "proposals", "roi_heads", "select"}
+        assert case["images_per_s"] > 0 and case["host"]["ms_per_image"] > 0
+        assert all(s["median_s"] > 0 for s in case["stages"].values())
+        # The stages, run over the batch, keep as many regions as the per-image step.
+        assert case["stage_regions_per_image"] == case["regions_per_image"]
+        assert all(3 <= n <= 10 for n in case["regions_per_image"])
+
+
+def test_parse_size_is_width_by_height():
+    assert extract.parse_size("640x480") == (480, 640)
