@@ -10,38 +10,18 @@ import pytest
 from flax import nnx
 from matplotlib.patches import Rectangle
 from PIL import Image
+from tiny_detector import TINY_DETECTOR, tiny_extract
 
 from uniter_jax import param_checkpoint
 from uniter_jax.analysis import example as ex
 from uniter_jax.features import preprocess
-from uniter_jax.features.detector_config import DetectorConfig
-from uniter_jax.features.extract_config import ExtractConfig
 from uniter_jax.features.extract_step import detect, feature_map_size
 from uniter_jax.features.random_weights import random_detector
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 from uniter_jax.tools import own_image, visualize
 
-# res5 is 8 x res2 wide: 128-d region features, UNITER's img_dim below.
-DETECTOR = DetectorConfig(
-    blocks_per_stage=(1, 1, 1, 1),
-    stem_channels=8,
-    res2_channels=16,
-    bottleneck_channels=4,
-    rpn_channels=12,
-    num_classes=23,
-    num_attributes=9,
-    class_embedding_size=8,
-    attribute_hidden_size=16,
-)
-EXTRACT = ExtractConfig(
-    min_boxes=3,
-    max_boxes=10,
-    short_side=64,
-    max_side=96,
-    buckets=((64, 96), (96, 64)),
-    pre_nms_top_n=300,
-    post_nms_top_n=50,
-)
+DETECTOR = TINY_DETECTOR  # 128-d region features: UNITER's img_dim below
+EXTRACT = tiny_extract()
 UNITER = UniterConfig.preset(
     "tiny", vocab_size=512, img_dim=128, hidden_dropout=0.0, attention_dropout=0.0
 )

@@ -8,30 +8,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import extract  # noqa: E402
+from tiny_detector import TINY_DETECTOR, tiny_extract  # noqa: E402
 
-from uniter_jax.features.detector_config import DetectorConfig  # noqa: E402
-from uniter_jax.features.extract_config import ExtractConfig  # noqa: E402
-
-TINY = DetectorConfig(
-    blocks_per_stage=(1, 1, 1, 1),
-    stem_channels=8,
-    res2_channels=16,
-    bottleneck_channels=4,
-    rpn_channels=12,
-    num_classes=23,
-    num_attributes=9,
-    class_embedding_size=8,
-    attribute_hidden_size=16,
-)
-CONFIG = ExtractConfig(
-    min_boxes=3,
-    max_boxes=10,
-    short_side=64,
-    max_side=96,
-    buckets=((64, 96), (96, 64)),
-    pre_nms_top_n=200,
-    post_nms_top_n=40,
-)
+TINY = TINY_DETECTOR
+CONFIG = tiny_extract(pre_nms_top_n=200, post_nms_top_n=40)
 
 
 def test_tiny_run_reports_every_stage():

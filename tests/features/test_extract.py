@@ -25,6 +25,7 @@ import torch
 from flax import nnx
 from PIL import Image
 from test_networks import Reference, randomize
+from tiny_detector import TINY_DETECTOR, tiny_extract
 
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
@@ -36,36 +37,13 @@ from uniter_jax.data.tokenizer import Tokenizer, build_vocab
 from uniter_jax.features import __main__ as cli
 from uniter_jax.features import extract, extract_output, preprocess
 from uniter_jax.features.detector import Detector
-from uniter_jax.features.detector_config import DetectorConfig
-from uniter_jax.features.extract_config import ExtractConfig
 from uniter_jax.features.extract_step import detect, feature_map_size
 from uniter_jax.features.image_files import list_images
 from uniter_jax.features.random_weights import RANDOM_WEIGHTS, random_detector
 
-TINY = DetectorConfig(
-    blocks_per_stage=(1, 1, 2, 2),
-    stem_channels=8,
-    res2_channels=16,
-    bottleneck_channels=4,
-    rpn_channels=12,
-    num_classes=23,
-    num_attributes=9,
-    class_embedding_size=8,
-    attribute_hidden_size=16,
-)
+TINY = dataclasses.replace(TINY_DETECTOR, blocks_per_stage=(1, 1, 2, 2))
 # Short side 64, at most 96: every landscape test image lands in (64, 96).
-CONFIG = ExtractConfig(
-    min_boxes=3,
-    max_boxes=10,
-    batch_size=1,
-    shard_size=3,
-    short_side=64,
-    max_side=96,
-    buckets=((64, 96), (96, 64)),
-    pre_nms_top_n=300,
-    post_nms_top_n=50,
-    workers=2,
-)
+CONFIG = tiny_extract(batch_size=1, shard_size=3, workers=2)
 # (name, height, width, PIL mode): landscape, aspect 1..1.5.
 GOOD = (
     ("a_rgb.jpg", 48, 64, "RGB"),
