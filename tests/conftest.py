@@ -26,10 +26,7 @@ HEAVY = (
     "tests/analysis/test_itm_scores.py",
     "tests/analysis/test_visualize.py",
     "tests/convert/test_convert.py::test_cli_import_then_export",
-    "tests/benchmarks/test_input_pipeline.py",
     "tests/features/test_extract.py",
-    "tests/features/test_networks.py::test_resnet101_matches_torch_on_a_tiny_image",
-    "tests/features/test_weights.py",
     # Jitted train steps: one device, a 2x2x2 mesh, the image-embedder init;
     # the layer stack scanned and rematerialised.
     "tests/train/test_step.py",

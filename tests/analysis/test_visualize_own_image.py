@@ -20,6 +20,9 @@ from uniter_jax.features.random_weights import random_detector
 from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 from uniter_jax.tools import own_image, visualize
 
+# Seconds to a minute of compiling; the slow tier (CI runs it).
+pytestmark = pytest.mark.slow
+
 DETECTOR = TINY_DETECTOR  # 128-d region features: UNITER's img_dim below
 EXTRACT = tiny_extract()
 UNITER = UniterConfig.preset(

@@ -4,11 +4,16 @@ import json
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import extract  # noqa: E402
 from tiny_detector import TINY_DETECTOR, tiny_extract  # noqa: E402
+
+# Seconds to a minute of compiling; the slow tier (CI runs it).
+pytestmark = pytest.mark.slow
 
 TINY = TINY_DETECTOR
 CONFIG = tiny_extract(pre_nms_top_n=200, post_nms_top_n=40)

@@ -15,6 +15,9 @@ from input_pipeline import Corpus, measure_datasets  # noqa: E402
 from configs.pretrain import SETUPS  # noqa: E402
 from uniter_jax.objectives.tasks import task_for_step  # noqa: E402
 
+# Seconds to a minute of compiling; the slow tier (CI runs it).
+pytestmark = pytest.mark.slow
+
 # Big enough for whole batches of every stream at a global batch of 8.
 SMALL = {
     "coco": Corpus(images=8, texts=200, text_len=(8, 31), kept=(10, 101)),

@@ -232,6 +232,7 @@ def sharded(inputs, tmp_path_factory) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["cc", "butd-tsv"])
 def test_sharded_output_is_the_same_on_one_or_two_workers(sharded, fmt):
     (one, one_summary), (two, two_summary) = sharded[fmt, 1], sharded[fmt, 2]

@@ -380,6 +380,7 @@ def test_random_detector_is_seeded_and_keeps_features_small():
     assert jax.tree.map(lambda x: x.shape, nnx.state(a)) == shapes
 
 
+@pytest.mark.slow
 def test_cli_random_weights_at_the_real_sizes(tmp_path, capsys, caplog):
     folder = write_good(tmp_path / "images", names={"a_rgb", "c_cmyk"})
     tiny = [
@@ -426,6 +427,7 @@ def test_cli_random_weights_at_the_real_sizes(tmp_path, capsys, caplog):
     assert "not both" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_loads_a_checkpoint_and_swaps_its_compute_dtype(tmp_path, capsys):
     state = randomize(Reference(TINY).eval(), seed=2)
     weights = tmp_path / "bua-tiny.pth"

@@ -458,6 +458,7 @@ def test_full_size_shapes_at_stride_16():
     assert len(blocks) == 1 + 3 + 4 + 23 + 3  # stem, res2..res4, res5
 
 
+@pytest.mark.slow
 def test_resnet101_matches_torch_on_a_tiny_image():
     config = DetectorConfig()
     ref = Reference(config).eval()

@@ -42,6 +42,9 @@ from uniter_jax.features import boxes as box_ops
 from uniter_jax.features.detector_config import DetectorConfig
 from uniter_jax.features.weights import ANCHORS_KEY, load_detector
 
+# Seconds to a minute of compiling; the slow tier (CI runs it).
+pytestmark = pytest.mark.slow
+
 A = SMALL.num_anchors
 # The anchors each port stores: Caffe's (bua) and detectron2's (HF's ParameterList).
 CAFFE_ANCHORS = box_ops.caffe_cell_anchors()
