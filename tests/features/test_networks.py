@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
+from tiny_detector import TINY_DETECTOR
 
 from uniter_jax.features.detector import Detector
 from uniter_jax.features.detector_config import DetectorConfig
@@ -29,17 +30,7 @@ from uniter_jax.features.resnet import max_pool_ceil, run_stage
 from uniter_jax.features.roi_pool import fp32_quotient, roi_pool, round_half_away
 
 EPS = 1e-5
-SMALL = DetectorConfig(
-    blocks_per_stage=(1, 1, 2, 2),
-    stem_channels=8,
-    res2_channels=16,
-    bottleneck_channels=4,
-    rpn_channels=12,
-    num_classes=23,
-    num_attributes=9,
-    class_embedding_size=8,
-    attribute_hidden_size=16,
-)
+SMALL = dataclasses.replace(TINY_DETECTOR, blocks_per_stage=(1, 1, 2, 2))
 
 # ---------------------------------------------------------------- reference
 

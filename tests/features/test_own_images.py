@@ -11,6 +11,7 @@ width fails the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,24 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_detector import TINY_DETECTOR
 
 from uniter_jax.data.convert.vqa import answer_vocab_from, convert_vqa
 from uniter_jax.data.store_sets import open_images
 from uniter_jax.data.tokenizer import build_vocab
-from uniter_jax.features.detector_config import DetectorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-DETECTOR = dict(
-    blocks_per_stage=(1, 1, 2, 2),
-    stem_channels=8,
-    res2_channels=16,
-    bottleneck_channels=4,
-    rpn_channels=12,
-    num_classes=23,
-    num_attributes=9,
-    class_embedding_size=8,
-    attribute_hidden_size=16,
-)
+SMALL = dataclasses.replace(TINY_DETECTOR, blocks_per_stage=(1, 1, 2, 2))
+# The sizes the command line is given (`--detector KEY=VALUE`), from SMALL.
+SIZES = ("blocks_per_stage", "stem_channels", "res2_channels", "bottleneck_channels")
+SIZES += ("rpn_channels", "num_classes", "num_attributes", "class_embedding_size")
+SIZES += ("attribute_hidden_size",)
+DETECTOR = {name: getattr(SMALL, name) for name in SIZES}
 # (file, height, width, PIL mode): sizes differ, aspects 1..4/3 share the
 # 600 x 800 bucket (one compiled program).
 IMAGES = (
@@ -130,7 +126,7 @@ def test_own_images_to_fine_tuning(tmp_path):
             progress=False,
         )
 
-    detector = DetectorConfig(**DETECTOR)
+    detector = SMALL
     run = subprocess.run(
         [
             sys.executable,
