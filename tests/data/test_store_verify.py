@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from uniter_jax.data import synthetic
+from uniter_jax.data import region_labels, synthetic
 from uniter_jax.data.convert.__main__ import main
 from uniter_jax.data.files import read_bytes
 from uniter_jax.data.image_store import ImageStore, blob_path
 from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
-from uniter_jax.data.store_sets import SHARDS, open_images, open_texts, shard_name
+from uniter_jax.data.store_sets import (
+    SHARDS,
+    open_images,
+    open_texts,
+    shard_name,
+    write_shard_index,
+)
 from uniter_jax.data.store_split import shard_bounds, split_store
 from uniter_jax.data.store_verify import verify_store
 from uniter_jax.data.text_store import DATA, TextStore
@@ -308,3 +314,116 @@ def test_stores_on_a_remote_filesystem_read_verify_and_batch_as_local_ones(store
             assert expected.keys() == actual.keys()
             for key in expected:
                 np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+# -- label files (object and attribute labels beside an extraction's shards) -------
+
+
+def _labelled(stores, tmp_path) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
+    """A copy of the sharded image store with a label file per shard, as
+    extraction writes them (indexed in shards.json), and the labels by image."""
+    path = copy(stores["sharded_images"], tmp_path)
+    rng = np.random.default_rng(0)
+    names = [shard_name(i, NUM_SHARDS) for i in range(NUM_SHARDS)]
+    labels = {}
+    for name in names:
+        shard = ImageStore(os.path.join(path, name))
+        ids = [str(i) for i in shard.ids]
+        parts = []
+        for n in shard.num_boxes:
+            parts.append(
+                {
+                    "object_class": rng.integers(1, 61, n).astype(np.int16),
+                    "object_conf": rng.random(n).astype(np.float32),
+                    "attribute": rng.integers(0, 9, n).astype(np.int16),
+                    "attribute_conf": rng.random(n).astype(np.float32),
+                }
+            )
+        labels.update(zip(ids, parts, strict=True))
+        region_labels.write_labels(region_labels.labels_path(path, name), ids, parts)
+    write_shard_index(path, "image", names)
+    return path, labels
+
+
+def test_label_files_are_verified_and_carried_by_resharding(stores, tmp_path, capsys):
+    path, labels = _labelled(stores, tmp_path)
+    index = json.loads(read_bytes(os.path.join(path, SHARDS)))
+    assert all(len(s["labels_sha256"]) == 64 for s in index["shards"])
+    assert all(r.ok for r in verify_store(path))
+
+    out = str(tmp_path / "resharded")
+    assert main(["shard", path, "--num-shards", "2", "--out", out, "--no-progress"]) == 0
+    names = [shard_name(i, 2) for i in range(2)]
+    assert sorted(os.listdir(os.path.join(out, region_labels.LABELS))) == [
+        f"{n}.npz" for n in names
+    ]
+    carried = region_labels.read_labels(out, names)
+    assert carried.keys() == labels.keys()
+    for image_id, want in labels.items():
+        for key, value in want.items():
+            np.testing.assert_array_equal(carried[image_id][key], value, err_msg=key)
+            assert carried[image_id][key].dtype == value.dtype
+    assert all(r.ok for r in verify_store(out))
+    status, out_text, _ = verify(out, capsys)
+    assert status == 0 and ok_rows(out_text) == 2
+
+
+def _rewrite(path: str, shard: str, change) -> None:
+    """Rewrites a shard's label file with `change(arrays)` applied, keeping
+    the index's checksum (a file replaced after the index was written)."""
+    file = region_labels.labels_path(path, shard)
+    arrays = region_labels.read_label_file(file)
+    change(arrays)
+    with open(file, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    "damage, field, message",
+    [
+        (lambda p, s: _flip_byte(region_labels.labels_path(p, s)), "sha256", "labels_sha256"),
+        (lambda p, s: os.remove(region_labels.labels_path(p, s)), None, "cannot read"),
+    ],
+    ids=["changed", "missing"],
+)
+def test_a_damaged_label_file_is_reported_by_file(stores, tmp_path, capsys, damage, field, message):
+    path, _ = _labelled(stores, tmp_path)
+    shard = shard_name(1, NUM_SHARDS)
+    damage(path, shard)
+    reports = verify_store(path)
+    assert [r.ok for r in reports] == [True, False, True]
+    problem = reports[1].problem
+    assert problem.file == region_labels.labels_path(path, shard) and problem.field == field
+    assert message in problem.message
+    status, out, _ = verify(path, capsys)
+    assert status == 2 and region_labels.labels_path(path, shard) in out
+
+
+def test_label_files_that_disagree_with_their_shard_are_reported(stores, tmp_path):
+    path, _ = _labelled(stores, tmp_path)
+    names = [shard_name(i, NUM_SHARDS) for i in range(NUM_SHARDS)]
+
+    def more_regions(arrays):
+        arrays["num_boxes"][1] += 1
+        for key in region_labels.LABEL_FIELDS:
+            arrays[key] = np.concatenate([arrays[key], arrays[key][:1]])
+
+    _rewrite(path, names[0], more_regions)
+    _rewrite(path, names[2], lambda arrays: arrays.update(ids=arrays["ids"][::-1].copy()))
+    write_shard_index(path, "image", names)  # checksums of the rewritten files
+    reports = verify_store(path)
+    assert [r.ok for r in reports] == [False, True, False]
+    first = ImageStore(os.path.join(path, names[0]))
+    assert (reports[0].problem.record, reports[0].problem.field) == (str(first.ids[1]), "num_boxes")
+    assert reports[2].problem.field == "ids" and "first differ at position 0" in (
+        reports[2].problem.message
+    )
+
+
+def test_resharding_refuses_to_drop_the_labels_of_some_shards(stores, tmp_path, capsys):
+    path, _ = _labelled(stores, tmp_path)
+    os.remove(region_labels.labels_path(path, shard_name(2, NUM_SHARDS)))
+    out = tmp_path / "out"
+    assert main(["shard", path, "--num-shards", "2", "--out", str(out), "--no-progress"]) == 2
+    assert "has no label file while others have" in capsys.readouterr().err
+    assert not out.exists()

@@ -32,6 +32,7 @@ from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
 from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
 from uniter_jax.data.regions import box_features
 from uniter_jax.data.store_sets import SHARDS, open_images, open_texts
+from uniter_jax.data.store_verify import verify_store
 from uniter_jax.data.text_store import TextStoreWriter
 from uniter_jax.data.tokenizer import Tokenizer, build_vocab
 from uniter_jax.features import __main__ as cli
@@ -150,6 +151,10 @@ def test_good_images_are_stored_as_the_step_computes_them(reference, detector):
     assert manifest["source"]["extraction"]["min_boxes"] == 3
     assert "batch_size" not in manifest["source"]["extraction"]
     labels = extract_output.read_labels(out)
+    # The label files are indexed and check out against their shards.
+    index = json.loads(pathlib.Path(out, SHARDS).read_text())
+    assert all(len(entry["labels_sha256"]) == 64 for entry in index["shards"])
+    assert [r.ok for r in verify_store(out)] == [True, True]
 
     # The stored arrays against `detect` run directly on one padded image.
     step = nnx.jit(functools.partial(detect, config=CONFIG, cell_anchors=TINY.cell_anchors()))

@@ -12,7 +12,9 @@ workers and read from local disk or gs://:
   00000-of-00004/    a text or image store (`manifest.json`, ...)
 
 `count` is the shard's examples or images; `sha256` its manifest's data or
-index checksum. Positions run through the stores in the order given (and
+index checksum; `labels_sha256`, on image shards that have one, the checksum
+of the shard's `labels/<name>.npz` (regions' object and attribute labels,
+`region_labels`). Positions run through the stores in the order given (and
 shards in their index's order); ids must be unique across them.
 """
 
@@ -21,9 +23,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from uniter_jax.data import image_store, text_store
+from uniter_jax.data import image_store, region_labels, text_store
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.files import MANIFEST, exists, read_json, write_json
+from uniter_jax.data.files import MANIFEST, exists, read_json, sha256, write_json
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 
@@ -139,14 +141,18 @@ def _name(paths: str | Sequence[str]) -> str:
 
 def write_shard_index(directory: str, kind: str, names: Sequence[str]) -> dict:
     """Writes `directory/shards.json` over the complete stores `names` in it
-    (in that order); returns the index."""
+    (in that order), with the sha256 of each image shard's label file where it
+    has one (`region_labels`); returns the index."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     read = TextStore if kind == "text" else ImageStore
     shards = []
     for name in names:
         store = read(os.path.join(directory, name))
-        shards.append({"name": name, "count": len(store), "sha256": checksum(store)})
+        entry = {"name": name, "count": len(store), "sha256": checksum(store)}
+        if region_labels.has_labels(directory, name):
+            entry["labels_sha256"] = sha256(region_labels.labels_path(directory, name))
+        shards.append(entry)
     index = {"format": FORMAT, "version": VERSION, "kind": kind, "shards": shards}
     # Replaced in one step: a reader sees the old index or the new, never half of one.
     tmp = os.path.join(directory, f".{SHARDS}.tmp")

@@ -5,7 +5,9 @@ can be, so `open_texts` / `open_images` on the sharded store read exactly
 the source's records in the source's order (an image store's blobs byte for
 byte: they are decoded and encoded with the same dtypes). The source may
 itself be sharded or remote; the sharded store is written locally and
-atomically, like every store, with `shards.json` last.
+atomically, like every store, with `shards.json` last. A sharded image store
+whose shards have label files (`region_labels`, as extraction writes them)
+gets them split the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 
 from tqdm import tqdm
 
+from uniter_jax.data import region_labels
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import atomic_directory, map_ordered
 from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
@@ -22,6 +25,7 @@ from uniter_jax.data.store_sets import (
     SHARDS,
     open_images,
     open_texts,
+    read_shard_index,
     shard_name,
     store_kind,
     write_shard_index,
@@ -66,6 +70,7 @@ def split_store(
         )
     bounds = shard_bounds(len(store), num_shards)
     names = [shard_name(i, num_shards) for i in range(num_shards)]
+    labels = _source_labels(source) if kind == "image" else None
     with (
         atomic_directory(out_dir, overwrite=overwrite, marker=SHARDS) as root,
         tqdm(total=len(store), unit=kind, disable=not progress) as bar,
@@ -77,6 +82,10 @@ def split_store(
                 _copy_texts(store, range(start, stop), path, about, bar)
             else:
                 _copy_images(store, range(start, stop), path, about, bar)
+                if labels is not None:
+                    ids = [str(store.ids[i]) for i in range(start, stop)]
+                    parts = [labels[i] for i in ids]
+                    region_labels.write_labels(region_labels.labels_path(root, name), ids, parts)
         write_shard_index(root, kind, names)
     return ShardSummary(out_dir, kind, len(store), num_shards)
 
@@ -108,3 +117,22 @@ def _copy_images(images: ImageStore, index: range, path: str, source: dict, bar:
         for regions in map_ordered(lambda i: images.get(str(images.ids[i])), index):
             writer.add(regions)
             bar.update()
+
+
+def _source_labels(source: str) -> dict[str, dict] | None:
+    """Image id -> region labels of a sharded image store whose shards all have
+    label files; None when none has (a store of another origin)."""
+    index = read_shard_index(source)
+    if index is None:
+        return None
+    names = [shard["name"] for shard in index["shards"]]
+    have = [region_labels.has_labels(source, name) for name in names]
+    if not any(have):
+        return None
+    if not all(have):
+        missing = names[have.index(False)]
+        raise DataError(
+            f"shard {missing} has no label file while others have: the labels would be lost",
+            file=region_labels.labels_path(source, missing),
+        )
+    return region_labels.read_labels(source, names)

@@ -4,6 +4,8 @@ The checksums form a chain: a sharded store's `shards.json` holds each shard's
 record count and manifest checksum; a manifest holds the sha256 of its data
 (text stores: `examples.npz`) or index (image stores: `index.npz`); an image
 store's index holds each region blob's crc32 and region count, so its size.
+An image shard's label file (`region_labels`) is checked against the sha256
+`shards.json` lists for it and against the shard's ids and region counts.
 `verify_store` reads every file of that chain once, from local disk or
 gs://, and reports each store (each shard) with the first problem it found,
 by file, record and field. It never stops at the first bad shard.
@@ -18,7 +20,7 @@ import zlib
 
 from tqdm import tqdm
 
-from uniter_jax.data import image_store, text_store
+from uniter_jax.data import image_store, region_labels, text_store
 from uniter_jax.data.errors import DataError
 from uniter_jax.data.files import MANIFEST, map_ordered, read_bytes, read_json
 from uniter_jax.data.image_store import ImageStore, blob_path
@@ -79,6 +81,8 @@ def verify_store(path: str, *, progress: bool = False, workers: int = 16) -> lis
         for o in images:
             _check_blobs(o.store, o.report, bar, workers)
     if index is not None:
+        for shard, entry in zip(opened, index["shards"], strict=True):
+            _check_labels(shard, entry, path)
         _check_joined(opened, path)
     return [o.report for o in opened]
 
@@ -160,6 +164,28 @@ def _check_entry(shard: _Opened, entry: dict, index_path: str, position: int) ->
                 field="sha256",
             )
         )
+
+
+def _check_labels(shard: _Opened, entry: dict, root: str) -> None:
+    """An image shard's label file (`region_labels`), when it has one or the
+    index says it has: its sha256 as indexed, its ids and region counts the
+    shard's."""
+    name = entry["name"]
+    path = region_labels.labels_path(root, name)
+    present = region_labels.has_labels(root, name)
+    if not present and "labels_sha256" not in entry:
+        return
+    try:
+        if "labels_sha256" not in entry:
+            raise DataError(f"a label file that {SHARDS} does not list for shard {name}")
+        blob = read_bytes(path)
+        shard.report.bytes += len(blob)
+        if hashlib.sha256(blob).hexdigest() != entry["labels_sha256"]:
+            raise DataError(f"sha256 does not match {SHARDS}' labels_sha256", field="sha256")
+        if isinstance(shard.store, ImageStore):
+            region_labels.check_labels(path, shard.store.ids, shard.store.num_boxes)
+    except DataError as e:
+        shard.report.add(e.located(file=path))
 
 
 def _check_blobs(store: ImageStore, report: StoreReport, bar: tqdm, workers: int) -> None:

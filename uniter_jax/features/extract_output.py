@@ -21,18 +21,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from uniter_jax.data import store_sets
+from uniter_jax.data import region_labels, store_sets
 from uniter_jax.data.convert.common import Skipped
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.files import MANIFEST, write_npz
+from uniter_jax.data.files import MANIFEST
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.features.image_files import ImageFile
 
 log = logging.getLogger(__name__)
 
-LABELS = "labels"
-# Per region, in the side file `labels/<shard>.npz` (attributes only with the head).
-LABEL_FIELDS = ("object_class", "object_conf", "attribute", "attribute_conf")
+# Per region, in the side file `labels/<shard>.npz` (`region_labels`).
+LABELS, LABEL_FIELDS = region_labels.LABELS, region_labels.LABEL_FIELDS
+labels_path, write_labels = region_labels.labels_path, region_labels.write_labels
 _SHARD = re.compile(r"^p(\d{4})-(\d{5})$")
 
 
@@ -59,10 +59,6 @@ def next_serial(out_dir: str, process_index: int) -> int:
         if int(m.group(1)) == process_index
     ]
     return max(serials, default=-1) + 1
-
-
-def labels_path(out_dir: str, shard: str) -> str:
-    return os.path.join(out_dir, LABELS, f"{shard}.npz")
 
 
 def report_path(out_dir: str, process_index: int) -> str:
@@ -110,37 +106,11 @@ def stored_ids(out_dir: str, shards: Sequence[str]) -> dict[str, str]:
     return owner
 
 
-def write_labels(path: str, ids: Sequence[str], labels: Sequence[dict[str, np.ndarray]]) -> None:
-    """One shard's label file (written whole, then renamed into place): `ids`,
-    `num_boxes` `[N]` and each of `LABEL_FIELDS` present, flat over the regions
-    of the images in store order (classes int16, probabilities float32)."""
-    arrays = {
-        "ids": np.array(ids, np.str_),
-        "num_boxes": np.array([len(part["object_class"]) for part in labels], np.int32),
-    }
-    for key in LABEL_FIELDS:
-        if key in labels[0]:
-            dtype = np.int16 if key in ("object_class", "attribute") else np.float32
-            arrays[key] = np.concatenate([part[key] for part in labels]).astype(dtype)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_npz(f"{path}.tmp", arrays)
-    os.replace(f"{path}.tmp", path)
-
-
 def read_labels(out_dir: str) -> dict[str, dict[str, np.ndarray]]:
     """Image id -> its regions' `object_class`, `object_conf`, `attribute`,
     `attribute_conf` `[n]` (those present; in the store's region order), over
     every complete shard of an extraction output."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for shard in finished_shards(out_dir):
-        with np.load(labels_path(out_dir, shard)) as f:
-            arrays = {k: f[k] for k in f.files}
-        offsets = np.concatenate([[0], np.cumsum(arrays["num_boxes"])])
-        for i, image_id in enumerate(arrays["ids"]):
-            out[str(image_id)] = {
-                k: arrays[k][offsets[i] : offsets[i + 1]] for k in LABEL_FIELDS if k in arrays
-            }
-    return out
+    return region_labels.read_labels(out_dir, finished_shards(out_dir))
 
 
 def write_report(out_dir: str, process_index: int, skipped: Sequence[Skipped]) -> None:
