@@ -1,10 +1,16 @@
 """Our WordPiece wrapper against HuggingFace's BertTokenizer on the same vocabulary."""
 
+import hashlib
+import json
+import pathlib
+
 import pytest
 import transformers
 
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.tokenizer import Tokenizer, build_vocab
+from uniter_jax.data.store_sets import open_texts
+from uniter_jax.data.text_store import TextStoreWriter
+from uniter_jax.data.tokenizer import Tokenizer, build_vocab, same_vocab
 
 CORPUS = [
     "A man riding a Horse on the beach.",
@@ -49,3 +55,43 @@ def test_bad_vocab_files(tmp_path):
     (tmp_path / "v.txt").write_text("hello\nworld\n")
     with pytest.raises(DataError, match="lacks"):
         Tokenizer(str(tmp_path / "v.txt"))
+
+
+def _store(path, vocab_file: str, text_id: str) -> str:
+    tok = Tokenizer(vocab_file)
+    with TextStoreWriter(
+        str(path), task="captions", vocab=tok.vocab.to_json(), max_txt_len=60
+    ) as writer:
+        writer.add(text_id, "img0", tok.encode("a red cup"))
+    return str(path)
+
+
+def test_stores_share_a_vocabulary_by_its_tokens_not_its_path(vocab_path, tmp_path):
+    """The same vocab.txt at two paths (stores converted on two machines) joins;
+    one token changed, same size and special ids, does not. A store written
+    before the checksum was recorded is compared by path as before."""
+    text = pathlib.Path(vocab_path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    (tmp_path / "copy.txt").write_text("\n".join(lines), encoding="utf-8")
+    changed = list(lines)
+    changed[-2] = changed[-2] + "x"
+    (tmp_path / "changed.txt").write_text("\n".join(changed), encoding="utf-8")
+    a = _store(tmp_path / "a", vocab_path, "t0")
+    b = _store(tmp_path / "b", str(tmp_path / "copy.txt"), "t1")
+    c = _store(tmp_path / "c", str(tmp_path / "changed.txt"), "t2")
+    assert (
+        Tokenizer(vocab_path).vocab.tokens_sha256
+        == hashlib.sha256("\n".join(text.splitlines()).encode()).hexdigest()
+    )
+    assert len(open_texts([a, b])) == 2
+    with pytest.raises(DataError, match="vocab differs") as error:
+        open_texts([a, c])
+    assert error.value.file == c and error.value.field == "vocab"
+
+    old = tmp_path / "b" / "manifest.json"
+    manifest = json.loads(old.read_text())
+    del manifest["vocab"]["tokens_sha256"]
+    old.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="vocab differs"):
+        open_texts([a, b])
+    assert same_vocab(manifest["vocab"], {**manifest["vocab"], "tokens_sha256": "f" * 64})

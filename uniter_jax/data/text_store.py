@@ -13,6 +13,7 @@ Task fields: fixed-size per example (`label` [N], `target` [N, K]) or ragged
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from uniter_jax.data.files import (
     write_json,
     write_npz,
 )
+from uniter_jax.data.tokenizer import same_vocab
 
 FORMAT = "uniter_jax.text_store"
 VERSION = 1
@@ -205,7 +207,8 @@ class TextStore:
         first = stores[0]
         for store in stores[1:]:
             for key in ("vocab", "fields", "ragged"):
-                if store.manifest[key] != first.manifest[key]:
+                same = same_vocab if key == "vocab" else operator.eq
+                if not same(store.manifest[key], first.manifest[key]):
                     raise DataError(
                         f"its {key} differs from that of {first.directory}: the stores of "
                         f"{name} must agree",

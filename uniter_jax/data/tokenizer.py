@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterable
 
@@ -35,9 +36,23 @@ class Vocab:
     mask_id: int
     random_range: tuple[int, int]  # [lo, hi): ids MLM may draw as random replacements
     lowercase: bool
+    # sha256 of the tokens, one per line: the same vocabulary wherever its file
+    # lies ("" in stores written before it was recorded).
+    tokens_sha256: str = ""
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "random_range": list(self.random_range)}
+
+
+def same_vocab(a: dict, b: dict) -> bool:
+    """Whether two stores' vocabulary records (`Vocab.to_json`) are the same
+    vocabulary: by its tokens' checksum where both record it, wherever the file
+    lay; otherwise (a store written before the checksum) by every field, path
+    included."""
+    ignore = "path" if a.get("tokens_sha256") and b.get("tokens_sha256") else "tokens_sha256"
+    return {k: v for k, v in a.items() if k != ignore} == {
+        k: v for k, v in b.items() if k != ignore
+    }
 
 
 class Tokenizer:
@@ -71,6 +86,7 @@ class Tokenizer:
             mask_id=ids[MASK],
             random_range=(first, len(tokens)),
             lowercase=lowercase,
+            tokens_sha256=hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest(),
         )
         self._tokenizer = BertWordPieceTokenizer(
             vocab_path, lowercase=lowercase, strip_accents=lowercase

@@ -27,6 +27,7 @@ from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.pipeline import Bucket, Pipeline, PipelineConfig
 from uniter_jax.data.store_sets import open_images, open_texts
 from uniter_jax.data.text_store import TextStore
+from uniter_jax.data.tokenizer import same_vocab
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import TASKS, TaskSettings, needs_soft_labels
@@ -258,7 +259,7 @@ def val_pipeline(
 
 def check_vocab(texts: TextStore, vocab: dict) -> None:
     """Raises ConfigError unless `texts` was tokenized with `vocab`."""
-    if texts.manifest["vocab"] != vocab:
+    if not same_vocab(texts.manifest["vocab"], vocab):
         raise ConfigError(
             f"{texts.directory}: tokenized with another vocabulary than the first training "
             f"texts ({texts.manifest['vocab'].get('path')} vs {vocab.get('path')})"
