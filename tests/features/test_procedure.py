@@ -136,6 +136,80 @@ def ref_select(max_conf, threshold, min_boxes, max_boxes):
     return keep_boxes
 
 
+# The detectron2 ports (.pkl / HF weights): box sides without the + 1.
+
+
+def ref_d2_cell_anchors(sizes=(64, 128, 256, 512), ratios=(0.5, 1, 2)):
+    """DefaultAnchorGenerator: per size, per ratio (h / w), area size^2, centred on 0."""
+    out = []
+    for size in sizes:
+        for ratio in ratios:
+            w = np.sqrt(size * size / ratio)
+            out.append([-w / 2, -ratio * w / 2, w / 2, ratio * w / 2])
+    return np.array(out, np.float32)
+
+
+def ref_d2_decode(boxes, deltas, clamp=box_ops.SCALE_CLAMP):
+    boxes, deltas = boxes.astype(np.float32), deltas.astype(np.float32)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cx, cy = boxes[:, 0] + np.float32(0.5) * w, boxes[:, 1] + np.float32(0.5) * h
+    dw = np.minimum(deltas[:, 2], np.float32(clamp))
+    dh = np.minimum(deltas[:, 3], np.float32(clamp))
+    pcx, pcy = deltas[:, 0] * w + cx, deltas[:, 1] * h + cy
+    pw, ph = np.exp(dw) * w, np.exp(dh) * h
+    half = np.float32(0.5)
+    return np.stack([pcx - half * pw, pcy - half * ph, pcx + half * pw, pcy + half * ph], 1)
+
+
+def ref_d2_clip(boxes, height, width):
+    out = boxes.copy()
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
+    return out
+
+
+def ref_d2_iou_row(box, others):
+    """torchvision's nms kernel overlap: plain areas."""
+    zero = np.float32(0)
+    w = np.maximum(zero, np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]))
+    h = np.maximum(zero, np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]))
+    inter = w * h
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / (area + areas - inter)
+
+
+def ref_d2_nms(boxes, scores, valid, threshold):
+    """torchvision's greedy NMS: a box goes only when its IoU is above the threshold."""
+    boxes = boxes.astype(np.float32)
+    order = [i for i in np.argsort(-scores, kind="stable") if valid[i]]
+    keep = []
+    while order:
+        best, rest = order[0], np.asarray(order[1:], np.int64)
+        keep.append(int(best))
+        order = (
+            list(rest[ref_d2_iou_row(boxes[best], boxes[rest]) <= threshold]) if len(rest) else []
+        )
+    return keep
+
+
+def ref_d2_proposals(logits, deltas, image_size, feature_size, pre, post, thr=0.7):
+    """find_top_rpn_proposals for one image: decode all, the best `pre` of the
+    image's cells, clip to [0, w] x [0, h], drop empty boxes, NMS, `post` kept."""
+    height, width, a = logits.shape
+    anchors = ref_shifted_anchors(ref_d2_cell_anchors(), height, width)
+    boxes = ref_d2_decode(anchors, deltas.reshape(-1, 4))
+    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    in_map = np.repeat(((ys < feature_size[0]) & (xs < feature_size[1])).ravel(), a)
+    cells = np.flatnonzero(in_map)
+    order = cells[np.argsort(-logits.reshape(-1)[cells], kind="stable")][:pre]
+    boxes = ref_d2_clip(boxes[order], *image_size)
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    order, boxes = order[nonempty], boxes[nonempty]
+    kept = ref_d2_nms(boxes, logits.reshape(-1)[order], np.ones(len(order), bool), thr)
+    return boxes[kept[:post]]
+
+
 def random_boxes(rng, n, extent=200.0, max_side=80.0):
     xy = rng.uniform(0, extent, (n, 2))
     wh = rng.uniform(1, max_side, (n, 2))
@@ -197,6 +271,37 @@ def test_pairwise_iou():
     assert float(pair[0, 0]) == 0.5
 
 
+def test_detectron2_anchors_decode_clip_and_iou():
+    np.testing.assert_allclose(
+        box_ops.detectron2_cell_anchors(), ref_d2_cell_anchors(), rtol=1e-6, atol=1e-5
+    )
+    rng = np.random.default_rng(0)
+    anchors = random_boxes(rng, 500)
+    deltas = rng.normal(0, 1.5, (500, 4)).astype(np.float32)
+    deltas[:5, 2:] = 6.0  # beyond the clamp
+    d2 = box_ops.DETECTRON2
+    ours = np.asarray(
+        box_ops.decode_boxes(
+            jnp.asarray(anchors), jnp.asarray(deltas), d2.scale_clamp, convention=d2
+        )
+    )
+    np.testing.assert_allclose(ours, ref_d2_decode(anchors, deltas), rtol=1e-6, atol=1e-4)
+    # No + 1: a zero delta gives the box back.
+    same = box_ops.decode_boxes(jnp.asarray(anchors), jnp.zeros((500, 4)), convention=d2)
+    np.testing.assert_allclose(np.asarray(same), anchors, rtol=1e-6, atol=1e-4)
+    clipped = np.asarray(box_ops.clip_boxes(jnp.asarray(ours), 120, 150, convention=d2))
+    np.testing.assert_array_equal(clipped, ref_d2_clip(ours, 120, 150))
+    assert clipped[:, 0::2].max() == 150 and clipped[:, 1::2].max() == 120
+    a, b = random_boxes(rng, 20), random_boxes(rng, 30)
+    iou = np.asarray(box_ops.pairwise_iou(jnp.asarray(a), jnp.asarray(b), convention=d2))
+    np.testing.assert_allclose(iou, np.stack([ref_d2_iou_row(box, b) for box in a]), rtol=1e-6)
+    # Plain areas: [0, 0, 10, 10] is half of [0, 0, 10, 20].
+    pair = box_ops.pairwise_iou(
+        jnp.asarray([[0.0, 0, 10, 10]]), jnp.asarray([[0.0, 0, 10, 20]]), convention=d2
+    )
+    assert float(pair[0, 0]) == 0.5
+
+
 # ----------------------------------------------------------------------------
 # NMS
 # ----------------------------------------------------------------------------
@@ -252,6 +357,33 @@ def test_nms_edge_cases():
     assert np.asarray(ok).sum() == 2
 
 
+_nms_d2 = jax.jit(functools.partial(nms.nms, convention=box_ops.DETECTRON2), static_argnums=4)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_detectron2_nms_matches_torchvision_rule(seed):
+    rng = np.random.default_rng(500 + seed)
+    n = 64
+    boxes = random_boxes(rng, n, extent=rng.choice([60.0, 200.0]))
+    scores = rng.random(n).astype(np.float32)
+    if seed % 3 == 0:
+        scores = np.round(scores * 4).astype(np.float32) / 4
+    valid = rng.random(n) < rng.choice([1.0, 0.5])
+    threshold = float(rng.choice([0.3, 0.7]))
+    for k in (64, 8):
+        indices, ok = _nms_d2(
+            jnp.asarray(boxes), jnp.asarray(scores), jnp.asarray(valid), threshold, k
+        )
+        expected = ref_d2_nms(boxes, scores, valid, threshold)[:k]
+        assert list(np.asarray(indices)[np.asarray(ok)]) == expected
+    # IoU exactly at the threshold is kept (torchvision drops on >).
+    pair = np.zeros((64, 4), np.float32)
+    pair[:2] = [[0, 0, 10, 10], [0, 0, 10, 20]]
+    two = np.asarray([0.9, 0.8] + [0.0] * 62, np.float32)
+    _, ok = _nms_d2(jnp.asarray(pair), jnp.asarray(two), jnp.arange(64) < 2, 0.5, 8)
+    assert np.asarray(ok).sum() == 2
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_nms_per_class_matches_a_loop_over_classes(seed):
     rng = np.random.default_rng(100 + seed)
@@ -303,6 +435,36 @@ def test_proposals_match_the_proposal_layer():
         assert valid.sum() == len(expected) > 0
         np.testing.assert_allclose(np.asarray(out.boxes[i])[valid], expected, rtol=1e-6, atol=1e-4)
         assert (np.asarray(out.boxes[i])[~valid] == 0).all()
+        assert np.all(np.diff(np.asarray(out.scores[i])[valid]) <= 0)
+
+
+def test_proposals_match_detectron2s_rpn():
+    """The order matters: detectron2 takes the best `pre` before dropping empty
+    boxes, so boxes pushed off the image still take places in the 150."""
+    rng = np.random.default_rng(4)
+    b, h, w, a = 2, 6, 8, 12
+    logits = rng.normal(size=(b, h, w, a)).astype(np.float32)
+    deltas = rng.normal(0, 0.3, (b, h, w, a, 4)).astype(np.float32)
+    # The best-scored tenth of the anchors pushed far right: off the image, empty.
+    top = logits > np.quantile(logits, 0.9)
+    deltas[..., 0] = np.where(top, 40.0, deltas[..., 0])
+    image_sizes = np.array([[90, 120], [70, 128]])
+    scales = np.array([1.5, 0.5], np.float32)
+    feature_sizes = np.array([[6, 8], [5, 8]])
+    out = jax.jit(
+        functools.partial(
+            proposals.propose,
+            pre_nms_top_n=150,
+            post_nms_top_n=40,
+            cell_anchors=box_ops.detectron2_cell_anchors(),
+            convention=box_ops.DETECTRON2,
+        )
+    )(jnp.asarray(logits), jnp.asarray(deltas), image_sizes, scales, feature_sizes)
+    for i in range(b):
+        expected = ref_d2_proposals(logits[i], deltas[i], image_sizes[i], feature_sizes[i], 150, 40)
+        valid = np.asarray(out.valid[i])
+        assert valid.sum() == len(expected) > 0
+        np.testing.assert_allclose(np.asarray(out.boxes[i])[valid], expected, rtol=1e-6, atol=1e-4)
         assert np.all(np.diff(np.asarray(out.scores[i])[valid]) <= 0)
 
 

@@ -202,6 +202,7 @@ def test_bua_pth_matches_its_reference(files):
 def test_d2_pkl_matches_its_reference_background_first(files):
     model, config, info = load_detector(files["pkl"])
     assert config == dataclasses.replace(SMALL, anchors="detectron2")
+    assert model.box_convention == "detectron2"  # its proposals measure boxes as detectron2
     assert (info.layout, info.file_format, info.anchors_stored) == ("d2", "pickle", False)
     assert info.author == "test" and info.running_stats
     np.testing.assert_array_equal(config.cell_anchors(), D2_ANCHORS)

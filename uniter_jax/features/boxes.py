@@ -24,17 +24,48 @@ fork): a box covers the pixels `x1..x2` inclusive, so its width is
 - Clipping (`clip_boxes`): x to `[0, width - 1]`, y to `[0, height - 1]`.
 - IoU (`lib/nms/cpu_nms.pyx`): areas and intersections with the `+ 1`,
   `inter / (area_a + area_b - inter)`.
+
+The detectron2 ports that read the `.pkl` / HF weights (py-bottom-up-attention,
+`detectron2/modeling/box_regression.py: Box2BoxTransform.apply_deltas`,
+`structures/boxes.py: Boxes.clip`; transformers' LXMERT demo,
+`modeling_frcnn.py`, the same) measure boxes without the `+ 1`: width
+`x2 - x1`, centre `x1 + 0.5 w`, clipping to `[0, width] x [0, height]`, and
+torchvision's NMS (`csrc/ops/cpu/nms_kernel.cpp`) takes areas without it and
+drops a box only when its IoU is `> threshold`. `BoxConvention` names the two
+(`CAFFE`, `DETECTRON2`); every function here takes one, Caffe by default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 
+
+@dataclasses.dataclass(frozen=True)
+class BoxConvention:
+    """How a code base measures boxes in pixels (module doc)."""
+
+    name: str
+    # 1.0: a box covers pixels x1..x2 inclusive, width x2 - x1 + 1 (Caffe);
+    # 0.0: width x2 - x1, corners on pixel edges (detectron2).
+    pixel: float
+    # Whether NMS drops a box whose IoU equals the threshold (Caffe's `>=`) or
+    # only above it (torchvision's `>`).
+    suppress_at_threshold: bool
+    # The cap on `dw, dh` before `exp` when the RPN's deltas are decoded.
+    scale_clamp: float | None
+
+
 # detectron2 / bua's clamp of dw, dh before exp: a 16 px box grows at most to 1000 px.
 SCALE_CLAMP = math.log(1000.0 / 16.0)
+CAFFE = BoxConvention("caffe", pixel=1.0, suppress_at_threshold=True, scale_clamp=None)
+DETECTRON2 = BoxConvention(
+    "detectron2", pixel=0.0, suppress_at_threshold=False, scale_clamp=SCALE_CLAMP
+)
+CONVENTIONS = {c.name: c for c in (CAFFE, DETECTRON2)}
 # The VG ResNet-101 model's proposal layer (test.prototxt `param_str`).
 FEATURE_STRIDE = 16
 ANCHOR_SCALES = (4, 8, 16, 32)
@@ -90,16 +121,21 @@ def anchor_grid(
 
 
 def decode_boxes(
-    boxes: jnp.ndarray, deltas: jnp.ndarray, scale_clamp: float | None = None
+    boxes: jnp.ndarray,
+    deltas: jnp.ndarray,
+    scale_clamp: float | None = None,
+    *,
+    convention: BoxConvention = CAFFE,
 ) -> jnp.ndarray:
     """Applies `(dx, dy, dw, dh)` `deltas` `[..., 4]` to `boxes` `[..., 4]`
-    (Caffe `bbox_transform_inv`, weights 1). `scale_clamp` caps `dw, dh` first
-    (`SCALE_CLAMP` as the ports; `None`, the original: no cap, an overflowing
-    `exp` gives infinite corners that clipping brings back to the border)."""
+    (Caffe `bbox_transform_inv`, weights 1; detectron2's `apply_deltas` with
+    `convention` DETECTRON2: sides without the `+ 1`). `scale_clamp` caps
+    `dw, dh` first (`SCALE_CLAMP` as the ports; `None`, the original: no cap,
+    an overflowing `exp` gives infinite corners that clipping brings back to
+    the border)."""
     boxes = boxes.astype(jnp.float32)
     deltas = deltas.astype(jnp.float32)
-    widths = boxes[..., 2] - boxes[..., 0] + 1.0
-    heights = boxes[..., 3] - boxes[..., 1] + 1.0
+    widths, heights = box_sides(boxes, convention=convention)
     ctr_x = boxes[..., 0] + 0.5 * widths
     ctr_y = boxes[..., 1] + 0.5 * heights
     dx, dy, dw, dh = (deltas[..., k] for k in range(4))
@@ -120,12 +156,18 @@ def decode_boxes(
     )
 
 
-def clip_boxes(boxes: jnp.ndarray, height: jnp.ndarray, width: jnp.ndarray) -> jnp.ndarray:
+def clip_boxes(
+    boxes: jnp.ndarray,
+    height: jnp.ndarray,
+    width: jnp.ndarray,
+    *,
+    convention: BoxConvention = CAFFE,
+) -> jnp.ndarray:
     """Clips `boxes` `[..., 4]` to an image of `height x width` pixels (scalars,
     or arrays broadcasting against `boxes[..., 0]`): x into `[0, width - 1]`,
-    y into `[0, height - 1]`."""
-    x_max = jnp.asarray(width, jnp.float32) - 1.0
-    y_max = jnp.asarray(height, jnp.float32) - 1.0
+    y into `[0, height - 1]` (DETECTRON2: `[0, width]`, `[0, height]`)."""
+    x_max = jnp.asarray(width, jnp.float32) - convention.pixel
+    y_max = jnp.asarray(height, jnp.float32) - convention.pixel
     x1 = jnp.clip(boxes[..., 0], 0.0, x_max)
     y1 = jnp.clip(boxes[..., 1], 0.0, y_max)
     x2 = jnp.clip(boxes[..., 2], 0.0, x_max)
@@ -133,24 +175,30 @@ def clip_boxes(boxes: jnp.ndarray, height: jnp.ndarray, width: jnp.ndarray) -> j
     return jnp.stack([x1, y1, x2, y2], axis=-1)
 
 
-def box_sides(boxes: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Widths and heights `[...]` with the `+ 1` of the legacy convention."""
-    return boxes[..., 2] - boxes[..., 0] + 1.0, boxes[..., 3] - boxes[..., 1] + 1.0
+def box_sides(
+    boxes: jnp.ndarray, *, convention: BoxConvention = CAFFE
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Widths and heights `[...]` (with the `+ 1` of the Caffe convention)."""
+    pixel = convention.pixel
+    return boxes[..., 2] - boxes[..., 0] + pixel, boxes[..., 3] - boxes[..., 1] + pixel
 
 
-def pairwise_iou(boxes_a: jnp.ndarray, boxes_b: jnp.ndarray) -> jnp.ndarray:
-    """IoU of `[..., N, 4]` against `[..., M, 4]`: `[..., N, M]` (legacy `+ 1`
+def pairwise_iou(
+    boxes_a: jnp.ndarray, boxes_b: jnp.ndarray, *, convention: BoxConvention = CAFFE
+) -> jnp.ndarray:
+    """IoU of `[..., N, 4]` against `[..., M, 4]`: `[..., N, M]` (Caffe: `+ 1`
     areas, as the original's NMS). Symmetric bit for bit: `iou(a, b)[i, j] ==
     iou(b, a)[j, i]`."""
+    pixel = convention.pixel
     a = boxes_a[..., :, None, :]
     b = boxes_b[..., None, :, :]
     inter_w = jnp.maximum(
-        0.0, jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]) + 1.0
+        0.0, jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]) + pixel
     )
     inter_h = jnp.maximum(
-        0.0, jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]) + 1.0
+        0.0, jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]) + pixel
     )
     inter = inter_w * inter_h
-    area_a = (a[..., 2] - a[..., 0] + 1.0) * (a[..., 3] - a[..., 1] + 1.0)
-    area_b = (b[..., 2] - b[..., 0] + 1.0) * (b[..., 3] - b[..., 1] + 1.0)
+    area_a = (a[..., 2] - a[..., 0] + pixel) * (a[..., 3] - a[..., 1] + pixel)
+    area_b = (b[..., 2] - b[..., 0] + pixel) * (b[..., 3] - b[..., 1] + pixel)
     return inter / (area_a + area_b - inter)

@@ -90,6 +90,9 @@ class Detector(nnx.Module):
     """The Visual Genome Faster R-CNN of bottom-up attention (inference only)."""
 
     def __init__(self, config: DetectorConfig, rngs: nnx.Rngs):
+        # How the RPN's boxes are measured (`boxes.CONVENTIONS`): that of the
+        # code base its weights come from, as its anchors (a static attribute).
+        self.box_convention: str = config.anchors
         self.backbone = ResNetC4(config, rngs)
         self.rpn_head = RPNHead(config, rngs)
         self.roi_heads = BoxHead(config, rngs)

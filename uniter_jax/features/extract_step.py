@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from uniter_jax.features import boxes as box_ops
 from uniter_jax.features import detections, preprocess, proposals
 from uniter_jax.features.detector import Detector
 from uniter_jax.features.extract_config import ExtractConfig
@@ -88,6 +89,7 @@ def detect(
         cell_anchors=cell_anchors,
         pre_nms_top_n=config.pre_nms_top_n,
         post_nms_top_n=config.post_nms_top_n,
+        convention=box_ops.CONVENTIONS[detector.box_convention],
     )
     heads = detector.regions(rpn.features, proposed.boxes)
     kept = detections.select_regions(

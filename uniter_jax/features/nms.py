@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from uniter_jax.features.boxes import pairwise_iou
+from uniter_jax.features.boxes import CAFFE, BoxConvention, pairwise_iou
 
 
 def _score_order(scores: jax.Array, valid: jax.Array) -> jax.Array:
@@ -40,11 +40,14 @@ def nms(
     valid: jax.Array,
     iou_threshold: float | jax.Array,
     max_outputs: int,
+    *,
+    convention: BoxConvention = CAFFE,
 ) -> tuple[jax.Array, jax.Array]:
     """Greedy NMS of `boxes` `[N, 4]` with `scores` `[N]`; boxes with `valid`
     `[N]` False take no part. Returns `indices` `[max_outputs]` int32 (kept
     boxes by descending score, 0 after the last) and their `valid`
     `[max_outputs]`: exactly the first `max_outputs` of the original's keep list.
+    `convention` DETECTRON2 is torchvision's: IoU without `+ 1`, dropped on `>`.
 
     Sequential in rank (one IoU row of `N` per step, no `N x N` matrix); it stops
     once `max_outputs` are kept or the valid boxes run out. vmap it for a batch.
@@ -61,8 +64,9 @@ def nms(
     def body(state):
         rank, count, suppressed, kept = state
         keep = ~suppressed[rank]
-        iou = pairwise_iou(sorted_boxes[rank][None], sorted_boxes)[0]
-        suppressed = suppressed | (keep & (iou >= iou_threshold))
+        iou = pairwise_iou(sorted_boxes[rank][None], sorted_boxes, convention=convention)[0]
+        over = iou >= iou_threshold if convention.suppress_at_threshold else iou > iou_threshold
+        suppressed = suppressed | (keep & over)
         kept = kept.at[count].set(jnp.where(keep, order[rank], kept[count]))
         return rank + 1, count + keep.astype(jnp.int32), suppressed, kept
 

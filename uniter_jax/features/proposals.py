@@ -12,6 +12,14 @@ The original's proposal layer (`lib/rpn/proposal_layer.py`, TEST values from
 5. NMS at IoU 0.7 (`RPN_NMS_THRESH`, `nms.nms`), the first 300 kept
    (`RPN_POST_NMS_TOP_N`), in descending score.
 
+The detectron2 ports (py-bottom-up-attention `proposal_generator/rpn_outputs.py:
+find_top_rpn_proposals`, transformers' LXMERT demo `modeling_frcnn.py`, the
+same) decode with the detectron2 convention (`boxes.DETECTRON2`: no `+ 1`,
+`dw, dh` capped at `log(1000 / 16)`), take the 6000 best of all anchors first,
+then clip to `[0, w] x [0, h]`, drop boxes with a side `<= 0` (`MIN_SIZE 0`, no
+16 px filter) and run torchvision's NMS (IoU without `+ 1`, dropped on `>`),
+keeping 300 as the demos set `POST_NMS_TOPK_TEST`. `convention` picks one.
+
 The Caffe RPN scores an anchor with a 2-way softmax; its foreground probability
 is `sigmoid(fg - bg)`, increasing in the one logit that `rpn.py` keeps, so
 ranking by the logit is ranking by the probability. bottom-up-attention.pytorch
@@ -64,7 +72,7 @@ def propose(
     post_nms_top_n: int = POST_NMS_TOP_N,
     nms_threshold: float = NMS_THRESHOLD,
     min_size: float = MIN_SIZE,
-    scale_clamp: float | None = None,
+    convention: box_ops.BoxConvention = box_ops.CAFFE,
 ) -> Proposals:
     """RPN outputs -> proposals, as the original's proposal layer (module doc).
 
@@ -79,7 +87,10 @@ def propose(
         cells beyond it are no anchors. `None`: the whole map.
       cell_anchors: `[A, 4]` in the order of the RPN's channels; default
         `boxes.caffe_cell_anchors()`.
-      scale_clamp: cap on `dw, dh` (`None`: the original, no cap).
+      min_size: the Caffe filter's smallest side, pixels of the original image.
+      convention: how boxes are measured and filtered (module doc): CAFFE, the
+        original; DETECTRON2, the ports of the `.pkl` / HF weights (`min_size`
+        unused: they keep every box with both sides `> 0`).
     """
     batch, height, width, num_anchors = objectness_logits.shape
     if cell_anchors is None:
@@ -95,16 +106,25 @@ def propose(
         rows = jnp.arange(height)[:, None, None] < feature_size[0]
         cols = jnp.arange(width)[None, :, None] < feature_size[1]
         in_map = jnp.broadcast_to(rows & cols, (height, width, num_anchors)).reshape(-1)
-        boxes = box_ops.decode_boxes(anchors, deltas.reshape(-1, 4), scale_clamp)
-        boxes = box_ops.clip_boxes(boxes, image_size[0], image_size[1])
-        widths, heights = box_ops.box_sides(boxes)
-        smallest = min_size * scale
-        valid = in_map & (widths >= smallest) & (heights >= smallest)
+        boxes = box_ops.decode_boxes(
+            anchors, deltas.reshape(-1, 4), convention.scale_clamp, convention=convention
+        )
+        boxes = box_ops.clip_boxes(boxes, image_size[0], image_size[1], convention=convention)
+        widths, heights = box_ops.box_sides(boxes, convention=convention)
         scores = logits.reshape(-1).astype(jnp.float32)
+        if convention == box_ops.CAFFE:  # size filter, then the best 6000
+            smallest = min_size * scale
+            valid = in_map & (widths >= smallest) & (heights >= smallest)
+            candidates = valid
+        else:  # the best 6000, then drop the empty ones
+            valid = in_map & (widths > 0.0) & (heights > 0.0)
+            candidates = in_map
         # top_k puts the lower index first among equal values, as the stable sort in nms.
-        _, top = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), pre_nms)
-        top_valid = valid[top]
-        kept, kept_valid = nms(boxes[top], scores[top], top_valid, nms_threshold, post_nms_top_n)
+        _, top = jax.lax.top_k(jnp.where(candidates, scores, -jnp.inf), pre_nms)
+        top_valid = valid[top] & candidates[top]
+        kept, kept_valid = nms(
+            boxes[top], scores[top], top_valid, nms_threshold, post_nms_top_n, convention=convention
+        )
         index = top[kept]
         mask = kept_valid[:, None]
         return (
