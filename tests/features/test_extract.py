@@ -16,6 +16,9 @@ import json
 import os
 import pathlib
 import shutil
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -385,23 +388,25 @@ def test_random_detector_is_seeded_and_keeps_features_small():
     assert jax.tree.map(lambda x: x.shape, nnx.state(a)) == shapes
 
 
+def tiny_detector_args() -> list[str]:
+    """`--detector KEY=VALUE` for each field of TINY that differs from the default."""
+    fields = (
+        "blocks_per_stage",
+        "stem_channels",
+        "res2_channels",
+        "bottleneck_channels",
+        "rpn_channels",
+        "num_classes",
+        "num_attributes",
+        "class_embedding_size",
+        "attribute_hidden_size",
+    )
+    return [x for f in fields for x in ("--detector", f"{f}={getattr(TINY, f)!r}")]
+
+
 @pytest.mark.slow
 def test_cli_random_weights_at_the_real_sizes(tmp_path, capsys, caplog):
     folder = write_good(tmp_path / "images", names={"a_rgb", "c_cmyk"})
-    tiny = [
-        f"{f}={getattr(TINY, f)!r}"
-        for f in (
-            "blocks_per_stage",
-            "stem_channels",
-            "res2_channels",
-            "bottleneck_channels",
-            "rpn_channels",
-            "num_classes",
-            "num_attributes",
-            "class_embedding_size",
-            "attribute_hidden_size",
-        )
-    ]
     argv = [
         "extract",
         "--images",
@@ -419,7 +424,7 @@ def test_cli_random_weights_at_the_real_sizes(tmp_path, capsys, caplog):
         "--workers",
         "2",
     ]
-    argv += [x for pair in tiny for x in ("--detector", pair)]
+    argv += tiny_detector_args()
     assert cli.main(argv) == 0
     assert "stored 2 images, 10 regions" in capsys.readouterr().out
     assert "RANDOM WEIGHTS (seed 3)" in caplog.text
@@ -448,3 +453,51 @@ def test_cli_loads_a_checkpoint_and_swaps_its_compute_dtype(tmp_path, capsys):
     assert open_images(str(out)).get("a_rgb").num_boxes == 4
     assert cli.main([*argv, "--detector", "depth=50"]) == 2
     assert "--detector applies to --random-weights" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_of_a_distributed_run_store_the_bytes_of_one(tmp_path, capsys):
+    """A real multi-process run on one machine: two processes joined by jax's
+    distributed runtime (gloo on the CPU), each extracting its slice of the
+    images into the one folder, process 0 writing `shards.json` after the
+    barrier. The store is the single process's, blob for blob."""
+    folder = write_good(tmp_path / "images")
+    argv = ["extract", "--images", folder, "--random-weights", *tiny_detector_args()]
+    argv += ["--min-boxes", "3", "--max-boxes", "10", "--shard-size", "2", "--batch-size", "2"]
+    argv += ["--workers", "2", "--no-progress"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert cli.main([*argv, "--out", one]) == 0, capsys.readouterr().err
+    address = f"localhost:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device each
+    env["JAX_PLATFORMS"] = "cpu"
+    command = [sys.executable, "-m", "uniter_jax.features", *argv, "--out", two]
+    command += ["--coordinator-address", address, "--num-processes", "2"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--process-id", str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], logs
+    assert f"wrote {two}/{SHARDS}" in logs[0]
+    assert f"process 0 writes {SHARDS} once every process is done" in logs[1]
+    shards = extract_output.finished_shards(two)
+    assert {name[:5] for name in shards} == {"p0000", "p0001"}
+    assert blobs(two) == blobs(one) and len(blobs(one)) == len(GOOD)
+    assert all(report.ok for report in verify_store(two))
+    labels_one, labels_two = extract_output.read_labels(one), extract_output.read_labels(two)
+    assert labels_two.keys() == labels_one.keys()
+    for image_id, want in labels_one.items():
+        for key, value in want.items():
+            np.testing.assert_array_equal(labels_two[image_id][key], value)

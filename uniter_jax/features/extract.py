@@ -89,6 +89,7 @@ class Summary:
     shards: list[str] = dataclasses.field(default_factory=list)  # written by this run
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
     index_written: bool = False  # shards.json
+    process_index: int = 0  # process 0 writes shards.json, after every process is done
 
     def report(self, max_listed: int = 20) -> str:
         lines = [
@@ -97,6 +98,8 @@ class Summary:
         ]
         if self.index_written:
             lines.append(f"wrote {os.path.join(self.out_dir, store_sets.SHARDS)}")
+        elif self.process_index != 0:
+            lines.append(f"process 0 writes {store_sets.SHARDS} once every process is done")
         else:
             lines.append(f"{store_sets.SHARDS} not written: not every image is done (yet)")
         return "\n".join([*lines, *skipped_lines(self.skipped, max_listed)])
@@ -257,7 +260,7 @@ def extract_images(
     output.check_output(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     output.clean_leftovers(out_dir, process_index)
-    summary = Summary(out_dir)
+    summary = Summary(out_dir, process_index=process_index)
     mine = process_slice(images, process_index, process_count)
     done = output.stored_ids(out_dir, output.finished_shards(out_dir))
     pending = [image for image in mine if image.image_id not in done]
