@@ -19,7 +19,7 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_inspect", "03_finetune_vqa")
+NAMES = ("01_quickstart", "02_inspect", "03_finetune_vqa", "04_own_image")
 
 
 def read(name):
@@ -213,3 +213,27 @@ def test_finetune_vqa_beats_nothing_but_runs_and_shows_predictions(quickstart, t
     assert results and set(results[0]) == {"question_id", "answer"}
     assert "VQA accuracy" in text_of(nb)
     assert len(pictures(nb)) == 2  # the curves and the predictions with their regions
+
+
+@pytest.mark.slow
+def test_own_image_draws_regions_and_scores_the_sentence(quickstart, tmp_path):
+    """With no weights: a random detector as wide as 01's model's region
+    features, said on the picture and in the text; a made-up picture."""
+    workdir, _ = quickstart
+    out = tmp_path / "own"
+    nb = execute(
+        "04_own_image",
+        CHECKPOINT=str(workdir / "model"),
+        VOCAB=str(workdir / "synthetic" / "vocab.txt"),
+        WORKDIR=str(out),
+        NUM_BOXES=5,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["itm"]["probability"] <= 1.0
+    assert len(summary["regions"]) == 5 and "random" in summary["detector"]
+    text = text_of(nb)
+    assert "RANDOM DETECTOR WEIGHTS" in text and "ITM P(match)" in text
+    # The regions, the WRA plan on the boxes and as a heatmap, the last layer's attention.
+    sizes = [image.size for image in pictures(nb)]
+    assert len(sizes) == 4 and all(w > 300 and h > 200 for w, h in sizes), sizes
+    assert (out / "made_up.png").exists() and (out / "regions.png").exists()
