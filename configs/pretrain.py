@@ -170,6 +170,9 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # are few among many (docs/results.md, "Dilution alone").
     config.tasks.first_mix = ml_collections.ConfigDict(dict(itm=1.0))
     config.tasks.first_steps = 0
+    # One task per update (all its `optim.accumulation` micro-steps), as the
+    # original draws them; "micro_step" draws each micro-step's own.
+    config.tasks.draw = "update"
 
     # AdamW at `OptimSettings`' defaults (the original's betas, decay and clip).
     config.optim = defaults(OptimSettings, exclude=("head_lr_mul", "head_groups"))

@@ -226,6 +226,26 @@ def test_a_first_phase_draws_only_its_tasks_then_the_mix():
     assert tasks.MixSchedule({"mlm": 1.0}, {"itm": 1.0}, 0).tasks == ("mlm",)
 
 
+def test_one_draw_per_update_shares_the_stream_of_its_micro_steps():
+    mix = tasks.check_mix({"itm": 2, "mlm": 2, "mrfr": 1, "mrc_kl": 1})
+    each = tasks.MixSchedule(mix)
+    assert [each.stream(s, 3) for s in range(300)] == [
+        tasks.task_for_step(mix, 3, s) for s in range(300)
+    ]
+    per_update = tasks.MixSchedule(mix, first={"itm": 1.0}, first_steps=12, draw_every=6)
+    streams = [per_update.stream(s, 3) for s in range(6 * 3000)]
+    updates = [streams[i : i + 6] for i in range(0, len(streams), 6)]
+    assert all(len(set(u)) == 1 for u in updates)
+    assert [u[0] for u in updates[:2]] == ["itm", "itm"]  # the first 12 micro-steps
+    assert [u[0] for u in updates[2:]] == [tasks.task_for_step(mix, 3, d) for d in range(2, 3000)]
+    counts = collections.Counter(u[0] for u in updates[2:])
+    for name, ratio in mix.items():
+        p = ratio / 6
+        assert abs(counts[name] / 2998 - p) < 4 * np.sqrt(p * (1 - p) / 2998)
+    with pytest.raises(ValueError, match="per task draw must be >= 1"):
+        tasks.MixSchedule(mix, draw_every=0)
+
+
 @pytest.mark.parametrize(
     ("first", "steps", "message"), [({}, 10, "first_mix gives no task"), ({"itm": 1}, -1, ">= 0")]
 )

@@ -42,6 +42,20 @@ def test_the_original_setups_as_streams():
     assert [d.name for d in configured_datasets(get_config("indomain_large"))] == ["coco", "vg"]
 
 
+def test_the_presets_draw_one_task_per_update():
+    for name, every in (("alldata", 6), ("indomain", 2), ("", 2), ("tiny", 1), ("alldata_tiny", 1)):
+        config = get_config(name)
+        schedule, _ = stream_schedule(
+            configured_datasets(config), config.tasks, config.optim.accumulation
+        )
+        assert config.tasks.draw == "update" and schedule.draw_every == every, name
+    config.tasks.draw = "epoch"
+    with pytest.raises(ConfigError, match=r"tasks\.draw must be one of"):
+        stream_schedule(configured_datasets(config), config.tasks, 4)
+    config.tasks.draw = "micro_step"
+    assert stream_schedule(configured_datasets(config), config.tasks, 4)[0].draw_every == 1
+
+
 def test_without_datasets_the_streams_are_the_tasks():
     config = get_config("tiny")
     (dataset,) = configured_datasets(config)

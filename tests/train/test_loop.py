@@ -17,7 +17,7 @@ from uniter_jax import param_checkpoint
 from uniter_jax.data import synthetic
 from uniter_jax.data.errors import DataError
 from uniter_jax.model import UniterForPretraining, get_params
-from uniter_jax.objectives.tasks import PRETRAINING
+from uniter_jax.objectives.tasks import PRETRAINING, task_for_step
 from uniter_jax.train import evaluate, inputs, loop
 from uniter_jax.train.checkpoint import CheckpointError
 from uniter_jax.train.pretrain import pretraining_job
@@ -144,6 +144,33 @@ def test_a_checkpoint_from_one_mesh_resumes_under_another(world, tmp_path):
     for x, y in zip(lines_a, lines_b, strict=True):
         for name in x:
             np.testing.assert_allclose(x[name], y[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("draw", ["update", "micro_step"])
+def test_the_loop_draws_one_stream_per_update_or_per_micro_step(world, tmp_path, monkeypatch, draw):
+    """`tasks.draw = "update"`: the micro-steps of an update share a stream, as
+    the original's MetaLoader; "micro_step": each draws its own (no training:
+    the steps are recorded)."""
+    seen = []
+    monkeypatch.setattr(loop._Run, "step", lambda self, step, stream, batch: seen.append(stream))
+    monkeypatch.setattr(loop._Run, "validate", lambda self, step: {})
+    config = small_config(world)
+    config.optim.accumulation = 4
+    config.optim.total_steps = 12  # updates: 48 micro-steps
+    config.tasks.draw = draw
+    loop.train(config, str(tmp_path), pretraining_job)
+    assert len(seen) == 48
+    updates = [seen[i : i + 4] for i in range(0, 48, 4)]
+    mixed = sum(len(set(update)) > 1 for update in updates)
+    if draw == "update":
+        assert mixed == 0 and len(set(seen)) > 1
+        want = [task_for_step(config.tasks.mix.to_dict(), config.seed, u) for u in range(12)]
+        assert [update[0] for update in updates] == want
+    else:
+        assert mixed > 0
+        assert seen == [
+            task_for_step(config.tasks.mix.to_dict(), config.seed, s) for s in range(48)
+        ]
 
 
 def test_non_finite_loss_stops_naming_step_and_task(world, tmp_path, monkeypatch):

@@ -291,16 +291,28 @@ class MixSchedule:
     mix: dict[str, float]
     first: dict[str, float] = dataclasses.field(default_factory=dict)
     first_steps: int = 0
+    # Micro-steps that share one draw: 1, each draws its own task; the
+    # accumulation, one task per update, as the original's MetaLoader.
+    draw_every: int = 1
 
     def __post_init__(self):
         if self.first_steps < 0:
             raise ConfigError(f"tasks.first_steps must be >= 0, got {self.first_steps}")
+        if self.draw_every < 1:
+            raise ConfigError(f"micro-steps per task draw must be >= 1, got {self.draw_every}")
         if self.first_steps and not self.first:
             raise ConfigError("tasks.first_steps is set but tasks.first_mix gives no task")
 
     def at(self, step: int) -> dict[str, float]:
         """The mix that draws the task of micro-step `step`."""
         return self.first if step < self.first_steps else self.mix
+
+    def stream(self, step: int, seed: int) -> str:
+        """The stream micro-step `step` trains: one draw (`task_for_step`, keyed
+        by the draw's number) per `draw_every` micro-steps, from the mix of the
+        draw's first micro-step."""
+        draw = step // self.draw_every
+        return task_for_step(self.at(draw * self.draw_every), seed, draw)
 
     @property
     def tasks(self) -> tuple[str, ...]:

@@ -126,10 +126,17 @@ def _entry(
     )
 
 
+DRAWS = ("micro_step", "update")
+
+
 def stream_schedule(
-    datasets: list[Dataset], section: ml_collections.ConfigDict
+    datasets: list[Dataset], section: ml_collections.ConfigDict, accumulation: int = 1
 ) -> tuple[MixSchedule, dict[str, str]]:
     """The mix schedule over every dataset's streams and the task of each stream.
+
+    `tasks.draw`: "micro_step" (the default) draws a stream for each
+    micro-step; "update" one for each update of `accumulation` micro-steps, as
+    the original's `MetaLoader` does, so an update never mixes tasks.
 
     `tasks.first_mix` (for the first `tasks.first_steps` micro-steps) names
     tasks; each task's weight is shared among the datasets that train it in
@@ -137,6 +144,9 @@ def stream_schedule(
     streams = {d.stream(t): t for d in datasets for t in d.mix}
     mix = {d.stream(t): r for d in datasets for t, r in d.mix.items()}
     first_steps = int(section.get("first_steps", 0))
+    draw = section.get("draw", "micro_step")
+    if draw not in DRAWS:
+        raise ConfigError(f"tasks.draw must be one of {DRAWS}, got {draw!r}")
     first_mix = section.get("first_mix")
     first: dict[str, float] = {}
     if first_steps and first_mix is not None:
@@ -150,7 +160,9 @@ def stream_schedule(
                 if d.name in having:
                     first[d.stream(task)] = weight * having[d.name] / total
                     streams[d.stream(task)] = task
-    return MixSchedule(mix=mix, first=first, first_steps=first_steps), streams
+    draw_every = accumulation if draw == "update" else 1
+    schedule = MixSchedule(mix=mix, first=first, first_steps=first_steps, draw_every=draw_every)
+    return schedule, streams
 
 
 def stream_seed_index(datasets: list[Dataset], dataset: Dataset, task: str) -> tuple[int, int]:

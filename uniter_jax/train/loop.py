@@ -33,7 +33,6 @@ from etils import epath
 from uniter_jax import param_checkpoint
 from uniter_jax.data.errors import DataError
 from uniter_jax.model.config import ConfigError
-from uniter_jax.objectives.tasks import task_for_step
 from uniter_jax.seeds import train_key
 from uniter_jax.sharding import Layout, check_divisible, to_host
 from uniter_jax.train.checkpoint import Checkpoints
@@ -197,7 +196,7 @@ def _loop(
     metrics: dict[str, float] = {}
     with Preemption() as preemption:
         for step in range(start, total):
-            stream = task_for_step(run.job.mix.at(step), config.seed, step)
+            stream = run.job.mix.stream(step, config.seed)
             run.step(step, stream, next(run.job.pipelines[stream]))
             done = step + 1  # steps are counted as done: logs, checkpoints, errors
             progress(done)

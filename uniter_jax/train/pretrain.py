@@ -26,7 +26,7 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     """The pretraining streams of the configured (or synthetic) datasets."""
     model_cfg = inputs.model_config(config.model)
     datasets = inputs.resolve_datasets(config, workdir)
-    mix, streams = stream_schedule(datasets, config.tasks)
+    mix, streams = stream_schedule(datasets, config.tasks, config.optim.accumulation)
     stores = {d.name: inputs.open_stores(d) for d in datasets}
     buckets = shapes.run_buckets(
         config.data,
