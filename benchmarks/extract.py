@@ -25,8 +25,8 @@ Every timed call is preceded by `--warmup` untimed calls; the first call's
 time (compilation included, where the bucket's program is new) is reported as
 `compile_s`. Prints JSON (and each case's images/s to stderr as it
 finishes); a case that fails (out of memory) records its error, the others
-still run. On a CPU pass `--proposals 36`: RoIPool's masked max is materialised
-there (41.8 GB at 300 proposals; docs/benchmarks.md).
+still run. `--proposals 36` gives a quicker look on a CPU, where RoI pooling
+and res5 over 300 proposals take about 17 s an image (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -311,9 +311,8 @@ def main() -> None:
     parser.add_argument(
         "--proposals",
         type=int,
-        help="proposals per image into the box head (default 300, the original's); fewer "
-        "fits a CPU: RoIPool's masked max takes R x 14 x H x W x C floats there (41.8 GB "
-        "at 300 proposals and 600 x 800), and res5's time is linear in R",
+        help="proposals per image into the box head (default 300, the original's); RoI "
+        "pooling and res5's time is linear in it",
     )
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
