@@ -51,10 +51,12 @@ def ref_shifted_anchors(cell, height, width, stride=16):
     return (cell[None] + shifts[:, None]).reshape(-1, 4).astype(np.float32)
 
 
-def ref_decode(boxes, deltas, clamp=None):
+def ref_decode(boxes, deltas, clamp=None, pixel=1):
+    """bbox_transform_inv (sides with the + 1); `pixel=0`: detectron2's
+    apply_deltas, sides without it."""
     boxes, deltas = boxes.astype(np.float32), deltas.astype(np.float32)
-    w = boxes[:, 2] - boxes[:, 0] + np.float32(1)
-    h = boxes[:, 3] - boxes[:, 1] + np.float32(1)
+    w = boxes[:, 2] - boxes[:, 0] + np.float32(pixel)
+    h = boxes[:, 3] - boxes[:, 1] + np.float32(pixel)
     cx, cy = boxes[:, 0] + np.float32(0.5) * w, boxes[:, 1] + np.float32(0.5) * h
     dw, dh = deltas[:, 2], deltas[:, 3]
     if clamp is not None:
@@ -83,19 +85,19 @@ def ref_iou_row(box, others):
     return inter / (area + areas - inter)
 
 
-def ref_nms(boxes, scores, valid, threshold):
+def ref_nms(boxes, scores, valid, threshold, overlaps=None):
     """Greedy: best first, drop the rest at IoU >= threshold (cpu_nms.pyx).
-    Equal scores in index order."""
+    Equal scores in index order. `overlaps(best, rest) -> bool [len(rest)]`
+    replaces the drop rule (torchvision's, below)."""
+    if overlaps is None:
+        overlaps = lambda best, rest: ref_iou_row(best, rest) >= threshold
     boxes = boxes.astype(np.float32)
     order = [i for i in np.argsort(-scores, kind="stable") if valid[i]]
     keep = []
     while order:
-        best, order = order[0], np.asarray(order[1:], np.int64)
+        best, rest = order[0], np.asarray(order[1:], np.int64)
         keep.append(int(best))
-        if len(order):
-            order = list(order[ref_iou_row(boxes[best], boxes[order]) < threshold])
-        else:
-            order = []
+        order = list(rest[~overlaps(boxes[best], boxes[rest])]) if len(rest) else []
     return keep
 
 
@@ -150,15 +152,7 @@ def ref_d2_cell_anchors(sizes=(64, 128, 256, 512), ratios=(0.5, 1, 2)):
 
 
 def ref_d2_decode(boxes, deltas, clamp=box_ops.SCALE_CLAMP):
-    boxes, deltas = boxes.astype(np.float32), deltas.astype(np.float32)
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    cx, cy = boxes[:, 0] + np.float32(0.5) * w, boxes[:, 1] + np.float32(0.5) * h
-    dw = np.minimum(deltas[:, 2], np.float32(clamp))
-    dh = np.minimum(deltas[:, 3], np.float32(clamp))
-    pcx, pcy = deltas[:, 0] * w + cx, deltas[:, 1] * h + cy
-    pw, ph = np.exp(dw) * w, np.exp(dh) * h
-    half = np.float32(0.5)
-    return np.stack([pcx - half * pw, pcy - half * ph, pcx + half * pw, pcy + half * ph], 1)
+    return ref_decode(boxes, deltas, clamp, pixel=0)
 
 
 def ref_d2_clip(boxes, height, width):
@@ -181,16 +175,9 @@ def ref_d2_iou_row(box, others):
 
 def ref_d2_nms(boxes, scores, valid, threshold):
     """torchvision's greedy NMS: a box goes only when its IoU is above the threshold."""
-    boxes = boxes.astype(np.float32)
-    order = [i for i in np.argsort(-scores, kind="stable") if valid[i]]
-    keep = []
-    while order:
-        best, rest = order[0], np.asarray(order[1:], np.int64)
-        keep.append(int(best))
-        order = (
-            list(rest[ref_d2_iou_row(boxes[best], boxes[rest]) <= threshold]) if len(rest) else []
-        )
-    return keep
+    return ref_nms(
+        boxes, scores, valid, threshold, lambda best, rest: ref_d2_iou_row(best, rest) > threshold
+    )
 
 
 def ref_d2_proposals(logits, deltas, image_size, feature_size, pre, post, thr=0.7):
