@@ -85,7 +85,17 @@ def vqa_accuracy(workdir: str) -> float:
         return float(json.load(f)["validation"]["val/vqa/accuracy"])
 
 
-def run(name: str, seed: int, out: str, preset: str, steps: int, vqa_steps: int) -> dict:
+def run(
+    name: str,
+    seed: int,
+    out: str,
+    preset: str,
+    steps: int,
+    vqa_steps: int,
+    overrides: dict[str, str] | None = None,
+) -> dict:
+    """One row: the world written, its baselines, pretraining (the preset with
+    `overrides`, `--config.KEY=VALUE` each), hard-negative ITM and VQA."""
     root = os.path.join(out, f"{name}-seed{seed}")
     world = os.path.join(root, "world")
     config = dataclasses.replace(scenes.WORLDS[name], seed=seed)
@@ -110,6 +120,7 @@ def run(name: str, seed: int, out: str, preset: str, steps: int, vqa_steps: int)
             "optim.total_steps": steps,
             "eval.every_steps": steps,
             "checkpoint.every_steps": steps,
+            **(overrides or {}),
         },
         pretrain + ".log",
     )
@@ -177,7 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny", help="configs/pretrain.py variant")
     parser.add_argument("--steps", type=int, default=0, help="pretraining updates; 0: the preset's")
     parser.add_argument("--vqa-steps", type=int, default=1000)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pretraining config override (repeatable), e.g. tasks.first_steps=2000",
+    )
     args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
     os.makedirs(args.out, exist_ok=True)
     if not args.steps:
         sys.path.insert(0, ROOT)
@@ -187,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.worlds.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            rows.append(run(name, seed, args.out, args.preset, args.steps, args.vqa_steps))
+            row = run(name, seed, args.out, args.preset, args.steps, args.vqa_steps, overrides)
+            rows.append(row)
             print(markdown(rows[-1:]), flush=True)
             with open(os.path.join(args.out, "table.json"), "w") as f:
                 json.dump(rows, f, indent=2, default=float)

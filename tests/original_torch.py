@@ -82,8 +82,11 @@ def _num_layers(p) -> int:
     return 1 + max(int(k[len(prefix) :].split(".")[0]) for k in p if k.startswith(prefix))
 
 
-def encode(p, num_heads: int, ex: Example, masked: np.ndarray | None = None):
-    """(sequence `[Lt + Nr, H]`, pooled `[H]`) for one packed example.
+def encode(
+    p, num_heads: int, ex: Example, masked: np.ndarray | None = None, with_input: bool = False
+):
+    """(sequence `[Lt + Nr, H]`, pooled `[H]`) for one packed example; with
+    `with_input`, also the first layer's input (the embeddings) third.
 
     `masked` `[Nr]` bool: regions whose feature is zeroed, then the mask
     embedding's row 1 added. Row 0 (added to every other region) is a constant
@@ -111,7 +114,7 @@ def encode(p, num_heads: int, ex: Example, masked: np.ndarray | None = None):
     img = img + _norm(p, f"{i}.pos_layer_norm", _linear(p, f"{i}.pos_linear", pos))
     img = _norm(p, f"{i}.LayerNorm", img + types[1])
 
-    x = torch.cat([text, img])
+    x = embedded = torch.cat([text, img])
     length, hidden = x.shape
     head_dim = hidden // num_heads
     for n in range(_num_layers(p)):
@@ -130,7 +133,7 @@ def encode(p, num_heads: int, ex: Example, masked: np.ndarray | None = None):
         inner = F.gelu(_linear(p, f"{layer}.intermediate.dense", x))
         x = _norm(p, f"{layer}.output.LayerNorm", x + _linear(p, f"{layer}.output.dense", inner))
     pooled = torch.tanh(_linear(p, "uniter.pooler.dense", x[0]))
-    return x, pooled
+    return (x, pooled, embedded) if with_input else (x, pooled)
 
 
 def _transform(p, prefix, h, dense, norm):
@@ -178,19 +181,24 @@ def wra_distance(text, regions, epsilon: float, iterations: int) -> torch.Tensor
     return (cost * plan).sum()
 
 
-def itm_loss(p, num_heads, examples, *, wra_weight, epsilon, iterations):
+def itm_loss(p, num_heads, examples, *, wra_weight, epsilon, iterations, wra_input_weight=0.0):
     """Mean 2-way cross-entropy on the pooled output plus `wra_weight` x WRA,
-    WRA = (sum of matched distances - sum of mismatched distances) / batch."""
-    logits, signed = [], []
+    WRA = (sum of matched distances - sum of mismatched distances) / batch,
+    plus `wra_input_weight` x the same between the embeddings of words and regions."""
+    logits, signed, signed_input = [], [], []
     for ex in examples:
-        sequence, pooled = encode(p, num_heads, ex)
+        sequence, pooled, embedded = encode(p, num_heads, ex, with_input=True)
         logits.append(_linear(p, "itm_output", pooled))
         lt = len(ex.input_ids)
-        distance = wra_distance(sequence[:lt], sequence[lt:], epsilon, iterations)
-        signed.append(distance if ex.matched else -distance)
+        sign = 1.0 if ex.matched else -1.0
+        signed.append(sign * wra_distance(sequence[:lt], sequence[lt:], epsilon, iterations))
+        signed_input.append(sign * wra_distance(embedded[:lt], embedded[lt:], epsilon, iterations))
     labels = torch.tensor([int(ex.matched) for ex in examples])
     ce = F.cross_entropy(torch.stack(logits), labels)
-    return ce + wra_weight * torch.stack(signed).sum() / len(examples)
+    loss = ce + wra_weight * torch.stack(signed).sum() / len(examples)
+    if wra_input_weight:
+        loss = loss + wra_input_weight * torch.stack(signed_input).sum() / len(examples)
+    return loss
 
 
 def mlm_loss(p, num_heads, examples):

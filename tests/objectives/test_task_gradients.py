@@ -13,6 +13,8 @@ reference gradient is exactly zero (a head another task trains, a padding-only
 embedding row, the mask embedding outside MRM) ours must be exactly zero too.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,11 +105,11 @@ def batch():
     return batch
 
 
-def ours(task, params, batch, mask_key):
+def ours(task, params, batch, mask_key, settings=SETTINGS):
     """Loss, metrics and gradients keyed by original name (tied copies left out)."""
 
     def loss_fn(params, batch):
-        return SETTINGS.loss(task, bind(CONFIG, params, SETTINGS), batch, mask_key, None)
+        return settings.loss(task, bind(CONFIG, params, settings), batch, mask_key, None)
 
     step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     (loss, metrics), grads = step(params, jax.tree.map(jnp.asarray, batch))
@@ -150,7 +152,7 @@ def examples(batch, mask_key, task):
     return out
 
 
-def reference(task, state, exs):
+def reference(task, state, exs, settings=SETTINGS):
     """float64 loss and gradients of the independent PyTorch model."""
     p = ref.leaves(state)
     heads = CONFIG.num_heads
@@ -159,9 +161,10 @@ def reference(task, state, exs):
             p,
             heads,
             exs,
-            wra_weight=SETTINGS.wra_weight,
-            epsilon=SETTINGS.wra_epsilon,
-            iterations=SETTINGS.wra_iterations,
+            wra_weight=settings.wra_weight,
+            epsilon=settings.wra_epsilon,
+            iterations=settings.wra_iterations,
+            wra_input_weight=settings.wra_input_weight,
         )
     else:
         loss = {
@@ -178,16 +181,22 @@ def family(key):
     return next((name for name, prefixes in FAMILIES.items() if key.startswith(prefixes)), None)
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_loss_and_every_gradient_match_float64_torch(task, state, params, batch):
+# ITM again with the input alignment (`wra_input_weight`) on.
+CASES = [(task, SETTINGS) for task in TASKS] + [
+    ("itm", dataclasses.replace(SETTINGS, wra_input_weight=0.7))
+]
+
+
+@pytest.mark.parametrize("task, settings", CASES, ids=[*TASKS, "itm_with_input_alignment"])
+def test_loss_and_every_gradient_match_float64_torch(task, settings, state, params, batch):
     mask_key = jax.random.key(13)
     exs = examples(batch, mask_key, task)
     if task == "mlm":
         assert sum(int(e.text_chosen.sum()) for e in exs if e.matched) >= 5
     elif task != "itm":
         assert sum(int(e.region_chosen.sum()) for e in exs if e.matched) >= 4
-    want_loss, want = reference(task, state, exs)
-    got_loss, metrics, got = ours(task, params, batch, mask_key)
+    want_loss, want = reference(task, state, exs, settings)
+    got_loss, metrics, got = ours(task, params, batch, mask_key, settings)
     if "dropped" in metrics:
         assert float(metrics["dropped"][0]) == 0  # every chosen position scored
     assert abs(got_loss - want_loss) <= TOL * abs(want_loss), (got_loss, want_loss)

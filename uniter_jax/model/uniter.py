@@ -43,6 +43,7 @@ class Encoder(nnx.Module):
         dropout_key: jax.Array | None = None,
         *,
         return_attention: bool = False,
+        return_embeddings: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """`x` `[B, L, H]`, `mask` `[B, L]` (1 = valid) -> `[B, L, H]`; with
         `return_attention` also every layer's attention `[layers, B, heads, L, L]`."""
@@ -128,6 +129,7 @@ class Uniter(nnx.Module):
         img_masked: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
         return_attention: bool = False,
+        return_embeddings: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Encodes a padded batch of texts and (optionally) regions.
 
@@ -143,6 +145,8 @@ class Uniter(nnx.Module):
           img_masked: `[B, Nr]` bool, regions masked for MRM.
           dropout_key: PRNG key for dropout; None = deterministic (eval).
           return_attention: also return every layer's attention probabilities.
+          return_embeddings: also return the encoder's input (the embedders'
+            outputs, `[B, Lt + Nr, H]`), as the second element.
 
         Returns:
           `[B, Lt + Nr, H]` final hidden states in the compute dtype; padded
@@ -171,6 +175,10 @@ class Uniter(nnx.Module):
             hidden = jnp.concatenate([hidden, regions], axis=1)
             mask = jnp.concatenate([text_mask, img_mask.astype(text_mask.dtype)], axis=1)
         hidden = constrain(hidden, BATCH, LENGTH, EMBED)
+        if return_embeddings:
+            if return_attention:
+                raise ValueError("return_attention and return_embeddings: one at a time")
+            return self.encoder(hidden, mask, encoder_key), hidden
         return self.encoder(hidden, mask, encoder_key, return_attention=return_attention)
 
     def pool(self, sequence: jax.Array) -> jax.Array:
