@@ -427,3 +427,46 @@ def test_resharding_refuses_to_drop_the_labels_of_some_shards(stores, tmp_path, 
     assert main(["shard", path, "--num-shards", "2", "--out", str(out), "--no-progress"]) == 2
     assert "has no label file while others have" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_index_from_before_label_checksums_verifies_by_ids_and_counts(stores, tmp_path):
+    """Extractions indexed before `labels_sha256` existed: their label files
+    are checked against the shards only; a missing one is still reported."""
+    path, _ = _labelled(stores, tmp_path)
+    index_path = os.path.join(path, SHARDS)
+    index = json.loads(read_bytes(index_path))
+    for entry in index["shards"]:
+        del entry["labels_sha256"]
+    with open(index_path, "w") as f:
+        json.dump(index, f)
+    assert all(r.ok for r in verify_store(path))
+    os.remove(region_labels.labels_path(path, shard_name(1, NUM_SHARDS)))
+    reports = verify_store(path)
+    assert [r.ok for r in reports] == [True, False, True]
+    assert "no label file, where other shards have one" in reports[1].problem.message
+
+
+def test_resharding_refuses_a_damaged_source_label_file(stores, tmp_path, capsys):
+    path, _ = _labelled(stores, tmp_path)
+    _flip_byte(region_labels.labels_path(path, shard_name(0, NUM_SHARDS)))
+    out = tmp_path / "out"
+    assert main(["shard", path, "--num-shards", "2", "--out", str(out), "--no-progress"]) == 2
+    assert "labels_sha256" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_label_files_with_bad_counts_or_half_the_attributes_are_refused(stores, tmp_path):
+    path, _ = _labelled(stores, tmp_path)
+    names = [shard_name(i, NUM_SHARDS) for i in range(NUM_SHARDS)]
+
+    def negative(arrays):  # the same total, one count below zero
+        arrays["num_boxes"][1] += arrays["num_boxes"][0] + 1
+        arrays["num_boxes"][0] = -1
+
+    _rewrite(path, names[0], negative)
+    _rewrite(path, names[1], lambda arrays: arrays.pop("attribute_conf"))
+    write_shard_index(path, "image", names)
+    reports = verify_store(path)
+    assert [r.ok for r in reports] == [False, False, True]
+    assert "non-negative" in reports[0].problem.message
+    assert "come together" in reports[1].problem.message

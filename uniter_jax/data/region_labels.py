@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.files import exists, read_bytes, write_npz
+from uniter_jax.data.files import exists, read_bytes, sha256, write_npz
 
 LABELS = "labels"
 LABEL_FIELDS = ("object_class", "object_conf", "attribute", "attribute_conf")
@@ -79,7 +79,16 @@ def read_label_file(path: str) -> dict[str, np.ndarray]:
             file=path,
             field="num_boxes",
         )
-    regions = int(arrays["num_boxes"].sum())
+    counts = arrays["num_boxes"]
+    if counts.dtype.kind not in "iu" or (counts < 0).any():
+        raise DataError(
+            f"region counts must be non-negative integers, got {counts.dtype}",
+            file=path,
+            field="num_boxes",
+        )
+    if ("attribute" in arrays) != ("attribute_conf" in arrays):
+        raise DataError("attribute and attribute_conf come together", file=path, field="attribute")
+    regions = int(counts.sum())
     for key in LABEL_FIELDS:
         if key not in arrays:
             continue
@@ -102,6 +111,19 @@ def split_by_image(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndar
         }
         for i, image_id in enumerate(arrays["ids"])
     }
+
+
+def check_shard_labels(root: str, entry: dict, ids: Sequence[str], num_boxes: np.ndarray) -> None:
+    """Raises DataError unless shard `entry` (of `shards.json`) of the sharded
+    store at `root` has a sound label file: its sha256 the one the entry lists
+    (indexes written before label checksums list none: then only the rest is
+    checked), its ids and region counts the shard's."""
+    path = labels_path(root, entry["name"])
+    if "labels_sha256" in entry and sha256(path) != entry["labels_sha256"]:
+        raise DataError(
+            "sha256 does not match the labels_sha256 of shards.json", file=path, field="sha256"
+        )
+    check_labels(path, ids, num_boxes)
 
 
 def read_labels(root: str, shards: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:

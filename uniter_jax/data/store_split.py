@@ -121,7 +121,8 @@ def _copy_images(images: ImageStore, index: range, path: str, source: dict, bar:
 
 def _source_labels(source: str) -> dict[str, dict] | None:
     """Image id -> region labels of a sharded image store whose shards all have
-    label files; None when none has (a store of another origin)."""
+    label files, each checked (`region_labels.check_shard_labels`) before it is
+    copied; None when none has (a store of another origin)."""
     index = read_shard_index(source)
     if index is None:
         return None
@@ -135,4 +136,7 @@ def _source_labels(source: str) -> dict[str, dict] | None:
             f"shard {missing} has no label file while others have: the labels would be lost",
             file=region_labels.labels_path(source, missing),
         )
+    for entry in index["shards"]:
+        shard = ImageStore(os.path.join(source, entry["name"]), verify_index=False)
+        region_labels.check_shard_labels(source, entry, shard.ids, shard.num_boxes)
     return region_labels.read_labels(source, names)

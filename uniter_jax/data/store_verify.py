@@ -81,8 +81,7 @@ def verify_store(path: str, *, progress: bool = False, workers: int = 16) -> lis
         for o in images:
             _check_blobs(o.store, o.report, bar, workers)
     if index is not None:
-        for shard, entry in zip(opened, index["shards"], strict=True):
-            _check_labels(shard, entry, path)
+        _check_labels(opened, index["shards"], path)
         _check_joined(opened, path)
     return [o.report for o in opened]
 
@@ -166,26 +165,29 @@ def _check_entry(shard: _Opened, entry: dict, index_path: str, position: int) ->
         )
 
 
-def _check_labels(shard: _Opened, entry: dict, root: str) -> None:
-    """An image shard's label file (`region_labels`), when it has one or the
-    index says it has: its sha256 as indexed, its ids and region counts the
-    shard's."""
-    name = entry["name"]
-    path = region_labels.labels_path(root, name)
-    present = region_labels.has_labels(root, name)
-    if not present and "labels_sha256" not in entry:
-        return
-    try:
-        if "labels_sha256" not in entry:
-            raise DataError(f"a label file that {SHARDS} does not list for shard {name}")
-        blob = read_bytes(path)
-        shard.report.bytes += len(blob)
-        if hashlib.sha256(blob).hexdigest() != entry["labels_sha256"]:
-            raise DataError(f"sha256 does not match {SHARDS}' labels_sha256", field="sha256")
-        if isinstance(shard.store, ImageStore):
-            region_labels.check_labels(path, shard.store.ids, shard.store.num_boxes)
-    except DataError as e:
-        shard.report.add(e.located(file=path))
+def _check_labels(shards: list[_Opened], entries: list[dict], root: str) -> None:
+    """Each image shard's label file (`region_labels`), where one is there or
+    the index lists one: its sha256 as indexed (an index written before label
+    checksums lists none), its ids and region counts the shard's. Label files
+    for some shards and not for others are reported on those without."""
+    labelled = [
+        region_labels.has_labels(root, entry["name"]) or "labels_sha256" in entry
+        for entry in entries
+    ]
+    for shard, entry, has in zip(shards, entries, labelled, strict=True):
+        path = region_labels.labels_path(root, entry["name"])
+        try:
+            if not has:
+                if any(labelled):
+                    raise DataError("no label file, where other shards have one", field="labels")
+                continue
+            shard.report.bytes += len(read_bytes(path))
+            if isinstance(shard.store, ImageStore):
+                region_labels.check_shard_labels(
+                    root, entry, shard.store.ids, shard.store.num_boxes
+                )
+        except DataError as e:
+            shard.report.add(e.located(file=path))
 
 
 def _check_blobs(store: ImageStore, report: StoreReport, bar: tqdm, workers: int) -> None:

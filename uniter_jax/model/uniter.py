@@ -43,7 +43,6 @@ class Encoder(nnx.Module):
         dropout_key: jax.Array | None = None,
         *,
         return_attention: bool = False,
-        return_embeddings: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """`x` `[B, L, H]`, `mask` `[B, L]` (1 = valid) -> `[B, L, H]`; with
         `return_attention` also every layer's attention `[layers, B, heads, L, L]`."""
