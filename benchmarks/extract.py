@@ -48,6 +48,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from uniter_jax.features import boxes as box_ops
 from uniter_jax.features import detections, preprocess, proposals
 from uniter_jax.features.detector_config import DetectorConfig
 from uniter_jax.features.extract_config import ExtractConfig
@@ -123,6 +124,7 @@ def stage_functions(detector, config: ExtractConfig, cell_anchors: np.ndarray) -
             cell_anchors=cell_anchors,
             pre_nms_top_n=config.pre_nms_top_n,
             post_nms_top_n=config.post_nms_top_n,
+            convention=box_ops.CONVENTIONS[detector.box_convention],
         )
 
     @jax.jit

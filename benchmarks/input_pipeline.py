@@ -15,8 +15,8 @@ shaped like the `alldata` setup's corpora (`CORPORA`: COCO captions, VG
 region descriptions, CC and SBU web captions, each its own text-length and
 region-count mix, soft labels included), one pipeline per (dataset, task)
 stream built as pretraining builds them (`train_pipelines`), and `--steps`
-streams drawn by configs/pretrain.py's `alldata` ratios with the train loop's
-`task_for_step`. It reports examples/s overall and per dataset: in the mix
+streams drawn by configs/pretrain.py's `alldata` ratios as the train loop
+draws them (`MixSchedule.stream`). It reports examples/s overall and per dataset: in the mix
 (examples over the time spent waiting for that dataset's batches, the other
 pipelines prefetching meanwhile, as in training) and alone (each stream read
 back to back while the others are idle, combined by the ratios), and each
@@ -49,7 +49,6 @@ from uniter_jax.data.pipeline import (
 )
 from uniter_jax.data.regions import make_regions
 from uniter_jax.data.text_store import TextStore, TextStoreWriter
-from uniter_jax.objectives.tasks import task_for_step
 from uniter_jax.train.datasets import configured_datasets, stream_schedule
 from uniter_jax.train.inputs import open_stores, train_pipelines
 
@@ -176,7 +175,7 @@ def measure_datasets(
 
         # As pretraining builds its inputs and draws its streams (uniter_jax/train/loop.py).
         datasets = configured_datasets(config)
-        schedule, streams = stream_schedule(datasets, config.tasks)
+        schedule, streams = stream_schedule(datasets, config.tasks, config.optim.accumulation)
         stores = {d.name: open_stores(d) for d in datasets}
         pipelines = train_pipelines(config, datasets, stores, streams)
         start = time.perf_counter()
@@ -188,7 +187,7 @@ def measure_datasets(
         waited = collections.defaultdict(float)
         start = time.perf_counter()
         for step in range(steps):
-            stream = task_for_step(schedule.at(step), config.seed, step)
+            stream = schedule.stream(step, config.seed)
             before = time.perf_counter()
             batch = next(pipelines[stream])
             waited[stream] += time.perf_counter() - before

@@ -286,6 +286,31 @@ def test_a_crash_mid_shard_leaves_no_half_shard(tmp_path, detector, reference, m
     assert extract_output.read_labels(str(out)).keys() == set(IDS)
 
 
+def test_a_rerun_with_other_settings_is_refused_before_writing(reference, detector, tmp_path):
+    images, out = reference
+    before = sorted(os.listdir(out))
+    other = dataclasses.replace(CONFIG, min_boxes=2)
+    with pytest.raises(DataError, match=r"made with other settings.*min_boxes") as error:
+        run(images, out, detector, config=other)
+    assert error.value.field == "extraction" and sorted(os.listdir(out)) == before
+    # Shards from before the box convention was recorded made Caffe proposals:
+    # a Caffe detector resumes them, a detectron2-convention one is refused.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    for shard in extract_output.finished_shards(str(legacy)):
+        path = legacy / shard / "manifest.json"
+        manifest = json.loads(path.read_text())
+        assert manifest["source"]["extraction"].pop("box_convention") == "caffe"
+        path.write_text(json.dumps(manifest))
+    assert run(images, legacy, detector).already_done == len(images)
+    detector.box_convention = "detectron2"
+    try:
+        with pytest.raises(DataError, match="'detectron2' now"):
+            run(images, legacy, detector)
+    finally:
+        detector.box_convention = "caffe"
+
+
 def test_bytes_do_not_depend_on_the_batch_or_the_neighbours(tmp_path, detector, reference):
     images, out_one = reference
     out_three = tmp_path / "three"
@@ -488,7 +513,11 @@ def test_two_processes_of_a_distributed_run_store_the_bytes_of_one(tmp_path, cap
         )
         for i in range(2)
     ]
-    logs = [p.communicate(timeout=600)[0] for p in processes]
+    try:
+        logs = [p.communicate(timeout=600)[0] for p in processes]
+    finally:  # a hung process must not outlive the test (it holds the coordinator's port)
+        for p in processes:
+            p.kill()
     assert [p.returncode for p in processes] == [0, 0], logs
     assert f"wrote {two}/{SHARDS}" in logs[0]
     assert f"process 0 writes {SHARDS} once every process is done" in logs[1]

@@ -17,6 +17,7 @@ from uniter_jax import param_checkpoint
 from uniter_jax.data import synthetic
 from uniter_jax.data.errors import DataError
 from uniter_jax.model import UniterForPretraining, get_params
+from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import PRETRAINING, task_for_step
 from uniter_jax.train import evaluate, inputs, loop
 from uniter_jax.train.checkpoint import CheckpointError
@@ -171,6 +172,11 @@ def test_the_loop_draws_one_stream_per_update_or_per_micro_step(world, tmp_path,
         assert seen == [
             task_for_step(config.tasks.mix.to_dict(), config.seed, s) for s in range(48)
         ]
+    # Resuming under the other draw would change the run's tasks mid-way: refused.
+    config.tasks.draw = "micro_step" if draw == "update" else "update"
+    config.optim.total_steps = 14
+    with pytest.raises(ConfigError, match=f"drawing a task every {4 if draw == 'update' else 1}"):
+        loop.train(config, str(tmp_path), pretraining_job)
 
 
 def test_non_finite_loss_stops_naming_step_and_task(world, tmp_path, monkeypatch):

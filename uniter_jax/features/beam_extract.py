@@ -100,6 +100,7 @@ class WriteShardFn(beam.DoFn):
         settings = dataclasses.asdict(self._config)
         for name in ("batch_size", "shard_size", "workers"):
             settings.pop(name)
+        settings["box_convention"] = detector.box_convention
         # The manifest's source as `extract_images` writes it.
         self._source = {"extractor": extract.__name__, **source, "extraction": settings}
         self._step, self._batch = make_step(

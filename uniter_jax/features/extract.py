@@ -273,7 +273,9 @@ def extract_images(
     settings = dataclasses.asdict(config)
     for name in ("batch_size", "shard_size", "workers"):
         settings.pop(name)
+    settings["box_convention"] = detector.box_convention  # how proposals were made
     shard_source = {"extractor": __name__, **(source or {}), "extraction": settings}
+    output.check_resumable(out_dir, output.finished_shards(out_dir), shard_source)
 
     def on_bad(error: DataError, image: ImageFile) -> None:
         if not skip_bad:

@@ -13,6 +13,7 @@ temporary folder (`.p0000-00003.tmp-...`), which `clean_leftovers` removes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ import numpy as np
 from uniter_jax.data import region_labels, store_sets
 from uniter_jax.data.convert.common import Skipped
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.files import MANIFEST
+from uniter_jax.data.files import MANIFEST, read_json
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.features.image_files import ImageFile
 
@@ -104,6 +105,43 @@ def stored_ids(out_dir: str, shards: Sequence[str]) -> dict[str, str]:
                 )
             owner[image_id] = shard
     return owner
+
+
+def _difference(key: str, there: object, now: object) -> str:
+    """`key: a there, b now`, by field where both are dicts."""
+    if isinstance(there, dict) and isinstance(now, dict):
+        fields = sorted(f for f in {*there, *now} if there.get(f) != now.get(f))
+        return "; ".join(f"{key}.{f}: {there.get(f)!r} there, {now.get(f)!r} now" for f in fields)
+    return f"{key}: {there!r} there, {now!r} now"
+
+
+# What a resumed run must share with the shards already there (the weights'
+# path may differ: the same file copied elsewhere).
+_RESUME_KEYS = ("layout", "detector", "extraction")
+
+
+def check_resumable(out_dir: str, shards: Sequence[str], source: dict) -> None:
+    """Raises DataError unless the shards already in `out_dir` were made as
+    `source` (a shard manifest's `source`) says this run makes its own: one
+    store must not mix selections, detectors or proposal procedures. Shards
+    from before `box_convention` was recorded made Caffe-convention proposals."""
+    if not shards:
+        return
+    path = os.path.join(out_dir, shards[0], MANIFEST)
+    found = read_json(path).get("source", {})
+    settings = found.get("extraction")
+    if isinstance(settings, dict):
+        found = {**found, "extraction": {"box_convention": "caffe", **settings}}
+    now = json.loads(json.dumps(source))  # tuples as the manifest holds them: lists
+    differ = [k for k in _RESUME_KEYS if k in now and found.get(k) != now[k]]
+    if differ:
+        detail = "; ".join(_difference(k, found.get(k), now[k]) for k in differ)
+        raise DataError(
+            f"its shards were made with other settings ({detail}): extract into a new --out, "
+            "or rerun with the settings the shards record",
+            file=path,
+            field=differ[0],
+        )
 
 
 def read_labels(out_dir: str) -> dict[str, dict[str, np.ndarray]]:

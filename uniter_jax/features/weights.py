@@ -65,8 +65,9 @@ those are the anchors the port runs with: the loader matches them against both
 generators and fails if neither fits. Without them, the layout decides.
 
 The d2 ports also decode and clip without the Caffe `+ 1` (detectron2's
-`Box2BoxTransform`, HF's `_clip_box` to `[0, w]`); `boxes.py` implements the
-Caffe convention.
+`Box2BoxTransform`, HF's `_clip_box` to `[0, w]`): a detector built from a d2
+file carries `box_convention = "detectron2"` (its anchors' kind), and its
+proposals follow `boxes.DETECTRON2`.
 """
 
 from __future__ import annotations

@@ -138,6 +138,7 @@ class _Run:
             "key": to_host(self.key).tolist(),
             "data": {t: p.state() for t, p in self.job.pipelines.items()},
             "window": self.window.state(),
+            "draw_every": self.job.mix.draw_every,
         }
         self.checkpoints.save(step, self.state, meta)
 
@@ -165,6 +166,15 @@ def _restore(
             f"{checkpoints.directory}/{start} was saved by a run with streams "
             f"{sorted(meta['data'])}; this config trains {sorted(job.pipelines)}: resume with "
             "the same tasks.mix and data.datasets (or use a new workdir)"
+        )
+    # Checkpoints from before the option drew a task per micro-step.
+    saved, draw_every = meta.get("draw_every", 1), job.mix.draw_every
+    if saved != draw_every:
+        raise ConfigError(
+            f"{checkpoints.directory}/{start} was saved by a run drawing a task every {saved} "
+            f"micro-step(s); this config draws one every {draw_every}: resume with "
+            f"--config.tasks.draw={'micro_step' if saved == 1 else 'update'} (and the same "
+            "optim.accumulation), or use a new workdir"
         )
     for stream, pipeline in job.pipelines.items():
         try:
