@@ -157,3 +157,20 @@ def test_configs_do_not_import_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_training_start_does_not_import_apache_beam():
+    """Beam (an optional extra, over half a second to import) loads only when
+    synthetic corpora are converted with it, not with the training code."""
+    code = (
+        "import sys, uniter_jax.train.pretrain, uniter_jax.train.loop; "
+        "from uniter_jax.data import synthetic_corpora as s; "
+        "print('apache_beam' in sys.modules, s.BEAM_INSTALLED)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, installed = out.stdout.split()
+    assert loaded == "False"
+    if installed == "True":  # the test extras install it: then it loads on use
+        from uniter_jax.data import synthetic_corpora
+
+        assert synthetic_corpora.beam_converters().__name__ == "uniter_jax.data.beam"

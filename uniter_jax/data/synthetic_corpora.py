@@ -28,8 +28,11 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import importlib
+import importlib.util
 import os
 import shutil
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -44,10 +47,16 @@ from uniter_jax.data.scenes import CAPTION_KINDS, HEIGHT, WIDTH, WorldConfig, ge
 from uniter_jax.data.synthetic import corpus, write_lines
 from uniter_jax.data.tokenizer import build_vocab
 
-try:
-    from uniter_jax.data import beam as beam_converters
-except ImportError:  # apache-beam is an optional extra (pip install -e .[beam])
-    beam_converters = None
+# apache-beam is an optional extra (pip install -e .[beam]) and takes over half
+# a second to import: looked up here, imported when a corpus is converted with
+# it (`beam_converters`), not at every training start that imports this module.
+BEAM_INSTALLED = importlib.util.find_spec("apache_beam") is not None
+
+
+def beam_converters() -> Any:
+    """`uniter_jax.data.beam` (the Beam pipelines), imported on first use."""
+    return importlib.import_module("uniter_jax.data.beam")
+
 
 # Bumped whenever a corpus changes: runs rewrite older ones.
 VERSION = 1
@@ -107,10 +116,10 @@ def write_corpus(
     the in-process converters; the stores are the same bytes either way.
     `keep_raw` keeps the public-format files."""
     if use_beam is None:
-        use_beam = beam_converters is not None
-    if use_beam and beam_converters is None:
+        use_beam = BEAM_INSTALLED
+    if use_beam and not BEAM_INSTALLED:
         raise ImportError("use_beam needs apache-beam: pip install -e .[beam]")
-    convert = beam_converters if use_beam else _InProcess
+    convert = beam_converters() if use_beam else _InProcess
     extra = {"pipeline_options": ["--runner=DirectRunner"]} if use_beam else {}
     os.makedirs(root, exist_ok=True)
     vocab = build_vocab(corpus(_VOCAB_WORLD), vocab_path(root), vocab_size=400)
