@@ -48,8 +48,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uniter_jax.features import boxes as box_ops
-from uniter_jax.features import detections, preprocess, proposals
+from uniter_jax.features import detections, extract_step, preprocess
 from uniter_jax.features.detector_config import DetectorConfig
 from uniter_jax.features.extract_config import ExtractConfig
 from uniter_jax.features.extract_step import feature_map_size, make_step
@@ -115,16 +114,15 @@ def stage_functions(detector, config: ExtractConfig, cell_anchors: np.ndarray) -
 
     @jax.jit
     def propose(logits, deltas, image_sizes, scales, feature_sizes):
-        return proposals.propose(
+        return extract_step.propose(
+            detector,
             logits,
             deltas,
             image_sizes,
             scales,
             feature_sizes,
+            config=config,
             cell_anchors=cell_anchors,
-            pre_nms_top_n=config.pre_nms_top_n,
-            post_nms_top_n=config.post_nms_top_n,
-            convention=box_ops.CONVENTIONS[detector.box_convention],
         )
 
     @jax.jit

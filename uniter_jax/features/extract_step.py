@@ -67,6 +67,32 @@ class Extracted(NamedTuple):
     attribute_conf: jax.Array | None  # [B, K] float32
 
 
+def propose(
+    detector: Detector,
+    objectness_logits: jax.Array,
+    anchor_deltas: jax.Array,
+    image_sizes: jax.Array,
+    scales: jax.Array,
+    feature_sizes: jax.Array,
+    *,
+    config: ExtractConfig,
+    cell_anchors: np.ndarray | None = None,
+) -> proposals.Proposals:
+    """`detect`'s proposal stage: `proposals.propose` with `config`'s counts and
+    the box convention of the code base `detector`'s weights come from."""
+    return proposals.propose(
+        objectness_logits,
+        anchor_deltas,
+        image_sizes,
+        scales,
+        feature_sizes,
+        cell_anchors=cell_anchors,
+        pre_nms_top_n=config.pre_nms_top_n,
+        post_nms_top_n=config.post_nms_top_n,
+        convention=box_ops.CONVENTIONS[detector.box_convention],
+    )
+
+
 def detect(
     detector: Detector,
     images: jax.Array,
@@ -80,16 +106,15 @@ def detect(
     """Padded images `[B, H, W, 3]` (`preprocess.pad_batch`), their resized sizes
     `[B, 2]`, scales `[B]` and res4 sizes `[B, 2]` -> their regions."""
     rpn = detector(images)
-    proposed = proposals.propose(
+    proposed = propose(
+        detector,
         rpn.objectness_logits,
         rpn.anchor_deltas,
         image_sizes,
         scales,
         feature_sizes,
+        config=config,
         cell_anchors=cell_anchors,
-        pre_nms_top_n=config.pre_nms_top_n,
-        post_nms_top_n=config.post_nms_top_n,
-        convention=box_ops.CONVENTIONS[detector.box_convention],
     )
     heads = detector.regions(rpn.features, proposed.boxes)
     kept = detections.select_regions(
