@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import input_pipeline  # noqa: E402
 from input_pipeline import Corpus, measure_datasets  # noqa: E402
 
-from configs.pretrain import SETUPS  # noqa: E402
+from configs.pretrain import SETUPS, get_config  # noqa: E402
 from uniter_jax.objectives.tasks import task_for_step  # noqa: E402
 
 # Seconds to a minute of compiling; the slow tier (CI runs it).
@@ -34,12 +34,15 @@ def test_four_datasets_mode_reports_shares_and_rates():
     json.dumps(report)  # the script prints it as JSON
 
     # Every stream of the alldata setup, its share of the ratios, and the steps
-    # drawn as the train loop draws them (seed 0, step by step).
+    # drawn as the train loop draws them: seed 0, one draw per update of
+    # `accumulation` micro-steps (tasks.draw = "update", the original's MetaLoader).
     ratios = {f"{d}/{t}": r for d, e in SETUPS["alldata"].items() for t, r in e["mix"].items()}
     total = sum(ratios.values())
     streams = report["per_stream"]
     assert set(streams) == set(ratios) and report["streams"] == 16
-    drawn = [task_for_step(ratios, 0, step) for step in range(STEPS)]
+    accumulation = get_config("alldata").optim.accumulation
+    assert accumulation > 1  # else the per-update draw is not exercised
+    drawn = [task_for_step(ratios, 0, step // accumulation) for step in range(STEPS)]
     for name, stream in streams.items():
         assert stream["ratio"] == ratios[name]
         assert stream["ratio_share"] == pytest.approx(ratios[name] / total, abs=1e-4)
