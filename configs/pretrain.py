@@ -80,8 +80,9 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.job = "pretrain"  # what main.py runs
     config.seed = 0  # parameter init, masking, dropout, data order and task draws
     config.init_from = ""  # converted UNITER folder, UNITER .pt or BERT .bin/.safetensors
-    # Start of a fresh image projection: random (the original) or pca, the
-    # training features' principal directions (uniter_jax/train/image_init.py).
+    # Start of a fresh image projection: random (the original), pca (the
+    # training features' principal directions) or classes (the directions that
+    # separate the detector's classes; uniter_jax/train/image_init.py).
     config.image_init = "random"
 
     config.model = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""The principal-direction start of the image projection (`config.image_init = "pca"`)."""
+"""The data-dependent starts of the image projection (`config.image_init`: pca, classes)."""
 
 import dataclasses
 
@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 
 from uniter_jax.data import scenes, synthetic
-from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
 from uniter_jax.data.regions import num_kept
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
 from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.sharding import to_host
-from uniter_jax.train.image_init import principal_directions, with_principal_projection
+from uniter_jax.train.image_init import (
+    class_directions,
+    principal_directions,
+    with_principal_projection,
+)
 from uniter_jax.train.state import initial_params
 
 SELECTION = (0.2, 4, 30)
@@ -30,12 +34,20 @@ def world(tmp_path_factory):
     return images, ids
 
 
-def kept_features(images, ids):
-    rows = []
+def kept_features(images, ids, labels=False):
+    rows, argmax = [], []
     for image_id in sorted(set(ids)):
         regions = images.get(image_id)
-        rows.append(regions.features[: num_kept(regions.conf, *SELECTION)].astype(np.float64))
-    return np.concatenate(rows)
+        kept = num_kept(regions.conf, *SELECTION)
+        rows.append(regions.features[:kept].astype(np.float64))
+        argmax.append(np.argmax(regions.soft_labels[:kept].astype(np.float32), axis=1))
+    x = np.concatenate(rows)
+    return (x, np.concatenate(argmax)) if labels else x
+
+
+def same_span(a, b):
+    """Whether two orthonormal bases span one subspace (their projectors agree)."""
+    return np.allclose(a @ a.T, b @ b.T, atol=1e-6)
 
 
 def test_directions_are_the_covariance_eigenvectors(world):
@@ -58,8 +70,47 @@ def test_sampling_stops_near_max_regions_and_is_seeded(world):
     c = principal_directions(images, ids, 4, selection=SELECTION, max_regions=50, seed=2)
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.allclose(a[0], c[0])
-    with pytest.raises(ValueError, match="33 principal directions of 32-d"):
+    with pytest.raises(ValueError, match="33 directions of 32-d"):
         principal_directions(images, ids, 33, selection=SELECTION)
+
+
+def test_class_directions_separate_the_detectors_classes_then_the_rest(world):
+    images, ids = world
+    k = 12
+    mean, directions = class_directions(images, ids, k, selection=SELECTION)
+    x, labels = kept_features(images, ids, labels=True)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(directions.T @ directions, np.eye(k), atol=1e-8)
+    # Independent: the between-class scatter of the classes with >= 20
+    # regions, summed class by class, then the covariance left over.
+    classes = [c for c in np.unique(labels) if (labels == c).sum() >= 20]
+    assert 3 <= len(classes) <= k  # both parts are exercised
+    scatter = np.zeros((x.shape[1], x.shape[1]))
+    for c in classes:
+        d = x[labels == c].mean(0) - x.mean(0)
+        scatter += (labels == c).sum() * np.outer(d, d)
+    values, vectors = np.linalg.eigh(scatter)
+    r = len(classes) - 1
+    assert values[::-1][r - 1] > 1e-3 * values[-1]  # full rank: r directions
+    between = vectors[:, ::-1][:, :r]
+    assert same_span(directions[:, :r], between)
+    off = np.eye(x.shape[1]) - between @ between.T
+    values, vectors = np.linalg.eigh(off @ np.cov(x.T, bias=True) @ off)
+    assert values[::-1][k - r - 1] > 1.01 * values[::-1][k - r]  # a well-separated rest
+    assert same_span(directions[:, r:], vectors[:, ::-1][:, : k - r])
+
+
+def test_class_directions_need_soft_labels_and_two_classes(world, tmp_path):
+    images, ids = world
+    with pytest.raises(ValueError, match="needs two"):
+        class_directions(images, ids, 8, selection=SELECTION, min_count=10**6)
+    # A store converted without the detector's class distributions.
+    with ImageStoreWriter(str(tmp_path / "bare"), feature_dim=32) as writer:
+        for image_id in sorted(set(ids))[:3]:
+            writer.add(dataclasses.replace(images.get(image_id), soft_labels=None))
+    bare = ImageStore(str(tmp_path / "bare"))
+    with pytest.raises(ValueError, match="bare: image .* no soft labels.*choose pca or random"):
+        class_directions(bare, sorted(set(ids))[:3], 8, selection=SELECTION)
 
 
 def test_projection_keeps_the_init_scale_and_centres_the_mean():

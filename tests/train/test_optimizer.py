@@ -36,10 +36,12 @@ def params_and_grads(seed):
     return params, grads
 
 
-def numpy_adamw(params, grads_seq, s):
-    """Clip by global norm, Adam with bias correction, decoupled decay on masked leaves."""
+def numpy_adamw(params, grads_seq, s, lr_mul=None):
+    """Clip by global norm, Adam with bias correction, decoupled decay on masked
+    leaves; leaf i's step and decay times `lr_mul[i]` (default 1)."""
     flat_p, tree = jax.tree.flatten(params)
     decays = jax.tree.leaves(decay_mask(params))
+    lr_mul = lr_mul or [1.0] * len(flat_p)
     m = [np.zeros_like(p) for p in flat_p]
     v = [np.zeros_like(p) for p in flat_p]
     p = [x.copy() for x in flat_p]
@@ -52,7 +54,8 @@ def numpy_adamw(params, grads_seq, s):
             m[i] = s.b1 * m[i] + (1 - s.b1) * g[i]
             v[i] = s.b2 * v[i] + (1 - s.b2) * g[i] ** 2
             step = (m[i] / (1 - s.b1**t)) / (np.sqrt(v[i] / (1 - s.b2**t)) + s.eps)
-            p[i] = p[i] - lr * (step + (s.weight_decay * p[i] if decays[i] else 0.0))
+            decay = s.weight_decay * p[i] if decays[i] else 0.0
+            p[i] = p[i] - lr_mul[i] * lr * (step + decay)
     return jax.tree.unflatten(tree, p)
 
 
@@ -88,6 +91,34 @@ def test_updates_equal_numpy_adamw():
     want = numpy_adamw(params, grads_seq, SETTINGS)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mul", [0.25, 0.0])
+def test_image_projection_learns_at_its_multiple_of_the_rate(mul):
+    rng = np.random.default_rng(7)
+    params = {
+        "uniter": {
+            "img_embeddings": {
+                "img_linear": {"kernel": rng.normal(size=(6, 4)), "bias": rng.normal(size=4)},
+                "img_norm": {"scale": rng.normal(size=4), "bias": rng.normal(size=4)},
+            },
+            "linear": {"kernel": rng.normal(size=(4, 4))},  # not the image projection
+        },
+        "head": {"img_linear": {"kernel": rng.normal(size=(4, 2))}},  # nor this
+    }
+    grads_seq = [jax.tree.map(lambda p: rng.normal(size=p.shape), params) for _ in range(4)]
+    settings = OptimSettings(**{**SETTINGS.__dict__, "image_lr_mul": mul})
+    got = run(make_optimizer(settings), params, grads_seq)
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)]
+    lr_mul = [mul if "['img_embeddings']['img_linear']" in k else 1.0 for k in paths]
+    assert lr_mul.count(mul) == 2
+    want = numpy_adamw(params, grads_seq, SETTINGS, lr_mul)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+    if mul == 0.0:
+        frozen = params["uniter"]["img_embeddings"]["img_linear"]
+        kept = got["uniter"]["img_embeddings"]["img_linear"]
+        assert all(np.array_equal(np.float32(frozen[k]), kept[k]) for k in frozen)
 
 
 def test_accumulation_sums_micro_step_gradients():
@@ -140,6 +171,7 @@ def test_clip_of_a_zero_or_non_finite_gradient():
         ({"warmup_steps": 20}, "--config.optim.warmup_steps or --config.optim.total_steps"),
         ({"b2": 1.0}, "betas"),
         ({"accumulation": 0}, "accumulation"),
+        ({"image_lr_mul": -1.0}, "image_lr_mul"),
     ],
 )
 def test_bad_settings_are_named(changes, named):

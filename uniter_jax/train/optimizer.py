@@ -35,6 +35,10 @@ class OptimSettings:
     # learn `head_lr_mul` times faster, as the original's `lr_mul`.
     head_lr_mul: float = 1.0
     head_groups: tuple[str, ...] = ()
+    # The image projection (each `img_embeddings/img_linear`, region feature ->
+    # hidden) learns `image_lr_mul` times the learning rate; 0 keeps it where
+    # it started (docs/results.md, "A slower image projection").
+    image_lr_mul: float = 1.0
 
     def __post_init__(self):
         problems = []
@@ -52,6 +56,8 @@ class OptimSettings:
             problems.append("weight_decay and clip_norm must be >= 0 and eps > 0")
         if not self.head_lr_mul > 0:
             problems.append(f"head_lr_mul must be positive, got {self.head_lr_mul}")
+        if not 0 <= self.image_lr_mul < float("inf"):
+            problems.append(f"image_lr_mul must be finite and >= 0, got {self.image_lr_mul}")
         if self.accumulation < 1:
             problems.append(f"accumulation must be >= 1, got {self.accumulation}")
         if problems:
@@ -82,6 +88,19 @@ def decay_mask(params: dict) -> dict:
         return path[-1].key not in ("bias", "scale")
 
     return jax.tree_util.tree_map_with_path(decays, params)
+
+
+IMAGE_PROJECTION = ("img_embeddings", "img_linear")
+
+
+def image_projection_mask(params: dict) -> dict:
+    """True on the image projection's kernel and bias, wherever the model nests it."""
+
+    def inside(path, _):
+        keys = [getattr(entry, "key", None) for entry in path]
+        return any(tuple(keys[i : i + 2]) == IMAGE_PROJECTION for i in range(len(keys) - 1))
+
+    return jax.tree_util.tree_map_with_path(inside, params)
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
@@ -149,6 +168,8 @@ def make_optimizer(
                 },
             )
         )
+    if settings.image_lr_mul != 1.0:
+        chain.append(optax.masked(optax.scale(settings.image_lr_mul), image_projection_mask))
     optimizer = optax.chain(*chain)
     if settings.accumulation > 1:
         optimizer = optax.MultiSteps(

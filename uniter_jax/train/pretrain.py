@@ -16,7 +16,7 @@ from uniter_jax.sharding import Layout
 from uniter_jax.train import inputs, shapes
 from uniter_jax.train.datasets import Dataset, stream_schedule
 from uniter_jax.train.evaluate import eval_tasks, evaluate
-from uniter_jax.train.image_init import principal_directions
+from uniter_jax.train.image_init import class_directions, principal_directions
 from uniter_jax.train.job import Job
 from uniter_jax.train.state import initial_params, optim_settings
 from uniter_jax.train.step import StepSettings
@@ -134,13 +134,17 @@ def _image_directions(
     selection: tuple[float, int, int],
     model_cfg: UniterConfig,
 ):
-    """`config.image_init`: None for "random", the (first dataset's) training
-    regions' principal directions for "pca"."""
+    """`config.image_init`: None for "random"; for "pca" the (first dataset's)
+    training regions' principal directions, for "classes" the directions that
+    separate the detector's classes (`train/image_init.py`)."""
     if config.image_init == "random":
         return None
-    if config.image_init != "pca":
-        raise ConfigError(f"config.image_init is {config.image_init!r}: choose random or pca")
-    return principal_directions(
+    starts = {"pca": principal_directions, "classes": class_directions}
+    if config.image_init not in starts:
+        raise ConfigError(
+            f"config.image_init is {config.image_init!r}: choose random, pca or classes"
+        )
+    return starts[config.image_init](
         images,
         [str(i) for i in texts.image_ids],
         model_cfg.hidden_size,
