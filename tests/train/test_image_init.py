@@ -109,7 +109,7 @@ def test_class_directions_need_soft_labels_and_two_classes(world, tmp_path):
         for image_id in sorted(set(ids))[:3]:
             writer.add(dataclasses.replace(images.get(image_id), soft_labels=None))
     bare = ImageStore(str(tmp_path / "bare"))
-    with pytest.raises(ValueError, match="bare: image .* no soft labels.*choose pca or random"):
+    with pytest.raises(ValueError, match=r"bare: image .* no soft labels.*choose pca or random"):
         class_directions(bare, sorted(set(ids))[:3], 8, selection=SELECTION)
 
 
