@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from uniter_jax.data.image_store import ImageStore, ImageStoreWriter
 from uniter_jax.data.regions import num_kept
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
+from uniter_jax.model.config import ConfigError
 from uniter_jax.objectives.tasks import PRETRAINING
 from uniter_jax.sharding import to_host
 from uniter_jax.train.image_init import (
@@ -18,6 +20,7 @@ from uniter_jax.train.image_init import (
     principal_directions,
     with_principal_projection,
 )
+from uniter_jax.train.pretrain import _image_directions
 from uniter_jax.train.state import initial_params
 
 SELECTION = (0.2, 4, 30)
@@ -27,8 +30,12 @@ CONFIG = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    paths = synthetic.write_world(str(tmp_path_factory.mktemp("pca") / "w"), CONFIG)
+def paths(tmp_path_factory):
+    return synthetic.write_world(str(tmp_path_factory.mktemp("pca") / "w"), CONFIG)
+
+
+@pytest.fixture(scope="module")
+def world(paths):
     images = ImageStore(paths["images"])
     ids = [str(i) for i in TextStore(paths["captions_train"]).image_ids]
     return images, ids
@@ -158,3 +165,22 @@ def test_initial_params_start_from_the_directions(world):
         np.testing.assert_array_equal, params["uniter"]["encoder"], random["uniter"]["encoder"]
     )
     assert not np.allclose(kernel, random["uniter"]["img_embeddings"]["img_linear"]["kernel"])
+
+
+@pytest.mark.parametrize("start", ["pca", "classes", "random", "whitened"])
+def test_the_config_picks_the_start(world, paths, start):
+    images, _ = world
+    texts = TextStore(paths["captions_train"])
+    config = ml_collections.ConfigDict({"image_init": start, "seed": 0})
+    model = UniterConfig.preset("tiny", hidden_size=8, img_dim=32)
+    if start == "whitened":
+        with pytest.raises(ConfigError, match="'whitened': choose random, pca or classes"):
+            _image_directions(config, texts, images, SELECTION, model)
+        return
+    got = _image_directions(config, texts, images, SELECTION, model)
+    if start == "random":
+        assert got is None
+        return
+    make = {"pca": principal_directions, "classes": class_directions}[start]
+    want = make(images, [str(i) for i in texts.image_ids], 8, selection=SELECTION)
+    np.testing.assert_array_equal(got[1], want[1])
