@@ -1,4 +1,4 @@
-"""A data-dependent start for the image projection (`config.image_init = "pca"`).
+"""Data-dependent starts for the image projection (`config.image_init`: pca, classes).
 
 The image embedder's first layer maps each 2048-d region feature to the
 hidden width. Started at random, it keeps every direction of the feature
@@ -6,11 +6,13 @@ space in proportion, so when an object's class explains a small share of a
 feature's variance (about 2.5% in the `clutter` synthetic world, spread over
 all 2048 dimensions) the embedding holds the class at that share too, and
 pretraining never finds it (docs/results.md, "Learning on worlds the recipe
-was not tuned on"). Started from the features' principal directions, the
-projection keeps the directions along which regions differ most, where a
-detector's class structure lies, at the same weight scale as the random
-start; training moves it from there. Fresh parameters only: weights loaded
-with `init_from` replace it.
+was not tuned on"). Started from the features' principal directions ("pca"),
+the projection keeps the directions along which regions differ most; from
+the directions between the detector's classes ("classes", read from the
+store's soft labels), the ones along which the classes differ. Either is set
+at the random start's weight scale; training moves it from there (slowly,
+with `optim.image_lr_mul`: docs/results.md, "A slower image projection").
+Fresh parameters only: weights loaded with `init_from` replace it.
 """
 
 from __future__ import annotations
