@@ -96,6 +96,9 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay fp32)
     config.model.scan_layers = not tiny  # lax.scan over the layer stack (faster compile)
     config.model.remat = "none"  # none | full | a jax.checkpoint_policies name
+    # False: an ablation with no attention between words and regions (the
+    # learning check's control); UNITER is True.
+    config.model.cross_modal_attention = True
     # Dropout after embeddings, attention and FFN, and on attention probabilities;
     # none for tiny, which must learn the synthetic world in minutes.
     config.model.hidden_dropout = 0.0 if tiny else 0.1

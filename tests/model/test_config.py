@@ -54,6 +54,7 @@ def test_overrides_apply_and_are_checked():
         (dict(hidden_dropout=1.0), "hidden_dropout must be in"),
         (dict(dtype="int8"), "dtype must be"),
         (dict(remat="sometimes"), "remat 'sometimes'"),
+        (dict(cross_modal_attention="no"), "cross_modal_attention must be True or False"),
     ],
 )
 def test_invalid_values_are_named(changes, message):

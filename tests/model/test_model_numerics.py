@@ -135,6 +135,24 @@ def test_padding_never_changes_valid_outputs(model):
     np.testing.assert_array_equal(out1[valid], out2[valid])
 
 
+def test_without_cross_modal_attention_each_modality_is_encoded_alone(state):
+    """The ablation: text rows are the numpy text-only forward, region rows the
+    numpy regions-only forward, with the same weights."""
+    model = model_from_state(state, CONFIG.replace(cross_modal_attention=False))
+    ids, tm, feat, pos, im = padded_batch(seed=10)
+    out = np.asarray(model(ids, tm, feat, pos, im))
+    lt = ids.shape[1]
+    for b, (lt_b, nr_b) in enumerate([(7, 5), (4, 2)]):
+        text, pooled = forward(state, 4, ids[b, :lt_b])
+        regions, _ = forward(state, 4, np.zeros(0, int), feat[b, :nr_b], pos[b, :nr_b])
+        np.testing.assert_allclose(out[b, :lt_b], text, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(out[b, lt : lt + nr_b], regions, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(model.uniter.pool(out)[b], pooled, atol=2e-5, rtol=0)
+    # With UNITER's attention the text rows do read the regions.
+    crossed = np.asarray(model_from_state(state)(ids, tm, feat, pos, im))
+    assert np.abs(crossed[0, :7] - out[0, :7]).max() > 1e-2
+
+
 STACK_CONFIG = CONFIG.replace(num_layers=3)
 
 

@@ -88,6 +88,10 @@ class UniterConfig:
     dtype: str = "float32"  # compute dtype; params, LayerNorm and softmax stay fp32
     scan_layers: bool = False  # run the layer stack with lax.scan (one traced layer)
     remat: str = REMAT_NONE  # "none", "full" or one of REMAT_POLICIES
+    # False is an ablation, not a UNITER: words attend only to words and regions
+    # only to regions, so nothing crosses between the two except through the
+    # heads that read both (the learning check's control; docs/results.md).
+    cross_modal_attention: bool = True
 
     def __post_init__(self):
         problems = []
@@ -121,6 +125,10 @@ class UniterConfig:
         if self.remat not in (REMAT_NONE, REMAT_FULL, *REMAT_POLICIES):
             problems.append(
                 f"remat {self.remat!r} is not one of {[REMAT_NONE, REMAT_FULL, *REMAT_POLICIES]}"
+            )
+        if not isinstance(self.cross_modal_attention, bool):
+            problems.append(
+                f"cross_modal_attention must be True or False, got {self.cross_modal_attention!r}"
             )
         if not problems and self.type_vocab_size < 2:
             problems.append(

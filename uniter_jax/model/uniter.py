@@ -18,7 +18,13 @@ from flax import nnx
 
 from uniter_jax.model.config import REMAT_FULL, REMAT_NONE, UniterConfig
 from uniter_jax.model.embeddings import ImageEmbeddings, TextEmbeddings
-from uniter_jax.model.layers import TransformerLayer, attention_bias, dense, split_key
+from uniter_jax.model.layers import (
+    MASK_LOGIT,
+    TransformerLayer,
+    attention_bias,
+    dense,
+    split_key,
+)
 from uniter_jax.sharding import BATCH, EMBED, LAYERS, LENGTH, constrain
 
 
@@ -43,10 +49,15 @@ class Encoder(nnx.Module):
         dropout_key: jax.Array | None = None,
         *,
         return_attention: bool = False,
+        segments: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """`x` `[B, L, H]`, `mask` `[B, L]` (1 = valid) -> `[B, L, H]`; with
-        `return_attention` also every layer's attention `[layers, B, heads, L, L]`."""
+        `return_attention` also every layer's attention `[layers, B, heads, L, L]`.
+        With `segments` `[L]` (an id per position), a position attends only to
+        positions of its own segment."""
         bias = attention_bias(mask)
+        if segments is not None:
+            bias = bias + segment_bias(segments)
         # Plain jax.lax.scan / jax.checkpoint over the split layer state rather
         # than nnx.scan / nnx.remat: layers are pure (dropout keys are inputs,
         # nothing is mutated), so the plain transforms need no NNX state
@@ -76,6 +87,13 @@ class Encoder(nnx.Module):
                 per_layer.append(probs)
             attention = jnp.stack(per_layer) if return_attention else None
         return (x, attention) if return_attention else x
+
+
+def segment_bias(segments: jax.Array) -> jax.Array:
+    """`[L]` segment ids -> `[1, 1, L, L]` additive fp32 bias that blocks
+    attention between positions of different segments."""
+    across = segments[:, None] != segments[None, :]
+    return jnp.where(across, MASK_LOGIT, 0.0).astype(jnp.float32)[None, None]
 
 
 def unstack_layers(tree, num_layers: int) -> list:
@@ -160,7 +178,7 @@ class Uniter(nnx.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, text_key)
-        mask = text_mask
+        mask, segments = text_mask, None
         if img_feat is not None:
             if img_type_ids is None:
                 img_type_ids = jnp.ones(img_feat.shape[:2], jnp.int32)
@@ -173,12 +191,17 @@ class Uniter(nnx.Module):
             regions = self.img_embeddings(img_feat, img_pos, type_embeddings, img_masked, img_key)
             hidden = jnp.concatenate([hidden, regions], axis=1)
             mask = jnp.concatenate([text_mask, img_mask.astype(text_mask.dtype)], axis=1)
+            if not self.config.cross_modal_attention:
+                # Text positions are segment 0, regions segment 1.
+                segments = jnp.arange(hidden.shape[1]) >= input_ids.shape[1]
         hidden = constrain(hidden, BATCH, LENGTH, EMBED)
         if return_embeddings:
             if return_attention:
                 raise ValueError("return_attention and return_embeddings: one at a time")
-            return self.encoder(hidden, mask, encoder_key), hidden
-        return self.encoder(hidden, mask, encoder_key, return_attention=return_attention)
+            return self.encoder(hidden, mask, encoder_key, segments=segments), hidden
+        return self.encoder(
+            hidden, mask, encoder_key, return_attention=return_attention, segments=segments
+        )
 
     def pool(self, sequence: jax.Array) -> jax.Array:
         """`[B, L, H]` -> pooled `[B, H]` from the first position."""
