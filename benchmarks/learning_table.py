@@ -169,6 +169,8 @@ def checks(row: dict) -> dict[str, dict]:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The checks (world x seed x metric x baseline), then the hard negatives
+    by kind: the model's pairwise accuracy and the rule's."""
     lines = ["| world | seed | metric | value | baseline | margin | pass |", "|---" * 7 + "|"]
     for row in rows:
         for name, c in row["checks"].items():
@@ -177,6 +179,13 @@ def markdown(rows: list[dict]) -> str:
                 f"| {row['world']} | {row['seed']} | {name} | {c['value']:.3f} | "
                 f"{c['baseline']:.3f} | {c['margin']:.2f} | {verdict} |"
             )
+    kinds = sorted({k for row in rows for k in row["itm_hard"] if k != "all"})
+    lines += ["", "| world | seed | " + " | ".join(kinds) + " |", "|---" * (2 + len(kinds)) + "|"]
+    for row in rows:
+        model, rule = row["itm_hard"], row["baselines"]["itm_rule"]
+        cells = [f"{model[k]:.3f} / {rule[k]:.3f}" if k in model else "" for k in kinds]
+        lines.append(f"| {row['world']} | {row['seed']} | " + " | ".join(cells) + " |")
+    lines.append("\nHard negatives by kind: the model's pairwise accuracy / the rule's.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,81 @@
+"""learning_table.py's verdicts: each metric against its strongest baseline plus its margin."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import learning_table  # noqa: E402
+
+
+def row(**changes) -> dict:
+    """A made-up row where every metric clears its baseline by 0.1."""
+    base = {
+        "world": "clutter",
+        "seed": 0,
+        "baselines": {
+            "itm_rule": {"all": 0.80, "colour": 0.75, "shape": 0.85},
+            "mlm_ngram": 0.60,
+            "mrc_copy": 0.10,
+            "mrc_prior": 0.12,
+            "mrc_box": 0.20,
+            "vqa_type_prior": 0.55,
+        },
+        "pretrain": {
+            "val/itm/wra_matched": 0.40,
+            "val/itm/wra_mismatched": 0.50,
+            "val/mlm/accuracy": 0.70,
+            "val/mrc/accuracy": 0.30,
+        },
+        "itm_hard": {"all": 0.90, "colour": 0.70, "shape": 0.95},
+        "vqa_pretrained": 0.75,
+        "vqa_scratch": 0.65,
+    }
+    for key, value in changes.items():
+        target = base
+        *path, last = key.split(":")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return base
+
+
+def test_every_metric_clears_its_baseline():
+    verdicts = learning_table.checks(row())
+    assert all(v["pass"] for v in verdicts.values()), verdicts
+    assert verdicts["wra"]["value"] == pytest.approx(0.10)
+    assert verdicts["vqa_scratch"]["baseline"] == 0.65
+
+
+@pytest.mark.parametrize(
+    "changes, metric",
+    [
+        # MRC must clear the strongest of the copy rule, the class and the box prior.
+        ({"pretrain:val/mrc/accuracy": 0.24}, "mrc"),
+        ({"baselines:mrc_copy": 0.28}, "mrc"),
+        ({"itm_hard:all": 0.81}, "itm_hard"),
+        ({"pretrain:val/itm/wra_matched": 0.46}, "wra"),
+        ({"pretrain:val/mlm/accuracy": 0.64}, "mlm"),
+        ({"vqa_scratch": 0.74}, "vqa_scratch"),
+        ({"baselines:vqa_type_prior": 0.71}, "vqa_prior"),
+    ],
+)
+def test_a_metric_within_its_margin_fails_alone(changes, metric):
+    verdicts = learning_table.checks(row(**changes))
+    failed = [name for name, v in verdicts.items() if not v["pass"]]
+    assert failed == [metric]
+
+
+def test_markdown_lists_every_check_and_the_hard_negatives_by_kind():
+    first = row()
+    first["checks"] = learning_table.checks(first)
+    second = row(seed=1, **{"pretrain:val/mrc/accuracy": 0.2})
+    second["checks"] = learning_table.checks(second)
+    text = learning_table.markdown([first, second])
+    assert text.count("| clutter | 0 |") == 7  # six checks and the by-kind row
+    assert "| clutter | 1 | mrc | 0.200 | 0.200 | 0.05 | **no** |" in text
+    assert "| world | seed | colour | shape |" in text
+    assert "| clutter | 0 | 0.700 / 0.750 | 0.950 / 0.850 |" in text
