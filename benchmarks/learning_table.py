@@ -8,10 +8,14 @@ pretrains with one recipe (`configs/pretrain.py:<preset>`, only the data
 paths, the region bucket and the seed set per world), scores the validation
 captions against their hard negatives with the ITM head, and fine-tunes VQA
 from the pretrained weights and from scratch. Each metric is compared with
-its baselines plus the margin in MARGINS.
+its baselines plus the margin in MARGINS. With `--control` it also
+pretrains the same recipe without attention between words and regions
+(`model.cross_modal_attention=False`): what the text alone and the other
+regions alone teach becomes a baseline for MLM and MRC.
 
   python benchmarks/learning_table.py --out runs/learning       # all worlds, seeds 0 1, tiny
   python benchmarks/learning_table.py --out runs/learning --worlds clutter --seeds 0
+  python benchmarks/learning_table.py --out runs/learning --worlds clutter --control
 
 Writes `table.md` (world x seed x metric x baseline) and `table.json` under
 `--out`; exits 1 if any row misses a margin.
@@ -43,12 +47,15 @@ from uniter_jax.downstream.baselines import vqa_type_prior  # noqa: E402
 # How far each learned metric must clear its baselines (absolute).
 MARGINS = {
     "itm_hard": 0.02,  # pairwise accuracy over the detector-label rule
-    "mlm": 0.05,  # accuracy over the text-only n-gram predictor
-    "mrc": 0.05,  # accuracy over the copy rule, the class prior and the box prior
+    "mlm": 0.05,  # accuracy over the text-only n-gram predictor (and the control)
+    # accuracy over the copy rule, the class prior and the box prior (and the control)
+    "mrc": 0.05,
     "wra": 0.05,  # mismatched minus matched WRA distance
     "vqa_prior": 0.05,  # VQA accuracy over the per-question-type prior
     "vqa_scratch": 0.02,  # VQA accuracy over the same fine-tuning from scratch
 }
+# The control's override: no attention between words and regions.
+CROSS_MODAL = "model.cross_modal_attention"
 SELECTION = RegionSelection()  # the pipeline's defaults: conf > 0.2, 10 to 100 regions
 
 
@@ -67,6 +74,13 @@ def main_py(workdir: str, config: str, overrides: dict, log: str) -> None:
     if done.returncode:
         with open(log) as f:
             raise RuntimeError(f"{' '.join(command)} failed:\n{f.read()[-3000:]}")
+
+
+def pretrain_validation(workdir: str, preset: str, settings: dict) -> dict[str, float]:
+    """Pretrains with `settings` into `workdir`; the final validation metrics."""
+    main_py(workdir, f"configs/pretrain.py:{preset}", settings, workdir + ".log")
+    with open(os.path.join(workdir, "pretrain_report.json")) as f:
+        return json.load(f)["validation"]
 
 
 def hard_itm(model_dir: str, world: str) -> dict[str, float]:
@@ -93,9 +107,13 @@ def run(
     steps: int,
     vqa_steps: int,
     overrides: dict[str, str] | None = None,
+    control: bool = False,
 ) -> dict:
     """One row: the world written, its baselines, pretraining (the preset with
-    `overrides`, `--config.KEY=VALUE` each), hard-negative ITM and VQA."""
+    `overrides`, `--config.KEY=VALUE` each), hard-negative ITM and VQA. With
+    `control`, also the same pretraining without attention between words and
+    regions, whose MLM and MRC become baselines (what the text and the other
+    regions give without grounding)."""
     root = os.path.join(out, f"{name}-seed{seed}")
     world = os.path.join(root, "world")
     config = dataclasses.replace(scenes.WORLDS[name], seed=seed)
@@ -109,23 +127,21 @@ def run(
     )
     bucket = f"((16,{max_regions(config)},32),)"
     data = {"data.images": os.path.join(world, "images"), "data.buckets": bucket, "seed": seed}
+    settings = {
+        **data,
+        "data.texts": os.path.join(texts, "captions_train"),
+        "data.val_texts": os.path.join(texts, "captions_val"),
+        "optim.total_steps": steps,
+        "eval.every_steps": steps,
+        "checkpoint.every_steps": steps,
+        **(overrides or {}),
+    }
     pretrain = os.path.join(root, "pretrain")
-    main_py(
-        pretrain,
-        f"configs/pretrain.py:{preset}",
-        {
-            **data,
-            "data.texts": os.path.join(texts, "captions_train"),
-            "data.val_texts": os.path.join(texts, "captions_val"),
-            "optim.total_steps": steps,
-            "eval.every_steps": steps,
-            "checkpoint.every_steps": steps,
-            **(overrides or {}),
-        },
-        pretrain + ".log",
-    )
-    with open(os.path.join(pretrain, "pretrain_report.json")) as f:
-        row["pretrain"] = json.load(f)["validation"]
+    row["pretrain"] = pretrain_validation(pretrain, preset, settings)
+    if control:
+        row["control"] = pretrain_validation(
+            pretrain + "-control", preset, {**settings, CROSS_MODAL: False}
+        )
     row["itm_hard"] = hard_itm(os.path.join(pretrain, "model"), world)
     vqa = {
         **data,
@@ -148,10 +164,13 @@ def checks(row: dict) -> dict[str, dict]:
     """Each learned metric, the best baseline it must beat, the margin and the verdict."""
     b, p = row["baselines"], row["pretrain"]
     wra_gap = p["val/itm/wra_mismatched"] - p["val/itm/wra_matched"]
-    mrc_base = max(b["mrc_copy"], b["mrc_prior"], b["mrc_box"])
+    mlm_base, mrc_base = b["mlm_ngram"], max(b["mrc_copy"], b["mrc_prior"], b["mrc_box"])
+    if "control" in row:
+        mlm_base = max(mlm_base, row["control"]["val/mlm/accuracy"])
+        mrc_base = max(mrc_base, row["control"]["val/mrc/accuracy"])
     rows = {
         "itm_hard": (row["itm_hard"]["all"], b["itm_rule"]["all"]),
-        "mlm": (p["val/mlm/accuracy"], b["mlm_ngram"]),
+        "mlm": (p["val/mlm/accuracy"], mlm_base),
         "mrc": (p["val/mrc/accuracy"], mrc_base),
         "wra": (wra_gap, 0.0),
         "vqa_prior": (row["vqa_pretrained"], b["vqa_type_prior"]),
@@ -204,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a pretraining config override (repeatable), e.g. tasks.first_steps=2000",
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also pretrain without attention between words and regions; its MLM and "
+        "MRC become baselines (about doubles the time)",
+    )
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
     os.makedirs(args.out, exist_ok=True)
@@ -215,7 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.worlds.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            row = run(name, seed, args.out, args.preset, args.steps, args.vqa_steps, overrides)
+            row = run(
+                name,
+                seed,
+                args.out,
+                args.preset,
+                args.steps,
+                args.vqa_steps,
+                overrides,
+                args.control,
+            )
             rows.append(row)
             print(markdown(rows[-1:]), flush=True)
             with open(os.path.join(args.out, "table.json"), "w") as f:
