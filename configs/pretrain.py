@@ -172,7 +172,10 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # Tasks of the first `first_steps` micro-steps (0: the mix from the start).
     # ITM alone first lets it leave chance where the regions a caption names
     # are few among many (docs/results.md, "Dilution alone").
-    config.tasks.first_mix = ml_collections.ConfigDict(dict(itm=1.0))
+    # Every task is listed so that any can be set from the command line.
+    config.tasks.first_mix = ml_collections.ConfigDict(
+        dict(itm=1.0, mlm=0.0, mrfr=0.0, mrc_kl=0.0, mrc=0.0)
+    )
     config.tasks.first_steps = 0
     # One task per update (all its `optim.accumulation` micro-steps), as the
     # original draws them; "micro_step" draws each micro-step's own.
