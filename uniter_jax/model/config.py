@@ -89,8 +89,8 @@ class UniterConfig:
     scan_layers: bool = False  # run the layer stack with lax.scan (one traced layer)
     remat: str = REMAT_NONE  # "none", "full" or one of REMAT_POLICIES
     # False is an ablation, not a UNITER: words attend only to words and regions
-    # only to regions, so nothing crosses between the two except through the
-    # heads that read both (the learning check's control; docs/results.md).
+    # only to regions, so nothing crosses between the two inside the encoder
+    # (the learning check's control; docs/results.md).
     cross_modal_attention: bool = True
 
     def __post_init__(self):
