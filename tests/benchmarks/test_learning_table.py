@@ -88,3 +88,17 @@ def test_the_control_raises_the_mlm_and_mrc_baselines():
     verdicts = learning_table.checks(with_control)
     assert verdicts["mlm"]["baseline"] == 0.68 and not verdicts["mlm"]["pass"]
     assert verdicts["mrc"]["baseline"] == 0.20 and verdicts["mrc"]["pass"]  # the box prior
+
+
+def test_a_bar_above_one_is_marked_unreachable():
+    # On a world with sibling boxes the copy rule is exact: no MRC can clear it.
+    exact = row(**{"baselines:mrc_copy": 1.0, "pretrain:val/mrc/accuracy": 0.97})
+    exact["checks"] = learning_table.checks(exact)
+    assert not exact["checks"]["mrc"]["pass"] and not exact["checks"]["mrc"]["reachable"]
+    assert all(v["reachable"] for k, v in exact["checks"].items() if k != "mrc")
+    # WRA is a distance gap, not an accuracy: a large baseline is still a bar.
+    assert learning_table.checks(row(**{"pretrain:val/itm/wra_mismatched": 2.5}))["wra"][
+        "reachable"
+    ]
+    text = learning_table.markdown([exact])
+    assert "| clutter | 0 | mrc | 0.970 | 1.000 | 0.05 | **no** (bar above 1) |" in text
