@@ -72,7 +72,9 @@ def finetune_config(
     config.data.max_bb = recipe.get("max_bb", config.data.max_bb)
 
     # AdamW at `OptimSettings`' defaults, with the recipe's schedule.
-    config.optim = defaults(OptimSettings, exclude=("head_groups",))
+    config.optim = defaults(
+        OptimSettings, exclude=("head_groups", "per_task_moments", "moment_tasks")
+    )
     config.optim.lr = 3e-4 if tiny else recipe["lr"]  # peak learning rate
     config.optim.head_lr_mul = recipe.get("head_lr_mul", 1.0)  # the new head's lr factor
     config.optim.warmup_steps = 100 if tiny else recipe["warmup_steps"]  # updates

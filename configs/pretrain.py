@@ -182,7 +182,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.tasks.draw = "update"
 
     # AdamW at `OptimSettings`' defaults (the original's betas, decay and clip).
-    config.optim = defaults(OptimSettings, exclude=("head_lr_mul", "head_groups"))
+    config.optim = defaults(OptimSettings, exclude=("head_lr_mul", "head_groups", "moment_tasks"))
     config.optim.lr = 1e-3 if tiny else 5e-5  # peak learning rate
     config.optim.warmup_steps = 500 if tiny else 10_000  # linear warm-up (updates)
     config.optim.total_steps = 12_000 if tiny else 200_000  # updates; linear decay to 0 here

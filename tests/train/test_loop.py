@@ -85,6 +85,31 @@ def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
     assert whole["compilations"] == second["compilations"]
 
 
+def test_per_task_moments_resume_exactly_and_refuse_a_shared_state(world, tmp_path):
+    config = small_config(world)
+    config.optim.per_task_moments = True
+    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
+    split = str(tmp_path / "split")
+    loop.train(config, split, pretraining_job, on_step=interrupt_at_2)
+    assert loop.train(config, split, pretraining_job)["step"] == 8
+    a, b = saved_state(tmp_path / "whole", 8), saved_state(split, 8)
+    assert sorted(a["opt_state"]) == ["itm", "mlm", "mrc", "mrfr"]  # the tiny mix's tasks
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert whole["status"] == "finished"
+    # The other layout is refused before any array is read; the steps stay.
+    config.optim.per_task_moments = False
+    config.optim.total_steps = 12
+    steps = sorted(os.listdir(os.path.join(split, "checkpoints")))
+    with pytest.raises(ConfigError, match=r"moments per task \['itm', 'mlm', 'mrc', 'mrfr'\]"):
+        loop.train(config, split, pretraining_job)
+    assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == steps
+    config.optim.per_task_moments, config.optim.accumulation = True, 2
+    config.tasks.draw = "micro_step"
+    with pytest.raises(ConfigError, match=r"needs tasks\.draw='update'"):
+        loop.train(config, str(tmp_path / "micro"), pretraining_job)
+
+
 def interrupt_at_2(step):
     if step == 2:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -32,7 +32,8 @@ from uniter_jax.data.errors import DataError
 from uniter_jax.model.pretraining import UniterForPretraining, set_params
 from uniter_jax.sharding import Layout, to_host
 from uniter_jax.train import inputs
-from uniter_jax.train.state import optim_settings
+from uniter_jax.train.datasets import stream_schedule
+from uniter_jax.train.state import pretraining_optim
 from uniter_jax.train.step import StepSettings
 from uniter_jax.train.trained import trained_params
 
@@ -84,14 +85,18 @@ def run_score(
     if jax.process_count() > 1:
         raise ValueError("--mode=score runs in one process: start it on one host")
     pairs = read_pairs(pairs_path)
-    texts, images = inputs.open_stores(inputs.single_dataset(config, workdir))
+    dataset = inputs.single_dataset(config, workdir)
+    texts, images = inputs.open_stores(dataset)
     vocab = store_vocabulary(texts)
     model_cfg = inputs.model_config(config.model)
     inputs.check_compatible(texts, images, model_cfg)
     settings = StepSettings(
         model=model_cfg,
         tasks=inputs.task_settings(config.tasks, texts.manifest["vocab"]),
-        optim=optim_settings(config.optim),
+        # The run's optimiser layout: a checkpoint without `model/` is read whole.
+        optim=pretraining_optim(
+            config.optim, stream_schedule([dataset], config.tasks, config.optim.accumulation)[1]
+        ),
     )
     params, source = trained_params(
         config,

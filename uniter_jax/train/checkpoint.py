@@ -76,6 +76,11 @@ class Checkpoints:
             "same command again to resume from it"
         )
 
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON item of `step` alone, no arrays read."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
     def restore(self, step: int, abstract_state: Any) -> tuple[dict, dict[str, Any]]:
         """`(state, meta)` of `step`; `abstract_state` gives structure, shapes and shardings."""
         restored = self.manager.restore(

@@ -38,7 +38,7 @@ from uniter_jax.sharding import Layout, check_divisible, to_host
 from uniter_jax.train.checkpoint import Checkpoints
 from uniter_jax.train.history import History, Window
 from uniter_jax.train.job import Job, JobFactory
-from uniter_jax.train.optimizer import learning_rate
+from uniter_jax.train.optimizer import OptimSettings, learning_rate
 from uniter_jax.train.preemption import Interrupted, Preemption
 from uniter_jax.train.state import MODEL_DIR, layout_from_config
 from uniter_jax.train.step import TRACES, abstract_state, batch_fields, init_state, train_step
@@ -139,6 +139,7 @@ class _Run:
             "data": {t: p.state() for t, p in self.job.pipelines.items()},
             "window": self.window.state(),
             "draw_every": self.job.mix.draw_every,
+            "moments": moment_layout(self.job.settings.optim),
         }
         self.checkpoints.save(step, self.state, meta)
 
@@ -151,7 +152,10 @@ def _restore(
     newest step gives way to the one before), else of a fresh start."""
     abstract = abstract_state(job.settings, layout)
     check_divisible(abstract, jax.tree.map(lambda a: a.sharding, abstract))
-    newest = checkpoints.restore_newest(abstract) if checkpoints.latest_step() else None
+    latest = checkpoints.latest_step()
+    if latest:
+        _check_moments(checkpoints, latest, job.settings.optim)
+    newest = checkpoints.restore_newest(abstract) if latest else None
     if not newest:
         key = train_key(seed)  # apart from nnx.Rngs(seed)'s init stream
         state = init_state(job.initial_params(), job.settings, layout)
@@ -185,6 +189,32 @@ def _restore(
                 f"{e.message}"
             ) from None
     return start, state, np.asarray(meta["key"], np.uint32), Window(meta["window"])
+
+
+def moment_layout(optim: OptimSettings) -> list[str] | None:
+    """The tasks that own optimiser moments; None: one state shared by all."""
+    return list(optim.moment_tasks) if optim.per_task_moments else None
+
+
+def _check_moments(checkpoints: Checkpoints, step: int, optim: OptimSettings) -> None:
+    """Refuses, before any array is read, a checkpoint whose optimiser state
+    is laid out for other tasks: its restore would fail and move every step
+    aside as unreadable."""
+    try:
+        saved = checkpoints.meta(step).get("moments")
+    except Exception:  # unreadable: restore_newest names it and moves it aside
+        return
+    want = moment_layout(optim)
+    if saved != want:
+
+        def described(layout: list[str] | None) -> str:
+            return f"per task {layout}" if layout else "shared by all tasks"
+
+        raise ConfigError(
+            f"{checkpoints.directory}/{step} holds optimiser moments {described(saved)}; "
+            f"this config's are {described(want)}: resume with the same "
+            "optim.per_task_moments and task mix (or use a new workdir)"
+        )
 
 
 def _every(n: int, step: int, total: int) -> bool:

@@ -39,6 +39,15 @@ class OptimSettings:
     # hidden) learns `image_lr_mul` times the learning rate; 0 keeps it where
     # it started (docs/results.md, "A slower image projection").
     image_lr_mul: float = 1.0
+    # Pretraining: each task keeps its own AdamW moments and bias correction,
+    # so a task with large gradients (MRC) does not shrink the steps of one
+    # with small gradients (ITM) through a shared second moment; the learning
+    # rate still follows the run's update count. Memory: one set of moments
+    # per task. False: one state shared by all tasks, as the original.
+    per_task_moments: bool = False
+    # The tasks that own moments when `per_task_moments` (set by the
+    # pretraining job from its mix, not by the config).
+    moment_tasks: tuple[str, ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -58,6 +67,8 @@ class OptimSettings:
             problems.append(f"head_lr_mul must be positive, got {self.head_lr_mul}")
         if not 0 <= self.image_lr_mul < float("inf"):
             problems.append(f"image_lr_mul must be finite and >= 0, got {self.image_lr_mul}")
+        if self.per_task_moments and not self.moment_tasks:
+            problems.append("per_task_moments needs the run's tasks (pretraining sets them)")
         if self.accumulation < 1:
             problems.append(f"accumulation must be >= 1, got {self.accumulation}")
         if problems:
@@ -143,12 +154,15 @@ def optimizer_args(settings: OptimSettings, grad_norm: jax.Array) -> dict:
 def make_optimizer(
     settings: OptimSettings,
 ) -> optax.GradientTransformationExtraArgs | optax.MultiSteps:
+    """The optimiser of one state. With `per_task_moments` its learning rate is
+    1: the step scales the update by `learning_rate(settings)` at the run's
+    update count, which a task's own count would lag."""
     chain = []
     if settings.clip_norm:
         chain.append(clip_by_global_norm(settings.clip_norm))
     chain.append(
         optax.adamw(
-            learning_rate(settings),
+            1.0 if settings.per_task_moments else learning_rate(settings),
             b1=settings.b1,
             b2=settings.b2,
             eps=settings.eps,

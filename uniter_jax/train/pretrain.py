@@ -18,7 +18,7 @@ from uniter_jax.train.datasets import Dataset, stream_schedule
 from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.image_init import class_directions, principal_directions
 from uniter_jax.train.job import Job
-from uniter_jax.train.state import initial_params, optim_settings
+from uniter_jax.train.state import initial_params, pretraining_optim
 from uniter_jax.train.step import StepSettings
 
 
@@ -27,6 +27,11 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     model_cfg = inputs.model_config(config.model)
     datasets = inputs.resolve_datasets(config, workdir)
     mix, streams = stream_schedule(datasets, config.tasks, config.optim.accumulation)
+    if config.optim.per_task_moments and mix.draw_every != config.optim.accumulation:
+        raise ConfigError(
+            "optim.per_task_moments with optim.accumulation > 1 needs tasks.draw='update': "
+            "the micro-steps of an update must share a task, and so its moments"
+        )
     stores = {d.name: inputs.open_stores(d) for d in datasets}
     buckets = shapes.run_buckets(
         config.data,
@@ -52,7 +57,7 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     settings = StepSettings(
         model=model_cfg,
         tasks=inputs.task_settings(config.tasks, vocab),
-        optim=optim_settings(config.optim),
+        optim=pretraining_optim(config.optim, streams),
     )
 
     def validate(params: dict) -> dict[str, float]:

@@ -5,7 +5,8 @@ file), and where a finished run keeps its parameters."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -24,8 +25,17 @@ from uniter_jax.train.step import Objective, init_params, param_shardings
 MODEL_DIR = "model"  # workdir/model: the final parameters, a parameter checkpoint
 
 
-def optim_settings(section: ml_collections.ConfigDict) -> OptimSettings:
-    return OptimSettings(**section.to_dict())
+def optim_settings(section: ml_collections.ConfigDict, **fields: Any) -> OptimSettings:
+    """The `optim` section, with `fields` a job sets (not the config)."""
+    return OptimSettings(**section.to_dict(), **fields)
+
+
+def pretraining_optim(
+    section: ml_collections.ConfigDict, streams: Mapping[str, str]
+) -> OptimSettings:
+    """The `optim` section of a pretraining run whose streams train `streams`
+    (stream -> task): the tasks own moments with `per_task_moments`."""
+    return optim_settings(section, moment_tasks=tuple(sorted(set(streams.values()))))
 
 
 def layout_from_config(config: ml_collections.ConfigDict) -> Layout:

@@ -23,7 +23,12 @@ from jax.sharding import PartitionSpec
 
 from uniter_jax.model import UniterConfig, get_params
 from uniter_jax.sharding import Layout, logical_specs
-from uniter_jax.train.optimizer import OptimSettings, make_optimizer, optimizer_args
+from uniter_jax.train.optimizer import (
+    OptimSettings,
+    learning_rate,
+    make_optimizer,
+    optimizer_args,
+)
 
 # How many times each (kind, task) step has been traced: tests and logs use it
 # to show that each task compiles once per batch shape.
@@ -106,6 +111,8 @@ def _specs(settings: StepSettings) -> dict:
         transform_non_params=lambda _: PartitionSpec(),
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+    if settings.optim.per_task_moments:
+        opt_specs = {task: opt_specs for task in settings.optim.moment_tasks}
     return {"params": param_specs, "opt_state": opt_specs, "step": PartitionSpec()}
 
 
@@ -128,11 +135,12 @@ def abstract_state(settings: StepSettings, layout: Layout) -> dict:
 
 
 def _init_state(params: dict, settings: StepSettings) -> dict:
-    return {
-        "params": params,
-        "opt_state": make_optimizer(settings.optim).init(params),
-        "step": jnp.zeros((), jnp.int32),
-    }
+    """With `per_task_moments`, `opt_state` is `{task: optimiser state}`."""
+    optimizer, optim = make_optimizer(settings.optim), settings.optim
+    opt_state = optimizer.init(params)
+    if optim.per_task_moments:
+        opt_state = {task: optimizer.init(params) for task in optim.moment_tasks}
+    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
 
 
 def init_params(
@@ -187,17 +195,25 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
     # The clip reuses this norm when it is the one it needs (no accumulation).
     extra = optimizer_args(settings.optim, grad_norm)
 
+    optim = settings.optim
+    own = optim.per_task_moments
+    if own and task not in optim.moment_tasks:
+        raise ValueError(f"task {task!r} has no moments of its own; tasks: {optim.moment_tasks}")
+
     def update(params, opt_state):
-        optimizer = make_optimizer(settings.optim)
+        optimizer = make_optimizer(optim)
         updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+        if own:  # the schedule at the run's update count (make_optimizer's lr is 1)
+            lr = learning_rate(optim)(state["step"] // optim.accumulation)
+            updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
         return optax.apply_updates(params, updates), opt_state
 
     # A branch, not `where(finite, new, old)` over every array: the select was
     # one more pass over parameters and moments (docs/benchmarks.md, "The
     # non-finite guard as a branch").
-    params, opt_state = jax.lax.cond(
-        finite, update, lambda *old: old, state["params"], state["opt_state"]
-    )
+    moments = state["opt_state"][task] if own else state["opt_state"]
+    params, moments = jax.lax.cond(finite, update, lambda *old: old, state["params"], moments)
+    opt_state = {**state["opt_state"], task: moments} if own else moments
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     one = jnp.float32(1)
     metrics = {**metrics, "objective": (loss, one), "grad_norm": (grad_norm, one)}
