@@ -85,6 +85,7 @@ def test_interrupted_run_resumes_bit_for_bit(world, tmp_path):
     assert whole["compilations"] == second["compilations"]
 
 
+@pytest.mark.slow  # three short runs: 47 s on 2 cores
 def test_per_task_moments_resume_exactly_and_refuse_a_shared_state(world, tmp_path):
     config = small_config(world)
     config.optim.per_task_moments = True
