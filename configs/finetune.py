@@ -73,7 +73,7 @@ def finetune_config(
 
     # AdamW at `OptimSettings`' defaults, with the recipe's schedule.
     config.optim = defaults(
-        OptimSettings, exclude=("head_groups", "per_task_moments", "moment_tasks")
+        OptimSettings, exclude=("head_groups", "per_task_moments", "moment_tasks", "task_lr_mul")
     )
     config.optim.lr = 3e-4 if tiny else recipe["lr"]  # peak learning rate
     config.optim.head_lr_mul = recipe.get("head_lr_mul", 1.0)  # the new head's lr factor

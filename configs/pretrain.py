@@ -182,7 +182,12 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.tasks.draw = "update"
 
     # AdamW at `OptimSettings`' defaults (the original's betas, decay and clip).
-    config.optim = defaults(OptimSettings, exclude=("head_lr_mul", "head_groups", "moment_tasks"))
+    config.optim = defaults(
+        OptimSettings, exclude=("head_lr_mul", "head_groups", "moment_tasks", "task_lr_mul")
+    )
+    # Each task's learning rate, times optim.lr (every task is listed so that
+    # any can be set from the command line); 1 everywhere, as the original.
+    config.optim.task_lr_mul = ml_collections.ConfigDict({task: 1.0 for task in config.tasks.mix})
     config.optim.lr = 1e-3 if tiny else 5e-5  # peak learning rate
     config.optim.warmup_steps = 500 if tiny else 10_000  # linear warm-up (updates)
     config.optim.total_steps = 12_000 if tiny else 200_000  # updates; linear decay to 0 here

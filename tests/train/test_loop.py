@@ -109,6 +109,9 @@ def test_per_task_moments_resume_exactly_and_refuse_a_shared_state(world, tmp_pa
     config.tasks.draw = "micro_step"
     with pytest.raises(ConfigError, match=r"needs tasks\.draw='update'"):
         loop.train(config, str(tmp_path / "micro"), pretraining_job)
+    config.optim.per_task_moments, config.optim.task_lr_mul.mrc = False, 3.0
+    with pytest.raises(ConfigError, match=r"^optim\.task_lr_mul with .* needs tasks\.draw"):
+        loop.train(config, str(tmp_path / "micro"), pretraining_job)
 
 
 def interrupt_at_2(step):

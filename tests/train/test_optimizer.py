@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs.pretrain import get_config as pretrain_config
 from uniter_jax.model.config import ConfigError
 from uniter_jax.train.optimizer import (
     OptimSettings,
@@ -13,7 +14,9 @@ from uniter_jax.train.optimizer import (
     decay_mask,
     learning_rate,
     make_optimizer,
+    task_lr_mul,
 )
+from uniter_jax.train.state import pretraining_optim
 
 SETTINGS = OptimSettings(lr=0.01, warmup_steps=3, total_steps=10, clip_norm=1.0)
 
@@ -172,8 +175,24 @@ def test_clip_of_a_zero_or_non_finite_gradient():
         ({"b2": 1.0}, "betas"),
         ({"accumulation": 0}, "accumulation"),
         ({"image_lr_mul": -1.0}, "image_lr_mul"),
+        ({"task_lr_mul": (("itm", 1.0), ("mrc", -3.0))}, "task_lr_mul .*mrc=-3.0"),
     ],
 )
 def test_bad_settings_are_named(changes, named):
     with pytest.raises(ConfigError, match=f"config optim: .*{named}"):
         OptimSettings(**{**SETTINGS.__dict__, **changes})
+
+
+def test_the_pretraining_config_sets_each_tasks_rate():
+    config = pretrain_config("tiny")
+    config.optim.task_lr_mul.mrc = 3.0
+    optim = pretraining_optim(config.optim, {"coco/itm": "itm", "coco/mrc": "mrc"})
+    assert dict(optim.task_lr_mul) == {
+        "itm": 1.0,
+        "mlm": 1.0,
+        "mrfr": 1.0,
+        "mrc": 3.0,
+        "mrc_kl": 1.0,
+    }
+    assert optim.moment_tasks == ("itm", "mrc")
+    assert (task_lr_mul(optim, "mrc"), task_lr_mul(optim, "itm")) == (3.0, 1.0)

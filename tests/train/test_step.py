@@ -153,27 +153,31 @@ def test_low_precision_compute_keeps_fp32_state_and_losses(dtype):
     assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
 
 
-def test_per_task_moments_are_adamw_per_task_on_the_runs_schedule():
+@pytest.mark.parametrize("per_task, itm_mul", [(True, 1.0), (True, 3.0), (False, 3.0)])
+def test_per_task_moments_are_adamw_per_task_on_the_runs_schedule(per_task, itm_mul):
     """With `per_task_moments` each task's AdamW moments and bias correction
     see only that task's gradients, and the learning rate follows the run's
-    update count: against a numpy AdamW holding one (m, v, count) per task."""
+    update count: against a numpy AdamW holding one (m, v, count) per task
+    (or one for all). `task_lr_mul` scales its task's whole update."""
     optim = OptimSettings(
         lr=1e-2,
         warmup_steps=2,
         total_steps=10,
         clip_norm=0.0,
-        per_task_moments=True,
-        moment_tasks=("itm", "mlm"),
+        per_task_moments=per_task,
+        moment_tasks=("itm", "mlm") if per_task else (),
+        task_lr_mul=(("itm", itm_mul),),
     )
     settings = StepSettings(model=MODEL, tasks=SETTINGS.tasks, optim=optim)
     state, key = fresh_state(settings), jax.random.PRNGKey(5)
-    assert set(state["opt_state"]) == {"itm", "mlm"}
+    if per_task:
+        assert set(state["opt_state"]) == {"itm", "mlm"}
     flat, tree = jax.tree.flatten(copy(state["params"]))
     flat = [x.astype(np.float64) for x in flat]
     decays = jax.tree.leaves(decay_mask(state["params"]))
     moments = {
         t: ([np.zeros_like(x) for x in flat], [np.zeros_like(x) for x in flat], 0)
-        for t in optim.moment_tasks
+        for t in ("itm", "mlm")
     }
 
     def loss(p, batch, keys, task):
@@ -184,10 +188,11 @@ def test_per_task_moments_are_adamw_per_task_on_the_runs_schedule():
         keys = jax.random.split(jax.random.fold_in(key, step))  # the step's mask, dropout
         params = jax.tree.unflatten(tree, [jnp.float32(x) for x in flat])
         grads = [np.float64(g) for g in jax.tree.leaves(jax.grad(loss)(params, batch, keys, task))]
-        m, v, count = moments[task]
+        owner = task if per_task else "itm"  # one state for all: kept under "itm"
+        m, v, count = moments[owner]
         count += 1
         t = step + 1  # the run's update number: the schedule's, not the task's
-        lr = optim.lr * (t / 2 if t <= 2 else (10 - t) / 8)
+        lr = optim.lr * (t / 2 if t <= 2 else (10 - t) / 8) * (itm_mul if task == "itm" else 1)
         for i, g in enumerate(grads):
             m[i] = optim.b1 * m[i] + (1 - optim.b1) * g
             v[i] = optim.b2 * v[i] + (1 - optim.b2) * g**2
@@ -195,15 +200,17 @@ def test_per_task_moments_are_adamw_per_task_on_the_runs_schedule():
                 np.sqrt(v[i] / (1 - optim.b2**count)) + optim.eps
             )
             flat[i] = flat[i] - lr * (adam + (optim.weight_decay * flat[i] if decays[i] else 0.0))
-        moments[task] = (m, v, count)
+        moments[owner] = (m, v, count)
         state, out = train_step(state, batch, key, task=task, settings=settings)
         assert bool(out["finite"])
     # float32 against float64: Adam divides by the root of tiny second moments,
-    # so a few elements differ by ~5e-6; a wrong moment or rate moves them ~1e-3.
+    # so a few elements differ by ~5e-6 (times the multiplier); a wrong moment
+    # or rate moves them ~1e-3.
     for got, want in zip(jax.tree.leaves(state["params"]), flat, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
-    for task, (_, _v, count) in moments.items():
-        assert int(jax.tree.leaves(state["opt_state"][task])[0]) == count  # its own count
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * itm_mul)
+    if per_task:
+        for task, (_, _v, count) in moments.items():
+            assert int(jax.tree.leaves(state["opt_state"][task])[0]) == count  # its own count
 
 
 def test_per_task_moments_need_the_tasks():

@@ -48,6 +48,10 @@ class OptimSettings:
     # The tasks that own moments when `per_task_moments` (set by the
     # pretraining job from its mix, not by the config).
     moment_tasks: tuple[str, ...] = ()
+    # Pretraining: (task, multiplier) pairs; a step of that task moves the
+    # parameters `multiplier` times as far (its AdamW update, decay included,
+    # scaled), with shared or per-task moments. Tasks not listed: 1.
+    task_lr_mul: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -69,10 +73,18 @@ class OptimSettings:
             problems.append(f"image_lr_mul must be finite and >= 0, got {self.image_lr_mul}")
         if self.per_task_moments and not self.moment_tasks:
             problems.append("per_task_moments needs the run's tasks (pretraining sets them)")
+        bad = [f"{t}={m}" for t, m in self.task_lr_mul if not 0 <= m < float("inf")]
+        if bad:
+            problems.append(f"task_lr_mul must be finite and >= 0, got {', '.join(bad)}")
         if self.accumulation < 1:
             problems.append(f"accumulation must be >= 1, got {self.accumulation}")
         if problems:
             raise ConfigError("config optim: " + "; ".join(problems))
+
+
+def task_lr_mul(settings: OptimSettings, task: str) -> float:
+    """How many times the learning rate a step of `task` uses (1 unless set)."""
+    return dict(settings.task_lr_mul).get(task, 1.0)
 
 
 def learning_rate(settings: OptimSettings) -> optax.Schedule:

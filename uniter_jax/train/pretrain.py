@@ -27,10 +27,18 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     model_cfg = inputs.model_config(config.model)
     datasets = inputs.resolve_datasets(config, workdir)
     mix, streams = stream_schedule(datasets, config.tasks, config.optim.accumulation)
-    if config.optim.per_task_moments and mix.draw_every != config.optim.accumulation:
+    per_task = [
+        name
+        for name, on in (
+            ("optim.per_task_moments", config.optim.per_task_moments),
+            ("optim.task_lr_mul", any(m != 1 for m in config.optim.task_lr_mul.values())),
+        )
+        if on
+    ]
+    if per_task and mix.draw_every != config.optim.accumulation:
         raise ConfigError(
-            "optim.per_task_moments with optim.accumulation > 1 needs tasks.draw='update': "
-            "the micro-steps of an update must share a task, and so its moments"
+            f"{' and '.join(per_task)} with optim.accumulation > 1 needs tasks.draw='update': "
+            "the micro-steps of an update must share a task, and so its moments and rate"
         )
     stores = {d.name: inputs.open_stores(d) for d in datasets}
     buckets = shapes.run_buckets(

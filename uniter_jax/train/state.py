@@ -34,8 +34,15 @@ def pretraining_optim(
     section: ml_collections.ConfigDict, streams: Mapping[str, str]
 ) -> OptimSettings:
     """The `optim` section of a pretraining run whose streams train `streams`
-    (stream -> task): the tasks own moments with `per_task_moments`."""
-    return optim_settings(section, moment_tasks=tuple(sorted(set(streams.values()))))
+    (stream -> task): the tasks own moments with `per_task_moments`, and
+    `task_lr_mul` (task -> multiplier) becomes sorted pairs."""
+    fields = section.to_dict()
+    multipliers = fields.pop("task_lr_mul", {})
+    return OptimSettings(
+        **fields,
+        moment_tasks=tuple(sorted(set(streams.values()))),
+        task_lr_mul=tuple(sorted(multipliers.items())),
+    )
 
 
 def layout_from_config(config: ml_collections.ConfigDict) -> Layout:

@@ -28,6 +28,7 @@ from uniter_jax.train.optimizer import (
     learning_rate,
     make_optimizer,
     optimizer_args,
+    task_lr_mul,
 )
 
 # How many times each (kind, task) step has been traced: tests and logs use it
@@ -137,9 +138,10 @@ def abstract_state(settings: StepSettings, layout: Layout) -> dict:
 def _init_state(params: dict, settings: StepSettings) -> dict:
     """With `per_task_moments`, `opt_state` is `{task: optimiser state}`."""
     optimizer, optim = make_optimizer(settings.optim), settings.optim
-    opt_state = optimizer.init(params)
     if optim.per_task_moments:
         opt_state = {task: optimizer.init(params) for task in optim.moment_tasks}
+    else:
+        opt_state = optimizer.init(params)
     return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
 
 
@@ -203,9 +205,11 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
     def update(params, opt_state):
         optimizer = make_optimizer(optim)
         updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+        scale = jnp.float32(task_lr_mul(optim, task))
         if own:  # the schedule at the run's update count (make_optimizer's lr is 1)
-            lr = learning_rate(optim)(state["step"] // optim.accumulation)
-            updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
+            scale = scale * learning_rate(optim)(state["step"] // optim.accumulation)
+        if own or task_lr_mul(optim, task) != 1.0:
+            updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
         return optax.apply_updates(params, updates), opt_state
 
     # A branch, not `where(finite, new, old)` over every array: the select was
