@@ -153,12 +153,14 @@ def test_low_precision_compute_keeps_fp32_state_and_losses(dtype):
     assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
 
 
-@pytest.mark.parametrize("per_task, itm_mul", [(True, 1.0), (True, 3.0), (False, 3.0)])
-def test_per_task_moments_are_adamw_per_task_on_the_runs_schedule(per_task, itm_mul):
+@pytest.mark.parametrize("per_task", [True, False])
+def test_per_task_moments_are_adamw_per_task_on_the_runs_schedule(per_task):
     """With `per_task_moments` each task's AdamW moments and bias correction
     see only that task's gradients, and the learning rate follows the run's
     update count: against a numpy AdamW holding one (m, v, count) per task
-    (or one for all). `task_lr_mul` scales its task's whole update."""
+    (or one for all). `task_lr_mul` scales its task's whole update: ITM's
+    steps at 3 times the rate, MLM's at 1."""
+    itm_mul = 3.0
     optim = OptimSettings(
         lr=1e-2,
         warmup_steps=2,
