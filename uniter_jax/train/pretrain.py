@@ -27,14 +27,9 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
     model_cfg = inputs.model_config(config.model)
     datasets = inputs.resolve_datasets(config, workdir)
     mix, streams = stream_schedule(datasets, config.tasks, config.optim.accumulation)
-    per_task = [
-        name
-        for name, on in (
-            ("optim.per_task_moments", config.optim.per_task_moments),
-            ("optim.task_lr_mul", any(m != 1 for m in config.optim.task_lr_mul.values())),
-        )
-        if on
-    ]
+    per_task = ["optim.per_task_moments"] if config.optim.per_task_moments else []
+    if any(m != 1 for m in config.optim.task_lr_mul.values()):
+        per_task.append("optim.task_lr_mul")
     if per_task and mix.draw_every != config.optim.accumulation:
         raise ConfigError(
             f"{' and '.join(per_task)} with optim.accumulation > 1 needs tasks.draw='update': "

@@ -202,13 +202,15 @@ def _train_step(state: dict, batch: dict, key: jax.Array, *, task: str, settings
     if own and task not in optim.moment_tasks:
         raise ValueError(f"task {task!r} has no moments of its own; tasks: {optim.moment_tasks}")
 
+    mul = task_lr_mul(optim, task)
+
     def update(params, opt_state):
         optimizer = make_optimizer(optim)
         updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
-        scale = jnp.float32(task_lr_mul(optim, task))
+        scale = jnp.float32(mul)
         if own:  # the schedule at the run's update count (make_optimizer's lr is 1)
             scale = scale * learning_rate(optim)(state["step"] // optim.accumulation)
-        if own or task_lr_mul(optim, task) != 1.0:
+        if own or mul != 1.0:
             updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
         return optax.apply_updates(params, updates), opt_state
 
