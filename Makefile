@@ -7,6 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 WORKDIR ?= runs/tiny
+# The default and quick suites in pytest-xdist workers, one per core of CI's
+# two; a test file stays on one worker so its module fixtures are built once.
+# TEST_JOBS=0 runs them in one process. The slow checks run in one process:
+# each already fills both cores (subprocesses, 8 forced devices), and two at
+# once took longer than one after the other (docs/benchmarks.md).
+TEST_JOBS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 # Silence the machine's pip index notes but keep real errors.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
@@ -16,12 +23,12 @@ run: $(VENV)/.run-deps
 	$(PY) main.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
 
 test: $(VENV)/.test-deps lint
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The edit-test loop: no lint, no `slow` or `heavy` tests (tests/conftest.py);
 # under three minutes on 2 CPU cores.
 test-quick: $(VENV)/.test-deps
-	$(PY) -m pytest -q -m "not slow and not heavy"
+	$(PYTEST) -m "not slow and not heavy"
 
 test-slow: $(VENV)/.test-deps
 	$(PY) -m pytest -q -m slow

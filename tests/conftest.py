@@ -2,6 +2,8 @@
 the `heavy` mark that `make test-quick` leaves out."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -9,6 +11,23 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One persistent compilation cache for the whole run, inherited by pytest-xdist
+# workers and by the processes the tests start (main.py runs, multi-host
+# workers): many tests compile the same tiny-model programs, and XLA's cache
+# key is the program, so a hit is the executable a fresh compile would give.
+# A size cap turns on the cache's file lock, which the workers share. Removed
+# at the end by the process that made it; set UNITER_TEST_JAX_CACHE=0 to turn
+# it off (timing one test's compile, say).
+_OWN_CACHE = None
+if (
+    os.environ.get("UNITER_TEST_JAX_CACHE", "1") != "0"
+    and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="uniter-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 # Marked `heavy` (node id prefixes): the checks that compile whole models or
 # run end to end, seconds to a minute each on 2 CPU cores, about three
@@ -55,3 +74,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(HEAVY):
             item.add_marker(pytest.mark.heavy)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
