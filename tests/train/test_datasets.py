@@ -3,6 +3,7 @@ that resumes exactly with per-dataset metrics."""
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from uniter_jax.objectives.tasks import TASKS
 from uniter_jax.sharding import Layout
 from uniter_jax.train import loop
 from uniter_jax.train.datasets import configured_datasets, stream_schedule
+from uniter_jax.train.inputs import resolve_datasets
 from uniter_jax.train.pretrain import pretraining_job
 from uniter_jax.train.step import TRACES
 
@@ -95,7 +97,8 @@ def test_bad_dataset_entries_are_named(change, message):
 
 
 def small_config(*, datasets=("cc", "coco", "sbu", "vg"), total_steps: int = 8):
-    """alldata_tiny on small synthetic corpora (`datasets` of them) and a fixed bucket."""
+    """alldata_tiny on small synthetic corpora (`datasets` of them) and a fixed bucket.
+    (`corpora` below writes the four once; a workdir they are copied into reuses them.)"""
     config = get_config("alldata_tiny")
     for name in set(config.data.datasets) - set(datasets):
         del config.data.datasets[name]
@@ -113,6 +116,22 @@ def small_config(*, datasets=("cc", "coco", "sbu", "vg"), total_steps: int = 8):
 def history(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """`small_config`'s four synthetic corpora, converted through Beam once (half
+    a minute on two cores), and a function that copies them into a workdir:
+    the run finds them there, marked as written for its config, and reads them."""
+    root = tmp_path_factory.mktemp("corpora")
+    resolve_datasets(small_config(), str(root))
+    assert synthetic_corpora.BEAM_INSTALLED  # converted through Beam
+
+    def into(workdir):
+        shutil.copytree(root / "synthetic_corpora", workdir / "synthetic_corpora")
+        return str(workdir)
+
+    return into
 
 
 def test_each_stream_reads_its_own_dataset_in_its_own_order(tmp_path):
@@ -138,11 +157,11 @@ def test_each_stream_reads_its_own_dataset_in_its_own_order(tmp_path):
 
 
 @pytest.mark.slow
-def test_four_datasets_resume_exactly_with_metrics_by_dataset(tmp_path):
+def test_four_datasets_resume_exactly_with_metrics_by_dataset(corpora, tmp_path):
     config = small_config()
     traces = TRACES.copy()
-    whole = loop.train(config, str(tmp_path / "whole"), pretraining_job)
-    split = str(tmp_path / "split")
+    whole = loop.train(config, corpora(tmp_path / "whole"), pretraining_job)
+    split = corpora(tmp_path / "split")
     first = loop.train(config, split, pretraining_job, on_step=interrupt_at_2)
     assert first["status"] == "preempted"
     second = loop.train(config, split, pretraining_job)
@@ -166,19 +185,15 @@ def test_four_datasets_resume_exactly_with_metrics_by_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_measured_mix_matches_the_ratios(tmp_path):
+def test_the_measured_mix_matches_the_ratios(corpora, tmp_path):
     """The four corpora's 16 streams, drawn over 400 micro-steps, against the
     configured ratios (chi-square goodness of fit)."""
-    config = get_config("alldata_tiny")
-    config.data.synthetic_images = 200
-    config.data.buckets = ((16, 20, 8),)
-    config.optim.total_steps = 400
+    config = small_config(total_steps=400)
     config.optim.warmup_steps = 10
     config.log.every_steps = 400
     config.eval.every_steps = 0
     config.checkpoint.every_steps = 400
-    loop.train(config, str(tmp_path / "run"), pretraining_job)
-    assert synthetic_corpora.BEAM_INSTALLED  # converted through Beam
+    loop.train(config, corpora(tmp_path / "run"), pretraining_job)
     (line,) = history(tmp_path / "run")
     ratios = {
         f"{name}/{task}": ratio

@@ -19,12 +19,13 @@ from uniter_jax.train import loop
 from uniter_jax.train.checkpoint import CheckpointError
 from uniter_jax.train.pretrain import pretraining_job
 
-STEPS = 24
+# A save at every step: from the third on, each is a chance to kill one half written.
+STEPS = 10
 ARGS = (
     "--config.data.synthetic_images=40",
     f"--config.optim.total_steps={STEPS}",
     "--config.optim.warmup_steps=2",
-    "--config.log.every_steps=6",
+    "--config.log.every_steps=5",
     "--config.eval.every_steps=0",
     "--config.data.buckets=((16, 12, 8),)",
     "--config.checkpoint.every_steps=1",
