@@ -13,7 +13,8 @@ WORKDIR ?= runs/tiny
 # each already fills both cores (subprocesses, 8 forced devices), and two at
 # once took longer than one after the other (docs/benchmarks.md).
 TEST_JOBS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+# Each run ends with its 25 slowest tests, so a CI log says where time went.
+PYTEST := $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=25
 # Silence the machine's pip index notes but keep real errors.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
@@ -31,7 +32,7 @@ test-quick: $(VENV)/.test-deps
 	$(PYTEST) -m "not slow and not heavy"
 
 test-slow: $(VENV)/.test-deps
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=25
 
 lint: $(VENV)/.test-deps
 	$(VENV)/bin/ruff format --check .
