@@ -177,6 +177,13 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         dict(itm=1.0, mlm=0.0, mrfr=0.0, mrc_kl=0.0, mrc=0.0)
     )
     config.tasks.first_steps = 0
+    # Tasks of the `second_steps` micro-steps after the first phase (0: none).
+    # MRC alone there lets it learn to read overlapping boxes where the other
+    # tasks hold it back (docs/results.md, "A phase of MRC alone").
+    config.tasks.second_mix = ml_collections.ConfigDict(
+        dict(itm=0.0, mlm=0.0, mrfr=0.0, mrc_kl=0.0, mrc=1.0)
+    )
+    config.tasks.second_steps = 0
     # One task per update (all its `optim.accumulation` micro-steps), as the
     # original draws them; "micro_step" draws each micro-step's own.
     config.tasks.draw = "update"

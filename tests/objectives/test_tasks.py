@@ -226,6 +226,25 @@ def test_a_first_phase_draws_only_its_tasks_then_the_mix():
     assert tasks.MixSchedule({"mlm": 1.0}, {"itm": 1.0}, 0).tasks == ("mlm",)
 
 
+def test_a_second_phase_follows_the_first_then_the_mix():
+    mix = tasks.check_mix({"itm": 3, "mlm": 1, "mrfr": 1, "mrc": 1})
+    schedule = tasks.MixSchedule(
+        mix, first={"itm": 1.0, "mrc": 0.2}, first_steps=400, second={"mrc": 1.0}, second_steps=150
+    )
+    draws = [tasks.task_for_step(schedule.at(s), 0, s) for s in range(2_000)]
+    assert set(draws[:400]) == {"itm", "mrc"}
+    assert set(draws[400:550]) == {"mrc"}
+    assert draws[550:] == [tasks.task_for_step(mix, 0, s) for s in range(550, 2_000)]
+    # Without a first phase the second starts at the first micro-step.
+    alone = tasks.MixSchedule(mix, second={"mrc": 1.0}, second_steps=150)
+    assert [alone.at(s) for s in (0, 149, 150)] == [{"mrc": 1.0}, {"mrc": 1.0}, mix]
+    assert tasks.MixSchedule({"mlm": 1.0}, second={"mrc": 1.0}, second_steps=5).tasks == (
+        "mlm",
+        "mrc",
+    )
+    assert tasks.MixSchedule({"mlm": 1.0}, second={"mrc": 1.0}).tasks == ("mlm",)
+
+
 def test_one_draw_per_update_shares_the_stream_of_its_micro_steps():
     mix = tasks.check_mix({"itm": 2, "mlm": 2, "mrfr": 1, "mrc_kl": 1})
     each = tasks.MixSchedule(mix)
@@ -252,3 +271,12 @@ def test_one_draw_per_update_shares_the_stream_of_its_micro_steps():
 def test_bad_first_phase_is_named(first, steps, message):
     with pytest.raises(ValueError, match=message):
         tasks.MixSchedule({"itm": 1.0}, first, steps)
+
+
+@pytest.mark.parametrize(
+    ("second", "steps", "message"),
+    [({}, 10, "second_mix gives no task"), ({"mrc": 1}, -1, "second_steps must be >= 0")],
+)
+def test_bad_second_phase_is_named(second, steps, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.MixSchedule({"itm": 1.0}, second=second, second_steps=steps)

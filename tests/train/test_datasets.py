@@ -78,6 +78,28 @@ def test_the_first_mix_is_shared_by_each_dataset_ratio():
     assert schedule.at(99) == schedule.first and schedule.at(100) == schedule.mix
 
 
+def test_the_second_mix_is_shared_by_each_dataset_ratio_after_the_first():
+    config = get_config("alldata_tiny")
+    config.tasks.first_steps = 100
+    config.tasks.first_mix = {"itm": 1.0}
+    config.tasks.second_steps = 50
+    config.tasks.second_mix = {"mlm": 1.0, "mrc": 0.5}
+    schedule, streams = stream_schedule(configured_datasets(config), config.tasks)
+    # No dataset mixes MRC in (the setup's ratios are ITM, MLM, MRFR, MRC-kl):
+    # its weight is shared evenly, and each dataset gets an MRC stream.
+    mlm = {"coco": 8, "vg": 12, "cc": 12, "sbu": 8}
+    expected = {f"{n}/mlm": r / sum(mlm.values()) for n, r in mlm.items()}
+    expected.update({f"{n}/mrc": 0.5 / 4 for n in mlm})
+    assert schedule.second == pytest.approx(expected)
+    assert all(streams[f"{n}/mrc"] == "mrc" for n in mlm)
+    assert (schedule.at(99), schedule.at(100), schedule.at(149)) == (
+        schedule.first,
+        schedule.second,
+        schedule.second,
+    )
+    assert schedule.at(150) == schedule.mix
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -57,6 +57,11 @@ def test_the_mix_schedule_comes_from_the_tasks_section():
     schedule = mix_schedule(config)
     assert (schedule.first, schedule.first_steps) == ({"itm": 1.0}, 3000)
     assert schedule.at(2999) == {"itm": 1.0} and schedule.at(3000) == dict(schedule.mix)
+    assert mix_schedule(config).second_steps == 0  # no second phase by default
+    section.second_steps = 1500
+    schedule = mix_schedule(config)
+    assert (schedule.second, schedule.second_steps) == ({"mrc": 1.0}, 1500)  # MRC alone
+    assert schedule.at(3000) == {"mrc": 1.0} and schedule.at(4500) == dict(schedule.mix)
     task_settings(section, VOCAB)  # the schedule's keys are not unknown task settings
     section.first_mix = {"nsp": 1.0}
     with pytest.raises(ValueError, match="unknown tasks"):

@@ -301,31 +301,41 @@ def check_mix(mix: Mapping[str, float]) -> dict[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class MixSchedule:
-    """The task mix by micro-step: `first` for the first `first_steps`, `mix` after.
+    """The task mix by micro-step: `first` for the first `first_steps`, then
+    `second` for the next `second_steps`, then `mix`.
 
     A first phase of ITM alone lets ITM leave chance on images where the
     regions a caption names are few among many; the full mix from the start
-    holds it there longer (docs/results.md, "Dilution alone").
+    holds it there longer (docs/results.md, "Dilution alone"). A second phase
+    of MRC alone after it lets MRC learn to read overlapping boxes where the
+    other tasks hold it back, without stalling the first phase's ITM
+    (docs/results.md, "A phase of MRC alone").
     """
 
     mix: dict[str, float]
     first: dict[str, float] = dataclasses.field(default_factory=dict)
     first_steps: int = 0
+    second: dict[str, float] = dataclasses.field(default_factory=dict)
+    second_steps: int = 0
     # Micro-steps that share one draw: 1, each draws its own task; the
     # accumulation, one task per update, as the original's MetaLoader.
     draw_every: int = 1
 
     def __post_init__(self):
-        if self.first_steps < 0:
-            raise ConfigError(f"tasks.first_steps must be >= 0, got {self.first_steps}")
+        for phase in ("first", "second"):
+            steps = getattr(self, f"{phase}_steps")
+            if steps < 0:
+                raise ConfigError(f"tasks.{phase}_steps must be >= 0, got {steps}")
+            if steps and not getattr(self, phase):
+                raise ConfigError(f"tasks.{phase}_steps is set but tasks.{phase}_mix gives no task")
         if self.draw_every < 1:
             raise ConfigError(f"micro-steps per task draw must be >= 1, got {self.draw_every}")
-        if self.first_steps and not self.first:
-            raise ConfigError("tasks.first_steps is set but tasks.first_mix gives no task")
 
     def at(self, step: int) -> dict[str, float]:
         """The mix that draws the task of micro-step `step`."""
-        return self.first if step < self.first_steps else self.mix
+        if step < self.first_steps:
+            return self.first
+        return self.second if step < self.first_steps + self.second_steps else self.mix
 
     def stream(self, step: int, seed: int) -> str:
         """The stream micro-step `step` trains: one draw (`task_for_step`, keyed
@@ -338,7 +348,8 @@ class MixSchedule:
     def tasks(self) -> tuple[str, ...]:
         """Every task some step may draw, sorted."""
         first = set(self.first) if self.first_steps else set()
-        return tuple(sorted(set(self.mix) | first))
+        second = set(self.second) if self.second_steps else set()
+        return tuple(sorted(set(self.mix) | first | second))
 
 
 def task_for_step(mix: Mapping[str, float], seed: int, step: int) -> str:

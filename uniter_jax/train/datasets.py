@@ -138,31 +138,42 @@ def stream_schedule(
     micro-step; "update" one for each update of `accumulation` micro-steps, as
     the original's `MetaLoader` does, so an update never mixes tasks.
 
-    `tasks.first_mix` (for the first `tasks.first_steps` micro-steps) names
-    tasks; each task's weight is shared among the datasets that train it in
+    `tasks.first_mix` (for the first `tasks.first_steps` micro-steps) and
+    `tasks.second_mix` (for the `tasks.second_steps` after them) name tasks;
+    each task's weight is shared among the datasets that train it in
     proportion to their ratios for it (evenly where no dataset mixes it in)."""
     streams = {d.stream(t): t for d in datasets for t in d.mix}
     mix = {d.stream(t): r for d in datasets for t, r in d.mix.items()}
-    first_steps = int(section.get("first_steps", 0))
     draw = section.get("draw", "micro_step")
     if draw not in DRAWS:
         raise ConfigError(f"tasks.draw must be one of {DRAWS}, got {draw!r}")
-    first_mix = section.get("first_mix")
-    first: dict[str, float] = {}
-    if first_steps and first_mix is not None:
-        for task, weight in check_mix(first_mix.to_dict()).items():
-            # A task no dataset mixes in later is shared evenly.
-            having = {d.name: d.mix[task] for d in datasets if task in d.mix} or {
-                d.name: 1.0 for d in datasets
-            }
-            total = sum(having.values())
-            for d in datasets:
-                if d.name in having:
-                    first[d.stream(task)] = weight * having[d.name] / total
-                    streams[d.stream(task)] = task
+    phases: dict = {}
+    for phase in ("first", "second"):
+        steps = int(section.get(f"{phase}_steps", 0))
+        tasks = section.get(f"{phase}_mix")
+        by_stream = phase_streams(datasets, tasks.to_dict()) if steps and tasks else {}
+        streams.update({stream: task for stream, (task, _) in by_stream.items()})
+        phases[phase] = {stream: weight for stream, (_, weight) in by_stream.items()}
+        phases[f"{phase}_steps"] = steps
     draw_every = accumulation if draw == "update" else 1
-    schedule = MixSchedule(mix=mix, first=first, first_steps=first_steps, draw_every=draw_every)
+    schedule = MixSchedule(mix=mix, draw_every=draw_every, **phases)
     return schedule, streams
+
+
+def phase_streams(datasets: list[Dataset], tasks: dict[str, float]) -> dict[str, tuple[str, float]]:
+    """Each stream of a phase's task weights, as `stream -> (task, weight)`:
+    a task's weight shared among the datasets that mix it in, by their ratios
+    for it (evenly where none does)."""
+    by_stream = {}
+    for task, weight in check_mix(tasks).items():
+        having = {d.name: d.mix[task] for d in datasets if task in d.mix} or {
+            d.name: 1.0 for d in datasets
+        }
+        total = sum(having.values())
+        for d in datasets:
+            if d.name in having:
+                by_stream[d.stream(task)] = (task, weight * having[d.name] / total)
+    return by_stream
 
 
 def stream_seed_index(datasets: list[Dataset], dataset: Dataset, task: str) -> tuple[int, int]:

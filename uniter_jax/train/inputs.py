@@ -282,7 +282,7 @@ def check_batches(data: ml_collections.ConfigDict, layout: Layout) -> None:
 # Fields of `TaskSettings` that come from the text store, not the config.
 _VOCAB_FIELDS = ("mask_id", "special_ids", "random_range")
 # Keys of the `tasks` section that schedule the tasks (`job.mix_schedule`).
-_MIX_KEYS = ("mix", "first_mix", "first_steps", "draw")
+_MIX_KEYS = ("mix", "first_mix", "first_steps", "second_mix", "second_steps", "draw")
 
 
 def task_settings(section: ml_collections.ConfigDict, vocab: dict) -> TaskSettings:
