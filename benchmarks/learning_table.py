@@ -222,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--preset", default="tiny", help="configs/pretrain.py variant")
     parser.add_argument("--steps", type=int, default=0, help="pretraining updates; 0: the preset's")
-    parser.add_argument("--vqa-steps", type=int, default=1000)
+    parser.add_argument(
+        "--vqa-steps",
+        type=int,
+        default=3000,
+        help="VQA fine-tuning updates, from the pretrained weights and from scratch; at "
+        "1,000 one run stayed at the per-type prior (docs/results.md, 'A phase of MRC alone')",
+    )
     parser.add_argument(
         "--set",
         action="append",
