@@ -16,6 +16,7 @@ regions alone teach becomes a baseline for MLM and MRC.
   python benchmarks/learning_table.py --out runs/learning       # all worlds, seeds 0 1, tiny
   python benchmarks/learning_table.py --out runs/learning --worlds clutter --seeds 0
   python benchmarks/learning_table.py --out runs/learning --worlds clutter --control
+  python benchmarks/learning_table.py --out runs/learning --vqa-runs 3 --reuse  # more VQA seeds
 
 Writes `table.md` (world x seed x metric x baseline) and `table.json` under
 `--out`; exits 1 if any row misses a margin.
@@ -79,9 +80,13 @@ def main_py(workdir: str, config: str, overrides: dict, log: str) -> None:
             raise RuntimeError(f"{' '.join(command)} failed:\n{f.read()[-3000:]}")
 
 
-def pretrain_validation(workdir: str, preset: str, settings: dict) -> dict[str, float]:
-    """Pretrains with `settings` into `workdir`; the final validation metrics."""
-    main_py(workdir, f"configs/pretrain.py:{preset}", settings, workdir + ".log")
+def pretrain_validation(
+    workdir: str, preset: str, settings: dict, reuse: bool = False
+) -> dict[str, float]:
+    """Pretrains with `settings` into `workdir` (unless `reuse` and it holds a
+    report); the final validation metrics."""
+    if not (reuse and os.path.exists(os.path.join(workdir, "pretrain_report.json"))):
+        main_py(workdir, f"configs/pretrain.py:{preset}", settings, workdir + ".log")
     with open(os.path.join(workdir, "pretrain_report.json")) as f:
         return json.load(f)["validation"]
 
@@ -102,6 +107,18 @@ def vqa_accuracy(workdir: str) -> float:
         return float(json.load(f)["validation"]["val/vqa/accuracy"])
 
 
+def vqa_seeds(seed: int, runs: int) -> list[int]:
+    """Fine-tuning seeds of a row: the world's seed first (a one-run row is
+    unchanged), then steps of 100 so rows' seeds never meet."""
+    return [seed + 100 * k for k in range(runs)]
+
+
+def vqa_workdir(root: str, start_from: str, seed: int, first: int) -> str:
+    """`vqa-pretrained` for the row's first seed (as before several seeds), else `-seedN`."""
+    name = f"vqa-{start_from}" + ("" if seed == first else f"-seed{seed}")
+    return os.path.join(root, name)
+
+
 def run(
     name: str,
     seed: int,
@@ -111,12 +128,17 @@ def run(
     vqa_steps: int,
     overrides: dict[str, str] | None = None,
     control: bool = False,
+    vqa_runs: int = 1,
+    reuse: bool = False,
 ) -> dict:
     """One row: the world written, its baselines, pretraining (the preset with
     `overrides`, `--config.KEY=VALUE` each), hard-negative ITM and VQA. With
     `control`, also the same pretraining without attention between words and
     regions, whose MLM and MRC become baselines (what the text and the other
-    regions give without grounding)."""
+    regions give without grounding). VQA is fine-tuned `vqa_runs` times from
+    each start, with different seeds; the row holds each run and their mean.
+    With `reuse`, a run whose report is already under `out` is read, not run
+    again (to add fine-tuning seeds to a finished row)."""
     root = os.path.join(out, f"{name}-seed{seed}")
     world = os.path.join(root, "world")
     config = dataclasses.replace(scenes.WORLDS[name], seed=seed)
@@ -140,10 +162,10 @@ def run(
         **(overrides or {}),
     }
     pretrain = os.path.join(root, "pretrain")
-    row["pretrain"] = pretrain_validation(pretrain, preset, settings)
+    row["pretrain"] = pretrain_validation(pretrain, preset, settings, reuse)
     if control:
         row["control"] = pretrain_validation(
-            pretrain + "-control", preset, {**settings, CROSS_MODAL: False}
+            pretrain + "-control", preset, {**settings, CROSS_MODAL: False}, reuse
         )
     row["itm_hard"] = hard_itm(os.path.join(pretrain, "model"), world)
     vqa = {
@@ -153,11 +175,18 @@ def run(
         "optim.total_steps": vqa_steps,
         "eval.every_steps": vqa_steps,
     }
+    seeds = vqa_seeds(seed, vqa_runs)
     for start_from in ("pretrained", "scratch"):
-        workdir = os.path.join(root, f"vqa-{start_from}")
         init = {"init_from": os.path.join(pretrain, "model")} if start_from == "pretrained" else {}
-        main_py(workdir, f"configs/finetune_vqa.py:{preset}", {**vqa, **init}, workdir + ".log")
-        row[f"vqa_{start_from}"] = vqa_accuracy(workdir)
+        runs = {}
+        for run_seed in seeds:
+            workdir = vqa_workdir(root, start_from, run_seed, seeds[0])
+            if not (reuse and os.path.exists(os.path.join(workdir, "finetune_vqa_report.json"))):
+                finetune = {**vqa, **init, "seed": run_seed}
+                main_py(workdir, f"configs/finetune_vqa.py:{preset}", finetune, workdir + ".log")
+            runs[run_seed] = vqa_accuracy(workdir)
+        row[f"vqa_{start_from}_runs"] = runs
+        row[f"vqa_{start_from}"] = float(np.mean(list(runs.values())))
     row["seconds"] = time.perf_counter() - start
     row["checks"] = checks(row)
     return row
@@ -212,6 +241,15 @@ def markdown(rows: list[dict]) -> str:
         cells = [f"{model[k]:.3f} / {rule[k]:.3f}" if k in model else "" for k in kinds]
         lines.append(f"| {row['world']} | {row['seed']} | " + " | ".join(cells) + " |")
     lines.append("\nHard negatives by kind: the model's pairwise accuracy / the rule's.")
+    several = [row for row in rows if len(row.get("vqa_pretrained_runs", {})) > 1]
+    if several:
+        lines.append("\nVQA by fine-tuning seed (the checks use the means):\n")
+        for row in several:
+            runs = [
+                ", ".join(f"{v:.3f}" for v in row[f"vqa_{start}_runs"].values())
+                for start in ("pretrained", "scratch")
+            ]
+            lines.append(f"- {row['world']} {row['seed']}: pretrained {runs[0]}; scratch {runs[1]}")
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +266,19 @@ def main(argv: list[str] | None = None) -> int:
         default=3000,
         help="VQA fine-tuning updates, from the pretrained weights and from scratch; at "
         "1,000 one run stayed at the per-type prior (docs/results.md, 'A phase of MRC alone')",
+    )
+    parser.add_argument(
+        "--vqa-runs",
+        type=int,
+        default=1,
+        help="VQA fine-tuning runs from each start, each with its own seed; the "
+        "checks compare their means (one run can sit at the prior: docs/results.md)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the runs whose reports are already under --out instead of running "
+        "them again (e.g. to add --vqa-runs to a finished table)",
     )
     parser.add_argument(
         "--set",
@@ -262,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.vqa_steps,
                 overrides,
                 args.control,
+                args.vqa_runs,
+                args.reuse,
             )
             rows.append(row)
             print(markdown(rows[-1:]), flush=True)

@@ -102,3 +102,29 @@ def test_a_bar_above_one_is_marked_unreachable():
     ]
     text = learning_table.markdown([exact])
     assert "| clutter | 0 | mrc | 0.970 | 1.000 | 0.05 | **no** (bar above 1) |" in text
+
+
+def test_fine_tuning_seeds_start_at_the_row_seed_and_never_meet_another_rows():
+    rows = {seed: learning_table.vqa_seeds(seed, 3) for seed in range(3)}
+    assert [seeds[0] for seeds in rows.values()] == [0, 1, 2]  # one run: as before
+    drawn = [s for seeds in rows.values() for s in seeds]
+    assert len(set(drawn)) == len(drawn) == 9
+    first = learning_table.vqa_workdir("r", "scratch", 1, 1)
+    other = learning_table.vqa_workdir("r", "scratch", 101, 1)
+    assert first == os.path.join("r", "vqa-scratch") and other.endswith("vqa-scratch-seed101")
+
+
+def test_several_fine_tuning_runs_are_listed_and_checked_by_their_mean():
+    runs = {"pretrained": {0: 0.70, 100: 0.60, 200: 0.62}, "scratch": {0: 0.55, 100: 0.61}}
+    several = row(
+        vqa_pretrained=sum(runs["pretrained"].values()) / 3,
+        vqa_scratch=0.58,
+        vqa_pretrained_runs=runs["pretrained"],
+        vqa_scratch_runs=runs["scratch"],
+    )
+    several["checks"] = learning_table.checks(several)
+    assert several["checks"]["vqa_scratch"]["value"] == pytest.approx(0.64)
+    assert several["checks"]["vqa_scratch"]["pass"]  # 0.64 >= 0.58 + 0.02
+    text = learning_table.markdown([several])
+    assert "- clutter 0: pretrained 0.700, 0.600, 0.620; scratch 0.550, 0.610" in text
+    assert "VQA by fine-tuning seed" not in learning_table.markdown([row() | {"checks": {}}])
