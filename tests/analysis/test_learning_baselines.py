@@ -165,7 +165,7 @@ def test_mrc_copy_and_prior_by_hand(mrc_store):
     # Training images count once each (were t1 counted three times, class 1
     # would be the prior). v1 is scored twice (two captions): copy 5 of 6
     # regions, prior 1 of 6; v2: neither.
-    got.pop("mrc_box")
+    got.pop("mrc_box"), got.pop("mrc_copy_box")
     assert got == pytest.approx({"mrc_copy": 10 / 13, "mrc_prior": 2 / 13}, abs=1e-12)
 
 
@@ -190,6 +190,33 @@ def test_mrc_box_prior_by_hand(tmp_path):
     got = lb.mrc_baselines(["t"], ["v"], store, SELECTION)
     assert got["mrc_box"] == pytest.approx(3 / 4, abs=1e-12)
     assert got["mrc_prior"] == pytest.approx(2 / 4, abs=1e-12)
+
+
+def test_mrc_copy_box_copies_only_a_box_on_the_same_object(tmp_path):
+    """The joined rule: copy where another box overlaps by IoU over 0.5 (a
+    second box on one object), else the box prior; it beats both rules it joins."""
+
+    def r(box, label):
+        return (box, 0.9, {label: 0.7})
+
+    images = {
+        # Upper-left small boxes are class 1 (the prior too), lower-right wide ones class 2.
+        "t": [r((0, 0, 40, 40), 1), r((10, 10, 50, 50), 1), r((500, 400, 640, 480), 2)],
+        "v": [
+            # a and b touch (IoU 0.03): the copy swaps their classes (both miss);
+            # the joined rule takes the box prior, 1, for both (a hits).
+            r((0, 0, 40, 40), 1),
+            r((30, 30, 70, 70), 4),
+            # c and d are one object's two boxes (IoU 0.96) of a class the box
+            # prior never gives there: the copy hits both, the box prior neither.
+            r((500, 400, 640, 480), 5),
+            r((505, 400, 640, 480), 5),
+        ],
+    }
+    store = labelled_store(tmp_path / "images", images, NUM_MRC_LABELS)
+    got = lb.mrc_baselines(["t"], ["v"], store, SELECTION)
+    want = {"mrc_copy": 2 / 4, "mrc_box": 1 / 4, "mrc_prior": 1 / 4, "mrc_copy_box": 3 / 4}
+    assert got == pytest.approx(want, abs=1e-12)
 
 
 # ---------------------------------------------------------------- the detector-label ITM rule

@@ -22,6 +22,7 @@ def row(**changes) -> dict:
             "mrc_copy": 0.10,
             "mrc_prior": 0.12,
             "mrc_box": 0.20,
+            "mrc_copy_box": 0.18,
             "vqa_type_prior": 0.55,
         },
         "pretrain": {
@@ -53,9 +54,11 @@ def test_every_metric_clears_its_baseline():
 @pytest.mark.parametrize(
     "changes, metric",
     [
-        # MRC must clear the strongest of the copy rule, the class and the box prior.
+        # MRC must clear the strongest of the copy rule, the class prior, the box
+        # prior and the joined copy/box rule.
         ({"pretrain:val/mrc/accuracy": 0.24}, "mrc"),
         ({"baselines:mrc_copy": 0.28}, "mrc"),
+        ({"baselines:mrc_copy_box": 0.26}, "mrc"),
         ({"itm_hard:all": 0.81}, "itm_hard"),
         ({"pretrain:val/itm/wra_matched": 0.46}, "wra"),
         ({"pretrain:val/mlm/accuracy": 0.64}, "mlm"),

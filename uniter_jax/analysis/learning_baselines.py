@@ -17,6 +17,10 @@ learning anything from region features.
   mrc_box      the most frequent training class of regions whose box falls in
                the same coarse bin (centre in a 4 x 4 grid, width in 8 bins):
                what the box alone tells, such as sky above and floor below
+  mrc_copy_box the two rules joined: the class of the most overlapping other
+               region where it overlaps by IoU over COPY_IOU (a second box on
+               the same object), else the box prior: the strongest of the
+               MRC rules where sibling boxes are some of the regions
   probe        nearest-class-mean accuracy of one object region's feature
                (fitted on half the objects, scored on the other half) and
                the share of the feature variance that the class explains:
@@ -127,6 +131,10 @@ def mlm_ngram(train: TextStore, val: TextStore) -> float:
     return hits / total
 
 
+# Overlap above which another box is taken for the same object (mrc_copy_box).
+COPY_IOU = 0.5
+
+
 def _targets(regions: ImageRegions, n: int) -> np.ndarray:
     return np.argmax(regions.soft_labels[:n, 1:].astype(np.float32), axis=-1) + 1
 
@@ -145,7 +153,8 @@ def mrc_baselines(
             by_box[key][target] += 1
     prior = counts.most_common(1)[0][0]
     box_prior = {key: c.most_common(1)[0][0] for key, c in by_box.items()}
-    hits: dict[str, list] = {"mrc_copy": [], "mrc_prior": [], "mrc_box": []}
+    hits: dict[str, list] = {name: [] for name in ("mrc_copy", "mrc_prior", "mrc_box")}
+    hits["mrc_copy_box"] = []
     for image_id in val_ids:  # once per caption, as validation masks each caption's image
         regions = images.get(image_id)
         n = _kept(regions, selection)
@@ -158,6 +167,8 @@ def mrc_baselines(
         hits["mrc_copy"] += (copied == targets).tolist()
         hits["mrc_prior"] += (targets == prior).tolist()
         hits["mrc_box"] += (boxed == targets).tolist()
+        joined = np.where(iou.max(axis=1) > COPY_IOU, targets[nearest], boxed)
+        hits["mrc_copy_box"] += (joined == targets).tolist()
     return {name: float(np.mean(values)) for name, values in hits.items()}
 
 
