@@ -82,13 +82,39 @@ def main_py(workdir: str, config: str, overrides: dict, log: str) -> None:
             raise RuntimeError(f"{' '.join(command)} failed:\n{f.read()[-3000:]}")
 
 
+def run_once(workdir: str, config: str, overrides: dict, report: str, reuse: bool) -> None:
+    """Runs `main.py` into `workdir` and records its settings beside it
+    (`<workdir>.settings.json`). With `reuse`, a workdir that already holds
+    `report` from the same settings is kept; one from other settings, or
+    whose settings were not recorded, is an error naming the keys."""
+    settings = json.loads(json.dumps({"config": config, **overrides}, default=str))
+    record = workdir + ".settings.json"
+    if reuse and os.path.exists(os.path.join(workdir, report)):
+        if not os.path.exists(record):
+            raise RuntimeError(
+                f"--reuse: {workdir} holds {report} but not {record}, so its settings are "
+                "unknown; remove the folder or run without --reuse"
+            )
+        with open(record) as f:
+            ran = json.load(f)
+        differ = sorted(k for k in ran.keys() | settings.keys() if ran.get(k) != settings.get(k))
+        if differ:
+            raise RuntimeError(
+                f"--reuse: {workdir} was run with other settings ({', '.join(differ)}); "
+                "remove the folder, use another --out or run without --reuse"
+            )
+        return
+    main_py(workdir, config, overrides, workdir + ".log")
+    with open(record, "w") as f:
+        json.dump(settings, f, indent=1)
+
+
 def pretrain_validation(
     workdir: str, preset: str, settings: dict, reuse: bool = False
 ) -> dict[str, float]:
-    """Pretrains with `settings` into `workdir` (unless `reuse` and it holds a
-    report); the final validation metrics."""
-    if not (reuse and os.path.exists(os.path.join(workdir, "pretrain_report.json"))):
-        main_py(workdir, f"configs/pretrain.py:{preset}", settings, workdir + ".log")
+    """Pretrains with `settings` into `workdir` (see `run_once` for `reuse`);
+    the final validation metrics."""
+    run_once(workdir, f"configs/pretrain.py:{preset}", settings, "pretrain_report.json", reuse)
     with open(os.path.join(workdir, "pretrain_report.json")) as f:
         return json.load(f)["validation"]
 
@@ -139,8 +165,8 @@ def run(
     regions, whose MLM and MRC become baselines (what the text and the other
     regions give without grounding). VQA is fine-tuned `vqa_runs` times from
     each start, with different seeds; the row holds each run and their mean.
-    With `reuse`, a run whose report is already under `out` is read, not run
-    again (to add fine-tuning seeds to a finished row)."""
+    With `reuse`, a run whose report is already under `out`, from the same
+    settings, is read, not run again (to add fine-tuning seeds to a finished row)."""
     root = os.path.join(out, f"{name}-seed{seed}")
     world = os.path.join(root, "world")
     config = dataclasses.replace(scenes.WORLDS[name], seed=seed)
@@ -183,9 +209,9 @@ def run(
         runs = {}
         for run_seed in seeds:
             workdir = vqa_workdir(root, start_from, run_seed, seeds[0])
-            if not (reuse and os.path.exists(os.path.join(workdir, "finetune_vqa_report.json"))):
-                finetune = {**vqa, **init, "seed": run_seed}
-                main_py(workdir, f"configs/finetune_vqa.py:{preset}", finetune, workdir + ".log")
+            finetune = {**vqa, **init, "seed": run_seed}
+            config = f"configs/finetune_vqa.py:{preset}"
+            run_once(workdir, config, finetune, "finetune_vqa_report.json", reuse)
             runs[run_seed] = vqa_accuracy(workdir)
         row[f"vqa_{start_from}_runs"] = runs
         row[f"vqa_{start_from}"] = float(np.mean(list(runs.values())))
@@ -279,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="read the runs whose reports are already under --out instead of running "
-        "them again (e.g. to add --vqa-runs to a finished table)",
+        help="read the runs already under --out instead of running them again (e.g. to "
+        "add --vqa-runs to a finished table); a run made with other settings is an error",
     )
     parser.add_argument(
         "--set",

@@ -1,5 +1,6 @@
 """learning_table.py's verdicts: each metric against its strongest baseline plus its margin."""
 
+import functools
 import os
 import sys
 
@@ -131,3 +132,27 @@ def test_several_fine_tuning_runs_are_listed_and_checked_by_their_mean():
     text = learning_table.markdown([several])
     assert "- clutter 0: pretrained 0.700, 0.600, 0.620; scratch 0.550, 0.610" in text
     assert "VQA by fine-tuning seed" not in learning_table.markdown([row() | {"checks": {}}])
+
+
+def test_reuse_keeps_a_run_only_with_the_same_settings(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_main_py(workdir, config, overrides, log):
+        ran.append(dict(overrides))
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "report.json"), "w") as f:
+            f.write("{}")
+
+    monkeypatch.setattr(learning_table, "main_py", fake_main_py)
+    workdir = str(tmp_path / "vqa-scratch")
+    once = functools.partial(learning_table.run_once, workdir, "configs/x.py:tiny")
+    once({"seed": 0, "optim.total_steps": 30}, "report.json", reuse=True)  # nothing there yet
+    once({"seed": 0, "optim.total_steps": 30}, "report.json", reuse=True)  # kept
+    assert len(ran) == 1
+    with pytest.raises(RuntimeError, match=r"other settings \(optim.total_steps\)"):
+        once({"seed": 0, "optim.total_steps": 40}, "report.json", reuse=True)
+    once({"seed": 0, "optim.total_steps": 40}, "report.json", reuse=False)  # runs again
+    assert [r["optim.total_steps"] for r in ran] == [30, 40]
+    os.remove(workdir + ".settings.json")
+    with pytest.raises(RuntimeError, match="settings are unknown"):
+        once({"seed": 0, "optim.total_steps": 40}, "report.json", reuse=True)

@@ -153,8 +153,9 @@ def mrc_baselines(
             by_box[key][target] += 1
     prior = counts.most_common(1)[0][0]
     box_prior = {key: c.most_common(1)[0][0] for key, c in by_box.items()}
-    hits: dict[str, list] = {name: [] for name in ("mrc_copy", "mrc_prior", "mrc_box")}
-    hits["mrc_copy_box"] = []
+    hits: dict[str, list] = {
+        name: [] for name in ("mrc_copy", "mrc_prior", "mrc_box", "mrc_copy_box")
+    }
     for image_id in val_ids:  # once per caption, as validation masks each caption's image
         regions = images.get(image_id)
         n = _kept(regions, selection)
