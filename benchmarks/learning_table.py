@@ -203,15 +203,14 @@ def run(
         "optim.total_steps": vqa_steps,
         "eval.every_steps": vqa_steps,
     }
-    seeds = vqa_seeds(seed, vqa_runs)
+    seeds, vqa_config = vqa_seeds(seed, vqa_runs), f"configs/finetune_vqa.py:{preset}"
     for start_from in ("pretrained", "scratch"):
         init = {"init_from": os.path.join(pretrain, "model")} if start_from == "pretrained" else {}
         runs = {}
         for run_seed in seeds:
             workdir = vqa_workdir(root, start_from, run_seed, seeds[0])
             finetune = {**vqa, **init, "seed": run_seed}
-            config = f"configs/finetune_vqa.py:{preset}"
-            run_once(workdir, config, finetune, "finetune_vqa_report.json", reuse)
+            run_once(workdir, vqa_config, finetune, "finetune_vqa_report.json", reuse)
             runs[run_seed] = vqa_accuracy(workdir)
         row[f"vqa_{start_from}_runs"] = runs
         row[f"vqa_{start_from}"] = float(np.mean(list(runs.values())))
