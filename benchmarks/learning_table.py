@@ -280,6 +280,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
@@ -289,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="pretraining updates; 0: the preset's")
     parser.add_argument(
         "--vqa-steps",
-        type=int,
+        type=positive,
         default=3000,
         help="VQA fine-tuning updates, from the pretrained weights and from scratch; at "
         "1,000 one run stayed at the per-type prior (docs/results.md, 'A phase of MRC alone')",
     )
     parser.add_argument(
         "--vqa-runs",
-        type=int,
+        type=positive,
         default=1,
         help="VQA fine-tuning runs from each start, each with its own seed; the "
         "checks compare their means (one run can sit at the prior: docs/results.md)",

@@ -156,3 +156,16 @@ def test_reuse_keeps_a_run_only_with_the_same_settings(tmp_path, monkeypatch):
     os.remove(workdir + ".settings.json")
     with pytest.raises(RuntimeError, match="settings are unknown"):
         once({"seed": 0, "optim.total_steps": 40}, "report.json", reuse=True)
+
+
+@pytest.mark.parametrize("flag", ["--vqa-runs", "--vqa-steps"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_no_fine_tuning_runs_or_updates_is_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, flag, value
+):
+    # The mean of no runs would be NaN in the table.
+    monkeypatch.setattr(learning_table, "run", lambda *a, **k: pytest.fail("a row was run"))
+    with pytest.raises(SystemExit):
+        learning_table.main(["--out", str(tmp_path / "out"), flag, value])
+    assert "at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
