@@ -84,6 +84,9 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # training features' principal directions) or classes (the directions that
     # separate the detector's classes; uniter_jax/train/image_init.py).
     config.image_init = "random"
+    # Start of the attention's query and key kernels: random (the original) or
+    # mimetic (query-key product near the identity; uniter_jax/train/attention_init.py).
+    config.attention_init = "random"
 
     config.model = ml_collections.ConfigDict()
     config.model.preset = arg  # tiny | base | large: sizes from UniterConfig presets

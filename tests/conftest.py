@@ -53,6 +53,7 @@ HEAVY = (
     "tests/test_sharding.py::test_itm_and_mlm_steps_on_a_2x2x2_mesh",
     "tests/test_sharding.py::test_a_non_finite_step_on_a_mesh",
     "tests/train/test_image_init.py::test_initial_params_start_from_the_directions",
+    "tests/train/test_attention_init.py",
     "tests/model/test_model_numerics.py::test_scan_and_remat_match_plain_stack",
     # Objectives against numpy and PyTorch, the text stack against HuggingFace
     # (the encoder and heads against numpy stay in the quick tier).

@@ -13,7 +13,7 @@ from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
 from uniter_jax.model.config import ConfigError
 from uniter_jax.sharding import Layout
-from uniter_jax.train import inputs, shapes
+from uniter_jax.train import attention_init, inputs, shapes
 from uniter_jax.train.datasets import Dataset, stream_schedule
 from uniter_jax.train.evaluate import eval_tasks, evaluate
 from uniter_jax.train.image_init import class_directions, principal_directions
@@ -24,6 +24,11 @@ from uniter_jax.train.step import StepSettings
 
 def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Job:
     """The pretraining streams of the configured (or synthetic) datasets."""
+    if config.attention_init not in attention_init.STARTS:
+        raise ConfigError(
+            f"config.attention_init is {config.attention_init!r}: choose one of "
+            f"{', '.join(attention_init.STARTS)}"
+        )
     model_cfg = inputs.model_config(config.model)
     datasets = inputs.resolve_datasets(config, workdir)
     mix, streams = stream_schedule(datasets, config.tasks, config.optim.accumulation)
@@ -99,6 +104,7 @@ def pretraining_job(config: ml_collections.ConfigDict, workdir: str, layout: Lay
             image_directions=_image_directions(
                 config, first_texts, first_images, datasets[0].selection, model_cfg
             ),
+            mimetic_attention=config.attention_init == "mimetic",
         ),
         close=close,
     )

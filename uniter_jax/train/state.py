@@ -18,6 +18,7 @@ from uniter_jax.convert.pytorch import import_checkpoint
 from uniter_jax.model import OPTIONAL_GROUPS, UniterConfig
 from uniter_jax.model.config import ConfigError
 from uniter_jax.sharding import Layout, make_mesh, to_host
+from uniter_jax.train.attention_init import with_mimetic_attention
 from uniter_jax.train.image_init import with_principal_projection
 from uniter_jax.train.optimizer import OptimSettings
 from uniter_jax.train.step import Objective, init_params, param_shardings
@@ -61,6 +62,7 @@ def initial_params(
     *,
     objective: Objective,
     image_directions: tuple[np.ndarray, np.ndarray] | None = None,
+    mimetic_attention: bool = False,
     require: Sequence[str] = (),
 ) -> dict:
     """Fresh parameters of `objective`'s model, overlaid
@@ -69,14 +71,18 @@ def initial_params(
     `.safetensors` file) when given, laid out by `layout` (one device by
     default). Fine-tuning keeps its fresh head and drops pretraining heads.
     `image_directions` (mean, directions) start the fresh image projection
-    from the features' principal directions (`train/image_init.py`). A group
-    of `require` that `init_from` lacks is an error naming both."""
+    from the features' principal directions (`train/image_init.py`);
+    `mimetic_attention` starts the query-key products near the identity
+    (`train/attention_init.py`). A group of `require` that `init_from` lacks
+    is an error naming both."""
     layout = layout or Layout.single_device()
     fresh = init_params(config, seed, layout, objective=objective)
-    if image_directions is not None:
-        start = with_principal_projection(
-            to_host(fresh), *image_directions, config.initializer_range
-        )
+    if image_directions is not None or mimetic_attention:
+        start = to_host(fresh)
+        if image_directions is not None:
+            start = with_principal_projection(start, *image_directions, config.initializer_range)
+        if mimetic_attention:
+            start = with_mimetic_attention(start, seed)
         fresh = jax.device_put(start, param_shardings(config, layout, objective))
     if not init_from:
         if require:
