@@ -83,16 +83,17 @@ def main_py(workdir: str, config: str, overrides: dict, log: str) -> None:
 
 
 def run_once(workdir: str, config: str, overrides: dict, report: str, reuse: bool) -> None:
-    """Runs `main.py` into `workdir` and records its settings beside it
-    (`<workdir>.settings.json`). With `reuse`, a workdir that already holds
-    `report` from the same settings is kept; one from other settings, or
+    """Runs `main.py` into `workdir`, recording its settings beside it first
+    (`<workdir>.settings.json`). With `reuse`, a workdir whose `report` says
+    it finished with the same settings is kept, and one that was interrupted
+    (a preempted or failed run) is resumed; one from other settings, or
     whose settings were not recorded, is an error naming the keys."""
     settings = json.loads(json.dumps({"config": config, **overrides}, default=str))
     record = workdir + ".settings.json"
-    if reuse and os.path.exists(os.path.join(workdir, report)):
+    if reuse and os.path.isdir(workdir):
         if not os.path.exists(record):
             raise RuntimeError(
-                f"--reuse: {workdir} holds {report} but not {record}, so its settings are "
+                f"--reuse: {workdir} exists but {record} does not, so its settings are "
                 "unknown; remove the folder or run without --reuse"
             )
         with open(record) as f:
@@ -103,10 +104,20 @@ def run_once(workdir: str, config: str, overrides: dict, report: str, reuse: boo
                 f"--reuse: {workdir} was run with other settings ({', '.join(differ)}); "
                 "remove the folder, use another --out or run without --reuse"
             )
-        return
-    main_py(workdir, config, overrides, workdir + ".log")
+        if _finished(os.path.join(workdir, report)):
+            return
     with open(record, "w") as f:
         json.dump(settings, f, indent=1)
+    main_py(workdir, config, overrides, workdir + ".log")
+
+
+def _finished(report: str) -> bool:
+    """Whether the run report at `report` exists and says the run finished
+    (an interrupted run's says "preempted")."""
+    if not os.path.exists(report):
+        return False
+    with open(report) as f:
+        return json.load(f).get("status") == "finished"
 
 
 def pretrain_validation(

@@ -1,6 +1,7 @@
 """learning_table.py's verdicts: each metric against its strongest baseline plus its margin."""
 
 import functools
+import json
 import os
 import sys
 
@@ -141,7 +142,7 @@ def test_reuse_keeps_a_run_only_with_the_same_settings(tmp_path, monkeypatch):
         ran.append(dict(overrides))
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "report.json"), "w") as f:
-            f.write("{}")
+            f.write('{"status": "finished"}')
 
     monkeypatch.setattr(learning_table, "main_py", fake_main_py)
     workdir = str(tmp_path / "vqa-scratch")
@@ -156,6 +157,33 @@ def test_reuse_keeps_a_run_only_with_the_same_settings(tmp_path, monkeypatch):
     os.remove(workdir + ".settings.json")
     with pytest.raises(RuntimeError, match="settings are unknown"):
         once({"seed": 0, "optim.total_steps": 40}, "report.json", reuse=True)
+
+
+def test_reuse_resumes_an_interrupted_run_and_records_settings_before_it_starts(
+    tmp_path, monkeypatch
+):
+    workdir = str(tmp_path / "vqa-pretrained")
+    settings = {"seed": 1, "optim.total_steps": 30}
+
+    def interrupted(workdir, config, overrides, log):
+        # The record is already there when the run starts.
+        with open(workdir + ".settings.json") as f:
+            assert json.load(f)["optim.total_steps"] == 30
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "report.json"), "w") as f:
+            f.write('{"status": "preempted", "step": 12}')
+        raise KeyboardInterrupt  # the row was stopped mid-run
+
+    monkeypatch.setattr(learning_table, "main_py", interrupted)
+    once = functools.partial(learning_table.run_once, workdir, "configs/x.py:tiny")
+    with pytest.raises(KeyboardInterrupt):
+        once(settings, "report.json", reuse=True)
+    resumed = []
+    monkeypatch.setattr(learning_table, "main_py", lambda *a: resumed.append(a[0]))
+    once(settings, "report.json", reuse=True)  # a preempted report is not a result
+    assert resumed == [workdir]
+    with pytest.raises(RuntimeError, match=r"other settings \(seed\)"):
+        once({**settings, "seed": 2}, "report.json", reuse=True)
 
 
 @pytest.mark.parametrize("flag", ["--vqa-runs", "--vqa-steps"])
