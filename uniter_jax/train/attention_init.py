@@ -23,6 +23,7 @@ loaded with `init_from` replace it.
 from __future__ import annotations
 
 import numpy as np
+from flax import traverse_util
 
 # The query-key product's random and identity parts (the paper's choice for
 # its vision transformers, 0.7 each).
@@ -47,20 +48,16 @@ def mimetic_pair(
 def with_mimetic_attention(params: dict, seed: int) -> dict:
     """`params` (host arrays) with every encoder layer's query and key kernels
     (`[layers, H, H]`, stacked) set by `mimetic_pair`, drawn from `seed`."""
-    node = params
-    for name in _ATTENTION:
-        if name not in node:
-            raise ValueError(f"no {'/'.join(_ATTENTION)} in the parameters to start")
-        node = node[name]
-    query = np.asarray(node["query"]["kernel"])
+    flat = traverse_util.flatten_dict(params)
+    query_key = (*_ATTENTION, "query", "kernel")
+    if query_key not in flat:
+        raise ValueError(f"no {'/'.join(query_key)} in the parameters to start")
+    query = np.asarray(flat[query_key])
     layers, hidden, _ = query.shape
     rng = np.random.default_rng(seed)
     pairs = [mimetic_pair(hidden, rng) for _ in range(layers)]
-    kernels = {
-        name: np.stack([pair[i] for pair in pairs]).astype(query.dtype)
-        for i, name in enumerate(("query", "key"))
-    }
-    attention = {**node, **{n: {**node[n], "kernel": k} for n, k in kernels.items()}}
-    layer_params = params["uniter"]["encoder"]["layers"]
-    encoder = {**params["uniter"]["encoder"], "layers": {**layer_params, "attention": attention}}
-    return {**params, "uniter": {**params["uniter"], "encoder": encoder}}
+    for i, name in enumerate(("query", "key")):
+        flat[(*_ATTENTION, name, "kernel")] = np.stack([pair[i] for pair in pairs]).astype(
+            query.dtype
+        )
+    return traverse_util.unflatten_dict(flat)
