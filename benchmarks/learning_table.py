@@ -275,10 +275,17 @@ def markdown(rows: list[dict]) -> str:
     kinds = sorted({k for row in rows for k in row["itm_hard"] if k != "all"})
     lines += ["", "| world | seed | " + " | ".join(kinds) + " |", "|---" * (2 + len(kinds)) + "|"]
     for row in rows:
-        model, rule = row["itm_hard"], row["baselines"]["itm_rule"]
-        cells = [f"{model[k]:.3f} / {rule[k]:.3f}" if k in model else "" for k in kinds]
+        model, b = row["itm_hard"], row["baselines"]
+        # Rows written before the bag rule existed have no third number.
+        rules = [b["itm_rule"]] + ([b["itm_bag"]] if "itm_bag" in b else [])
+        cells = [
+            " / ".join(f"{v[k]:.3f}" for v in (model, *rules)) if k in model else "" for k in kinds
+        ]
         lines.append(f"| {row['world']} | {row['seed']} | " + " | ".join(cells) + " |")
-    lines.append("\nHard negatives by kind: the model's pairwise accuracy / the rule's.")
+    lines.append(
+        "\nHard negatives by kind: the model's pairwise accuracy / the rule's / the "
+        "attribute bag's (each attribute present somewhere, none bound: not a bar)."
+    )
     several = [row for row in rows if len(row.get("vqa_pretrained_runs", {})) > 1]
     if several:
         lines.append("\nVQA by fine-tuning seed (the checks use the means):\n")

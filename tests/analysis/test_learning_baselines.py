@@ -326,6 +326,43 @@ def test_itm_rule_scores_claims_on_the_detected_objects(scene_store):
     )
 
 
+def test_the_attribute_bag_checks_each_attribute_anywhere_and_binds_nothing(scene_store):
+    # s1: large and small red cubes, small and large blue spheres (5 objects once
+    # merged); s2: a small green cone on the left, a large purple ring on the right.
+    cube, sphere, cone, ring = (scenes.SHAPES.index(s) for s in ("cube", "sphere", "cone", "ring"))
+    red, blue, green, purple = (scenes.COLOURS.index(c) for c in ("red", "blue", "green", "purple"))
+    large_red_cube = Claim("side", (Mention(cube, red, 1),), side="left")
+    pair = Claim("pair", (Mention(cone, green, 0), Mention(ring, purple, 1)))
+    count = Claim("count", (Mention(cube), Mention(sphere, blue)), count=3)
+    records = [
+        # Green is on no object of s1: the bag rejects the swap.
+        record("s1", "colour", large_red_cube, Claim("side", (Mention(cube, green, 1),), "left")),
+        # Blue is on the spheres, not a cube: the bag is fooled (a tie), the rule is not.
+        record("s1", "colour", large_red_cube, Claim("side", (Mention(cube, blue, 1),), "left")),
+        # Colours swapped between the two objects: the same bag, a tie.
+        record(
+            "s2",
+            "binding",
+            pair,
+            Claim("pair", (Mention(cone, purple, 0), Mention(ring, green, 1))),
+        ),
+        # The side is not checked: a tie.
+        record("s1", "side", large_red_cube, dataclasses.replace(large_red_cube, side="right")),
+        # A count is: 3 cubes, not 2.
+        record("s1", "count", count, dataclasses.replace(count, count=2)),
+        # No cone in s1: a shape swap to one that is absent is rejected.
+        record("s1", "shape", count, Claim("count", (Mention(cube), Mention(cone, blue)), count=3)),
+    ]
+    bag = lb.itm_rule(records, scene_store, SELECTION, lb.attributes_present)
+    assert bag == pytest.approx(
+        {"all": 4.5 / 6, "colour": 0.75, "binding": 0.5, "side": 0.5, "count": 1.0, "shape": 1.0}
+    )
+    rule = lb.itm_rule(records, scene_store, SELECTION)
+    assert rule == pytest.approx(
+        {"all": 1.0, "colour": 1.0, "binding": 1.0, "side": 1.0, "count": 1.0, "shape": 1.0}
+    )
+
+
 def test_pairwise_accuracy_and_by_kind():
     np.testing.assert_array_equal(
         lb.pairwise_accuracy(np.array([2.0, 1.0, 1.0, -1.0]), np.array([1.0, 1.0, 3.0, -2.0])),

@@ -83,7 +83,12 @@ def test_markdown_lists_every_check_and_the_hard_negatives_by_kind():
     assert text.count("| clutter | 0 |") == 7  # six checks and the by-kind row
     assert "| clutter | 1 | mrc | 0.200 | 0.200 | 0.05 | **no** |" in text
     assert "| world | seed | colour | shape |" in text
-    assert "| clutter | 0 | 0.700 / 0.750 | 0.950 / 0.850 |" in text
+    assert "| clutter | 0 | 0.700 / 0.750 | 0.950 / 0.850 |" in text  # no bag: an older row
+    bagged = row(**{"baselines:itm_bag": {"all": 0.6, "colour": 0.55, "shape": 0.8}})
+    bagged["checks"] = learning_table.checks(bagged)
+    assert "| clutter | 0 | 0.700 / 0.750 / 0.550 | 0.950 / 0.850 / 0.800 |" in (
+        learning_table.markdown([bagged])
+    )
 
 
 def test_the_control_raises_the_mlm_and_mrc_baselines():
