@@ -38,7 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from uniter_jax.analysis import learning_baselines as baselines  # noqa: E402
-from uniter_jax.analysis.example import RegionSelection, Vocabulary  # noqa: E402
+from uniter_jax.analysis.encoder import iter_inspect, load_encoder  # noqa: E402
+from uniter_jax.analysis.example import RegionSelection, Vocabulary, from_store  # noqa: E402
+from uniter_jax.analysis.grounding import named_region_shares  # noqa: E402
 from uniter_jax.analysis.itm_scores import itm_margins, load_pretraining  # noqa: E402
 from uniter_jax.data import scenes, synthetic  # noqa: E402
 from uniter_jax.data.image_store import ImageStore  # noqa: E402
@@ -141,6 +143,29 @@ def hard_itm(model_dir: str, world: str) -> dict[str, float]:
     return baselines.by_kind(records, baselines.pairwise_accuracy(true, false))
 
 
+def grounding(model_dir: str, world: str, max_texts: int = 400) -> dict:
+    """How much of a word's region attention falls on the regions it names
+    (`uniter_jax.analysis.grounding`), per layer and head, over the first
+    `max_texts` validation captions; `best` is the best head of each layer."""
+    model = load_encoder(model_dir)
+    images = ImageStore(os.path.join(world, "images"))
+    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
+    texts = TextStore(os.path.join(world, "texts", "captions_val"))
+    names = scenes.label_names(images.get(str(texts.image_ids[0])).soft_labels.shape[-1])
+    examples = [
+        from_store(texts, images, i, vocab, selection=SELECTION, names=names)
+        for i in range(min(len(texts), max_texts))
+    ]
+    region_names = [[label.split(": ", 1)[1] for label in e.labels] for e in examples]
+    shares, uniform, tokens = named_region_shares(iter_inspect(model, examples), region_names)
+    return {
+        "shares": shares.tolist(),
+        "best": shares.max(axis=1).tolist(),
+        "uniform": uniform,
+        "tokens": tokens,
+    }
+
+
 def vqa_accuracy(workdir: str) -> float:
     with open(os.path.join(workdir, "finetune_vqa_report.json")) as f:
         return float(json.load(f)["validation"]["val/vqa/accuracy"])
@@ -207,6 +232,7 @@ def run(
             pretrain + "-control", preset, {**settings, CROSS_MODAL: False}, reuse
         )
     row["itm_hard"] = hard_itm(os.path.join(pretrain, "model"), world)
+    row["grounding"] = grounding(os.path.join(pretrain, "model"), world)
     vqa = {
         **data,
         "data.train_texts": os.path.join(texts, "vqa_train"),
@@ -286,6 +312,16 @@ def markdown(rows: list[dict]) -> str:
         "\nHard negatives by kind: the model's pairwise accuracy / the rule's / the "
         "attribute bag's (each attribute present somewhere, none bound: not a bar)."
     )
+    grounded = [row for row in rows if "grounding" in row]  # older rows have none
+    if grounded:
+        lines.append(
+            "\nWords' attention on the regions they name (best head of each layer, "
+            "first layer first; uniform attention gives the last number):\n"
+        )
+        for row in grounded:
+            g = row["grounding"]
+            best = ", ".join(f"{v:.3f}" for v in g["best"])
+            lines.append(f"- {row['world']} {row['seed']}: {best} (uniform {g['uniform']:.3f})")
     several = [row for row in rows if len(row.get("vqa_pretrained_runs", {})) > 1]
     if several:
         lines.append("\nVQA by fine-tuning seed (the checks use the means):\n")

@@ -86,9 +86,10 @@ def test_markdown_lists_every_check_and_the_hard_negatives_by_kind():
     assert "| clutter | 0 | 0.700 / 0.750 | 0.950 / 0.850 |" in text  # no bag: an older row
     bagged = row(**{"baselines:itm_bag": {"all": 0.6, "colour": 0.55, "shape": 0.8}})
     bagged["checks"] = learning_table.checks(bagged)
-    assert "| clutter | 0 | 0.700 / 0.750 / 0.550 | 0.950 / 0.850 / 0.800 |" in (
-        learning_table.markdown([bagged])
-    )
+    bagged["grounding"] = {"best": [0.111, 0.2274], "uniform": 0.0712}
+    text = learning_table.markdown([bagged])
+    assert "| clutter | 0 | 0.700 / 0.750 / 0.550 | 0.950 / 0.850 / 0.800 |" in text
+    assert "- clutter 0: 0.111, 0.227 (uniform 0.071)" in text
 
 
 def test_the_control_raises_the_mlm_and_mrc_baselines():
