@@ -7,9 +7,10 @@ each such token, each layer and each head, the share of the token's
 attention over regions that falls on the regions it names, against the share
 those regions would get from uniform attention (their count over the
 regions'). A head that grounds words puts far more than the uniform share
-there; on the `clutter` synthetic world the first layer's heads stay near it
-(docs/results.md, "Which words find their regions"). Only tokens that name
-some regions of their image, and not all of them, count.
+there. On the `clutter` synthetic world a two-layer model grounds, in its
+first layer, only the family of words (shapes or colours) it learned to
+match (docs/results.md, "Which words find their regions"). Only tokens that
+name some regions of their image, and not all of them, count.
 """
 
 from __future__ import annotations
