@@ -5,7 +5,18 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
+from flax import nnx
+
+from uniter_jax import param_checkpoint
+from uniter_jax.analysis.encoder import inspect, load_encoder
+from uniter_jax.analysis.example import Vocabulary, from_store
+from uniter_jax.analysis.grounding import named_region_shares
+from uniter_jax.data import scenes, synthetic
+from uniter_jax.data.image_store import ImageStore
+from uniter_jax.data.text_store import TextStore
+from uniter_jax.model import UniterConfig, UniterForPretraining, get_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -203,3 +214,34 @@ def test_no_fine_tuning_runs_or_updates_is_refused_before_any_work(
         learning_table.main(["--out", str(tmp_path / "out"), flag, value])
     assert "at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_grounding_reads_each_region_class_from_the_store(tmp_path):
+    # A random tiny model on a small world: grounding() must pair each caption
+    # with its own image's region classes, as read straight from the store.
+    config = UniterConfig.preset(
+        "tiny", vocab_size=256, img_dim=16, num_region_labels=61, initializer_range=0.2
+    )
+    model_dir = str(tmp_path / "model")
+    param_checkpoint.save(model_dir, get_params(UniterForPretraining(config, nnx.Rngs(3))), config)
+    world = str(tmp_path / "world")
+    synthetic.write_world(
+        world, synthetic.WorldConfig(num_images=30, feature_dim=16, num_labels=61, seed=2)
+    )
+    got = learning_table.grounding(model_dir, world, max_texts=12)
+
+    images = ImageStore(os.path.join(world, "images"))
+    texts = TextStore(os.path.join(world, "texts", "captions_val"))
+    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
+    names = scenes.label_names(61)
+    examples = [from_store(texts, images, i, vocab) for i in range(12)]
+    region_names = []
+    for e in examples:
+        soft = images.get(e.image_id).soft_labels[: e.num_regions].astype(np.float32)
+        region_names.append([names[c] for c in np.argmax(soft, axis=1)])
+    shares, uniform, tokens = named_region_shares(
+        inspect(load_encoder(model_dir), examples), region_names
+    )
+    assert got["tokens"] == tokens > 0 and got["uniform"] == pytest.approx(uniform)
+    np.testing.assert_allclose(got["shares"], shares, rtol=1e-6)
+    np.testing.assert_allclose(got["best"], shares.max(axis=1), rtol=1e-6)
