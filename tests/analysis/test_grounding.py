@@ -10,7 +10,6 @@ from uniter_jax.analysis.grounding import named_region_shares, named_regions
 TOKENS = ("[CLS]", "a", "red", "cube", "and", "a", "blue", "sphere", ".", "[SEP]")
 NAMES = ("red cube", "blue sphere", "sky", "red sphere")
 NT, NR = len(TOKENS), len(NAMES)
-RED, CUBE, BLUE, SPHERE = 2, 3, 6, 7  # token positions
 
 
 def example(tokens=TOKENS, names=NAMES) -> Example:
