@@ -154,6 +154,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # ITM negatives: the image of the most alike (by words) of this many texts
     # of other images; 1 draws uniformly, as the reference does.
     config.data.itm_neg_candidates = 1
+    config.data.itm_neg_similar_share = 1.0  # of the negatives, those drawn by words
     # Several datasets, each name -> texts, images, val_texts, val_images, mix
     # (task ratios) and optionally conf_th/min_bb/max_bb; one stream per
     # (dataset, task) (uniter_jax/train/datasets.py). Empty: data.texts/images.

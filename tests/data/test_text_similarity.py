@@ -111,3 +111,30 @@ def test_one_candidate_is_the_uniform_draw_and_many_need_vectors():
         plan_epoch(lens, text_images, kept, dataclasses.replace(config, itm_neg_candidates=4), 0)
     with pytest.raises(ValueError, match="at least 1"):
         plan_epoch(lens, text_images, kept, dataclasses.replace(config, itm_neg_candidates=0), 0)
+
+
+def test_the_similar_share_splits_the_negatives():
+    rng = np.random.default_rng(0)
+    texts, text_images = world_texts(rng, num_images=40, per_image=5, vocab_size=80)
+    vectors = word_vectors(*flat(texts), vocab_size=80)
+    lens, kept = np.array([len(t) for t in texts]), np.full(40, 5, np.int32)
+    config = PipelineConfig(buckets=(Bucket(12, 8, 8),), itm_neg_prob=0.5, seed=3)
+
+    def negatives(**change):
+        plan = plan_epoch(
+            lens, text_images, kept, dataclasses.replace(config, **change), 0, vectors
+        )
+        neg = plan.rows[:, 2] == 0
+        return plan.rows[neg, 1], text_images[plan.rows[neg, 0]]
+
+    uniform, _ = negatives()
+    np.testing.assert_array_equal(
+        negatives(itm_neg_candidates=64, itm_neg_similar_share=0.0)[0], uniform
+    )
+    for share in (0.5, 1.0):
+        image, own = negatives(itm_neg_candidates=64, itm_neg_similar_share=share)
+        neighbour = (image == (own + 1) % 40) | (image == (own - 1) % 40)
+        # A uniform draw hits a neighbour 2 times in 39.
+        assert abs(neighbour.mean() - (share + (1 - share) * 2 / 39)) < 0.1
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        negatives(itm_neg_candidates=4, itm_neg_similar_share=1.5)

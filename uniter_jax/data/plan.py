@@ -35,6 +35,9 @@ class PipelineConfig:
     # the one whose words are most like the example's (`text_similarity`); 1 is
     # the reference's uniform draw. Needs the texts' word vectors in the plan.
     itm_neg_candidates: int = 1
+    # With itm_neg_candidates > 1: the share of the negatives drawn that way;
+    # the others stay uniform, the easy contrast a model leaves chance on.
+    itm_neg_similar_share: float = 1.0
     shuffle: bool = True
     seed: int = 0
     soft_labels: bool = False  # also emit `img_soft_labels` (MRC / MRC-kl)
@@ -133,6 +136,10 @@ def _check_options(n: int, config: PipelineConfig) -> None:
         raise ValueError("negatives_per_text and negatives_per_image cannot be combined")
     if config.itm_neg_candidates < 1:
         raise ValueError(f"itm_neg_candidates must be at least 1, got {config.itm_neg_candidates}")
+    if not 0.0 <= config.itm_neg_similar_share <= 1.0:
+        raise ValueError(
+            f"itm_neg_similar_share must lie in [0, 1], got {config.itm_neg_similar_share}"
+        )
     for b in config.buckets:
         if b.batch_size % config.unit_width:
             raise ValueError(
@@ -189,10 +196,11 @@ def _similar_negatives(
     rng: np.random.Generator,
     text_words: scipy.sparse.csr_matrix,
 ) -> np.ndarray:
-    """`images` with each negative's image replaced by the image of the most
-    similar of `itm_neg_candidates` texts of other images (the uniform draw
-    stays where every candidate repeats the example's words)."""
-    chosen = np.flatnonzero(negative)
+    """`images` with a share `itm_neg_similar_share` of the negatives' images
+    replaced by the image of the most similar of `itm_neg_candidates` texts of
+    other images (the uniform draw stays where every candidate repeats the
+    example's words)."""
+    chosen = np.flatnonzero(negative & (rng.random(len(negative)) < config.itm_neg_similar_share))
     candidates = _texts_of_other_images(text_images, config.itm_neg_candidates, rng)[chosen]
     best = most_similar(text_words, chosen, candidates)
     found = best >= 0

@@ -145,6 +145,7 @@ def pipeline_config(
     shuffle: bool = True,
     selection: tuple[float, int, int] | None = None,
     itm_neg_candidates: int = 1,
+    itm_neg_similar_share: float = 1.0,
 ) -> PipelineConfig:
     """The pipeline settings of `data`; `selection` (conf_th, min_bb, max_bb)
     where a dataset selects regions its own way."""
@@ -156,6 +157,7 @@ def pipeline_config(
         max_bb=max_bb,
         itm_neg_prob=itm_neg_prob,
         itm_neg_candidates=itm_neg_candidates,
+        itm_neg_similar_share=itm_neg_similar_share,
         shuffle=shuffle,
         seed=seed,
         soft_labels=soft_labels,
@@ -218,6 +220,7 @@ def train_pipelines(
                 seed=pipeline_seed(config.seed, *stream_seed_index(datasets, dataset, task)),
                 itm_neg_prob=config.data.itm_neg_prob if task == "itm" else 0.0,
                 itm_neg_candidates=config.data.itm_neg_candidates,
+                itm_neg_similar_share=config.data.itm_neg_similar_share,
                 soft_labels=needs_soft_labels(task),
                 selection=dataset.selection,
             )
