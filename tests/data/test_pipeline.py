@@ -396,10 +396,15 @@ def test_negatives_per_image_rows_are_own_text_then_texts_of_other_images():
 
 def test_saved_positions_from_before_later_fields_still_restore(stores):
     """The fingerprint is the one computed before `negatives_per_image` and
-    `itm_neg_candidates` existed (the config without them) while they are at
-    their defaults; setting either changes the fingerprint."""
+    the similar ITM negatives' fields existed (the config without them) while
+    they are at their defaults; setting one changes the fingerprint."""
     texts, images = stores
-    later = ("negatives_per_image", "itm_neg_candidates")
+    later = (
+        "negatives_per_image",
+        "itm_neg_candidates",
+        "itm_neg_similar_share",
+        "itm_neg_similar_from_epoch",
+    )
     fields = {k: v for k, v in dataclasses.asdict(CONFIG).items() if k not in later}
     described = json.dumps(
         [fields, texts.manifest["data_sha256"], images.manifest["index_sha256"]], sort_keys=True

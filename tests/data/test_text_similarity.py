@@ -138,3 +138,18 @@ def test_the_similar_share_splits_the_negatives():
         assert abs(neighbour.mean() - (share + (1 - share) * 2 / 39)) < 0.1
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         negatives(itm_neg_candidates=4, itm_neg_similar_share=1.5)
+
+
+def test_similar_negatives_start_at_their_epoch():
+    rng = np.random.default_rng(2)
+    texts, text_images = world_texts(rng, num_images=20, per_image=4, vocab_size=60)
+    vectors = word_vectors(*flat(texts), vocab_size=60)
+    lens, kept = np.array([len(t) for t in texts]), np.full(20, 5, np.int32)
+    uniform = PipelineConfig(buckets=(Bucket(12, 8, 8),), itm_neg_prob=0.5, seed=4)
+    later = dataclasses.replace(uniform, itm_neg_candidates=32, itm_neg_similar_from_epoch=2)
+    for epoch in (0, 1, 2, 3):
+        same = np.array_equal(
+            plan_epoch(lens, text_images, kept, uniform, epoch).rows,
+            plan_epoch(lens, text_images, kept, later, epoch, vectors).rows,
+        )
+        assert same == (epoch < 2), epoch

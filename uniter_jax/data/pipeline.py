@@ -307,7 +307,12 @@ def check_groups(texts: TextStore, group_size: int) -> None:
         )
 
 
-_LATER_FIELDS = ("negatives_per_image", "itm_neg_candidates", "itm_neg_similar_share")
+_LATER_FIELDS = (
+    "negatives_per_image",
+    "itm_neg_candidates",
+    "itm_neg_similar_share",
+    "itm_neg_similar_from_epoch",
+)
 
 
 def _fingerprint(config: PipelineConfig, texts: TextStore, images: ImageStore) -> str:

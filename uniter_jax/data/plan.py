@@ -38,6 +38,9 @@ class PipelineConfig:
     # With itm_neg_candidates > 1: the share of the negatives drawn that way;
     # the others stay uniform, the easy contrast a model leaves chance on.
     itm_neg_similar_share: float = 1.0
+    # ... and only from this epoch of the stream on: drawn from the start,
+    # such negatives can hold ITM at chance (docs/results.md).
+    itm_neg_similar_from_epoch: int = 0
     shuffle: bool = True
     seed: int = 0
     soft_labels: bool = False  # also emit `img_soft_labels` (MRC / MRC-kl)
@@ -115,9 +118,9 @@ def plan_epoch(
     units = len(text_lens) // config.group_size
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(units) if config.shuffle else np.arange(units)
-    unit_rows = _unit_rows(
-        text_images, config, rng, text_words
-    )  # (texts, images, labels), [U, width]
+    if epoch < config.itm_neg_similar_from_epoch:
+        config = dataclasses.replace(config, itm_neg_candidates=1)
+    unit_rows = _unit_rows(text_images, config, rng, text_words)  # (texts, images, labels)
     lengths = text_lens[unit_rows[0]].max(1) + 2
     regions = kept[unit_rows[1]].max(1)
     choice = _bucket_choice(lengths, regions, config.buckets, config.group_size)
