@@ -151,11 +151,6 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     # Regions kept: clip(#(conf > conf_th), min_bb, max_bb), `PipelineConfig`'s defaults.
     config.data.update(defaults(PipelineConfig, only=("conf_th", "min_bb", "max_bb")))
     config.data.itm_neg_prob = 0.5  # ITM: texts paired with a random other image
-    # ITM negatives: the image of the most alike (by words) of this many texts
-    # of other images; 1 draws uniformly, as the reference does.
-    config.data.itm_neg_candidates = 1
-    config.data.itm_neg_similar_share = 1.0  # of the negatives, those drawn by words
-    config.data.itm_neg_similar_from_epoch = 0  # ... from this epoch of the ITM stream on
     # Several datasets, each name -> texts, images, val_texts, val_images, mix
     # (task ratios) and optionally conf_th/min_bb/max_bb; one stream per
     # (dataset, task) (uniter_jax/train/datasets.py). Empty: data.texts/images.

@@ -37,7 +37,6 @@ from uniter_jax.data.plan import (  # noqa: F401  (re-exported)
     padding_waste,
     plan_epoch,
 )
-from uniter_jax.data.text_similarity import word_vectors
 from uniter_jax.data.text_store import TextStore
 
 
@@ -91,14 +90,6 @@ class Pipeline:
                 check_fit(lengths, np.full_like(own, self.kept.max()), config.buckets)
         except DataError as error:
             raise error.located(file=texts.directory) from None
-        self.text_words = None
-        if config.itm_neg_prob and config.itm_neg_candidates > 1:
-            self.text_words = word_vectors(
-                texts.arrays["input_ids"],
-                texts.arrays["input_ids__offsets"],
-                vocab["size"],
-                skip_ids=(self.cls_id, self.sep_id, self.pad_id),
-            )
         self.fingerprint = _fingerprint(config, texts, images)
         self._epoch, self._step = 0, 0
         self._iterator: Iterator | None = None
@@ -121,9 +112,7 @@ class Pipeline:
 
     def plan(self, epoch: int) -> EpochPlan:
         try:
-            return plan_epoch(
-                self.text_lens, self.text_images, self.kept, self.config, epoch, self.text_words
-            )
+            return plan_epoch(self.text_lens, self.text_images, self.kept, self.config, epoch)
         except DataError as error:
             raise error.located(file=self.texts.directory) from None
 
@@ -307,22 +296,16 @@ def check_groups(texts: TextStore, group_size: int) -> None:
         )
 
 
-_LATER_FIELDS = (
-    "negatives_per_image",
-    "itm_neg_candidates",
-    "itm_neg_similar_share",
-    "itm_neg_similar_from_epoch",
-)
+_LATER_FIELDS = ("negatives_per_image",)
 
 
 def _fingerprint(config: PipelineConfig, texts: TextStore, images: ImageStore) -> str:
     """What a saved position depends on: the config and both stores' checksums."""
     fields = dataclasses.asdict(config)
-    # Fields added later count only when set off their default, so
-    # checkpoints saved before they existed still resume.
-    defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
+    # Fields added later count only when set, so checkpoints saved before
+    # they existed still resume.
     for name in _LATER_FIELDS:
-        if fields[name] == defaults[name]:
+        if fields[name] == 0:
             del fields[name]
     described = json.dumps(
         [

@@ -17,11 +17,9 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse
 
 from uniter_jax.data.buckets import Bucket
 from uniter_jax.data.errors import DataError
-from uniter_jax.data.text_similarity import most_similar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +29,6 @@ class PipelineConfig:
     min_bb: int = 10
     max_bb: int = 100
     itm_neg_prob: float = 0.0  # probability of pairing a text with a random other image
-    # ITM negatives: draw this many texts of other images and take the image of
-    # the one whose words are most like the example's (`text_similarity`); 1 is
-    # the reference's uniform draw. Needs the texts' word vectors in the plan.
-    itm_neg_candidates: int = 1
-    # With itm_neg_candidates > 1: the share of the negatives drawn that way;
-    # the others stay uniform, the easy contrast a model leaves chance on.
-    itm_neg_similar_share: float = 1.0
-    # ... and only from this epoch of the stream on: drawn from the start,
-    # such negatives can hold ITM at chance (docs/results.md).
-    itm_neg_similar_from_epoch: int = 0
     shuffle: bool = True
     seed: int = 0
     soft_labels: bool = False  # also emit `img_soft_labels` (MRC / MRC-kl)
@@ -95,7 +83,6 @@ def plan_epoch(
     kept: np.ndarray,
     config: PipelineConfig,
     epoch: int,
-    text_words: scipy.sparse.csr_matrix | None = None,
 ) -> EpochPlan:
     """Plans one epoch (pure, vectorized numpy; the same on every host).
 
@@ -105,22 +92,16 @@ def plan_epoch(
       kept: `[num_images]` regions each image keeps after selection.
       config: buckets, negatives, seed.
       epoch: which epoch; it seeds the permutation and negatives.
-      text_words: `[N, V]` the texts' `text_similarity.word_vectors`, needed
-        when `config.itm_neg_candidates` > 1.
 
     With `config.group_size` g > 1 the plan is made over groups (texts
     `g*u .. g*u + g - 1` form group `u`), each bucketed by its longest text
     and largest image, then expanded back to texts.
     """
     _check_options(len(text_lens), config)
-    if config.itm_neg_candidates > 1 and config.itm_neg_prob and text_words is None:
-        raise ValueError("itm_neg_candidates > 1 needs the texts' word vectors (text_words)")
     units = len(text_lens) // config.group_size
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(units) if config.shuffle else np.arange(units)
-    if epoch < config.itm_neg_similar_from_epoch:
-        config = dataclasses.replace(config, itm_neg_candidates=1)
-    unit_rows = _unit_rows(text_images, config, rng, text_words)  # (texts, images, labels)
+    unit_rows = _unit_rows(text_images, config, rng)  # (texts, images, labels), [U, width]
     lengths = text_lens[unit_rows[0]].max(1) + 2
     regions = kept[unit_rows[1]].max(1)
     choice = _bucket_choice(lengths, regions, config.buckets, config.group_size)
@@ -137,12 +118,6 @@ def _check_options(n: int, config: PipelineConfig) -> None:
         raise ValueError("group_size and retrieval negatives cannot be combined")
     if p and q:
         raise ValueError("negatives_per_text and negatives_per_image cannot be combined")
-    if config.itm_neg_candidates < 1:
-        raise ValueError(f"itm_neg_candidates must be at least 1, got {config.itm_neg_candidates}")
-    if not 0.0 <= config.itm_neg_similar_share <= 1.0:
-        raise ValueError(
-            f"itm_neg_similar_share must lie in [0, 1], got {config.itm_neg_similar_share}"
-        )
     for b in config.buckets:
         if b.batch_size % config.unit_width:
             raise ValueError(
@@ -152,10 +127,7 @@ def _check_options(n: int, config: PipelineConfig) -> None:
 
 
 def _unit_rows(
-    text_images: np.ndarray,
-    config: PipelineConfig,
-    rng: np.random.Generator,
-    text_words: scipy.sparse.csr_matrix | None = None,
+    text_images: np.ndarray, config: PipelineConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(texts, images, labels)`, each `[U, width]`: the rows of each unit, a
     group's texts or a text with its image and its negatives."""
@@ -170,8 +142,6 @@ def _unit_rows(
     draw = rng.integers(0, max(len(pool) - 1, 1), n)
     draw = draw + (draw >= np.searchsorted(pool, text_images))
     images = np.where(negative, pool[np.minimum(draw, len(pool) - 1)], text_images)
-    if config.itm_neg_candidates > 1 and negative.any():
-        images = _similar_negatives(text_images, images, negative, config, rng, text_words)
     labels = (~negative).astype(np.int64)
     unit_texts = np.arange(n).reshape(n // g, g)
     unit_images = images.reshape(n // g, g)
@@ -189,27 +159,6 @@ def _unit_rows(
         unit_images = np.repeat(text_images[:, None], 1 + q, axis=1)
         unit_labels = np.concatenate([np.ones((n, 1), np.int64), np.zeros((n, q), np.int64)], 1)
     return unit_texts, unit_images, unit_labels
-
-
-def _similar_negatives(
-    text_images: np.ndarray,
-    images: np.ndarray,
-    negative: np.ndarray,
-    config: PipelineConfig,
-    rng: np.random.Generator,
-    text_words: scipy.sparse.csr_matrix,
-) -> np.ndarray:
-    """`images` with a share `itm_neg_similar_share` of the negatives' images
-    replaced by the image of the most similar of `itm_neg_candidates` texts of
-    other images (the uniform draw stays where every candidate repeats the
-    example's words)."""
-    chosen = np.flatnonzero(negative & (rng.random(len(negative)) < config.itm_neg_similar_share))
-    candidates = _texts_of_other_images(text_images, config.itm_neg_candidates, rng)[chosen]
-    best = most_similar(text_words, chosen, candidates)
-    found = best >= 0
-    images = images.copy()
-    images[chosen[found]] = text_images[candidates[found, best[found]]]
-    return images
 
 
 def _bucket_choice(

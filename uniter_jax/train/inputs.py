@@ -144,9 +144,6 @@ def pipeline_config(
     soft_labels: bool,
     shuffle: bool = True,
     selection: tuple[float, int, int] | None = None,
-    itm_neg_candidates: int = 1,
-    itm_neg_similar_share: float = 1.0,
-    itm_neg_similar_from_epoch: int = 0,
 ) -> PipelineConfig:
     """The pipeline settings of `data`; `selection` (conf_th, min_bb, max_bb)
     where a dataset selects regions its own way."""
@@ -157,9 +154,6 @@ def pipeline_config(
         min_bb=min_bb,
         max_bb=max_bb,
         itm_neg_prob=itm_neg_prob,
-        itm_neg_candidates=itm_neg_candidates,
-        itm_neg_similar_share=itm_neg_similar_share,
-        itm_neg_similar_from_epoch=itm_neg_similar_from_epoch,
         shuffle=shuffle,
         seed=seed,
         soft_labels=soft_labels,
@@ -221,9 +215,6 @@ def train_pipelines(
                 config.data,
                 seed=pipeline_seed(config.seed, *stream_seed_index(datasets, dataset, task)),
                 itm_neg_prob=config.data.itm_neg_prob if task == "itm" else 0.0,
-                itm_neg_candidates=config.data.itm_neg_candidates,
-                itm_neg_similar_share=config.data.itm_neg_similar_share,
-                itm_neg_similar_from_epoch=config.data.itm_neg_similar_from_epoch,
                 soft_labels=needs_soft_labels(task),
                 selection=dataset.selection,
             )
