@@ -42,6 +42,7 @@ from uniter_jax.analysis.encoder import iter_inspect, load_encoder  # noqa: E402
 from uniter_jax.analysis.example import RegionSelection, Vocabulary, from_store  # noqa: E402
 from uniter_jax.analysis.grounding import named_region_shares  # noqa: E402
 from uniter_jax.analysis.itm_scores import itm_margins, load_pretraining  # noqa: E402
+from uniter_jax.analysis.mlm_image import image_use  # noqa: E402
 from uniter_jax.data import scenes, synthetic  # noqa: E402
 from uniter_jax.data.image_store import ImageStore  # noqa: E402
 from uniter_jax.data.text_store import TextStore  # noqa: E402
@@ -166,6 +167,30 @@ def grounding(model_dir: str, world: str, max_texts: int = 400) -> dict:
     }
 
 
+def attribute_kinds(vocab: Vocabulary) -> dict[int, str]:
+    """The world's attribute words by id: colours, shapes (singular and
+    plural) and sizes."""
+    words = {"colour": scenes.COLOURS, "shape": scenes.SHAPES, "size": scenes.SIZES}
+    kinds = {vocab.ids[w]: k for k, ws in words.items() for w in ws if w in vocab.ids}
+    kinds.update({vocab.ids[w + "s"]: "shape" for w in scenes.SHAPES if w + "s" in vocab.ids})
+    return kinds
+
+
+def mlm_image(model_dir: str, world: str, max_texts: int = 600) -> dict:
+    """MLM accuracy on each masked attribute word of the first `max_texts`
+    validation captions, with the own image and with another
+    (`uniter_jax.analysis.mlm_image`), per kind."""
+    model = load_pretraining(model_dir)
+    images = ImageStore(os.path.join(world, "images"))
+    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
+    texts = TextStore(os.path.join(world, "texts", "captions_val"))
+    examples = [
+        from_store(texts, images, i, vocab, selection=SELECTION)
+        for i in range(min(len(texts), max_texts))
+    ]
+    return image_use(model, examples, attribute_kinds(vocab), vocab.ids["[MASK]"])
+
+
 def vqa_accuracy(workdir: str) -> float:
     with open(os.path.join(workdir, "finetune_vqa_report.json")) as f:
         return float(json.load(f)["validation"]["val/vqa/accuracy"])
@@ -233,6 +258,7 @@ def run(
         )
     row["itm_hard"] = hard_itm(os.path.join(pretrain, "model"), world)
     row["grounding"] = grounding(os.path.join(pretrain, "model"), world)
+    row["mlm_image"] = mlm_image(os.path.join(pretrain, "model"), world)
     vqa = {
         **data,
         "data.train_texts": os.path.join(texts, "vqa_train"),
@@ -322,6 +348,17 @@ def markdown(rows: list[dict]) -> str:
             g = row["grounding"]
             best = ", ".join(f"{v:.3f}" for v in g["best"])
             lines.append(f"- {row['world']} {row['seed']}: {best} (uniform {g['uniform']:.3f})")
+    read = [row for row in rows if "mlm_image" in row]  # older rows have none
+    if read:
+        lines.append(
+            "\nMLM on one masked attribute word, with the own image / another image's "
+            "regions (equal: the word is guessed from the caption alone):\n"
+        )
+        for row in read:
+            cells = ", ".join(
+                f"{kind} {v['own']:.3f} / {v['other']:.3f}" for kind, v in row["mlm_image"].items()
+            )
+            lines.append(f"- {row['world']} {row['seed']}: {cells}")
     several = [row for row in rows if len(row.get("vqa_pretrained_runs", {})) > 1]
     if several:
         lines.append("\nVQA by fine-tuning seed (the checks use the means):\n")

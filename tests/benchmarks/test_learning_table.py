@@ -245,3 +245,32 @@ def test_grounding_reads_each_region_class_from_the_store(tmp_path):
     assert got["tokens"] == tokens > 0 and got["uniform"] == pytest.approx(uniform)
     np.testing.assert_allclose(got["shares"], shares, rtol=1e-6)
     np.testing.assert_allclose(got["best"], shares.max(axis=1), rtol=1e-6)
+
+
+def test_mlm_image_masks_each_attribute_word_of_the_store(tmp_path):
+    # A random tiny model on a small world: mlm_image() must mask every colour,
+    # shape (singular or plural) and size word of the validation captions.
+    config = UniterConfig.preset(
+        "tiny", vocab_size=256, img_dim=16, num_region_labels=61, initializer_range=0.2
+    )
+    model = UniterForPretraining(config, nnx.Rngs(3))
+    model_dir = str(tmp_path / "model")
+    param_checkpoint.save(model_dir, get_params(model), config)
+    world = str(tmp_path / "world")
+    synthetic.write_world(
+        world, synthetic.WorldConfig(num_images=30, feature_dim=16, num_labels=61, seed=2)
+    )
+    got = learning_table.mlm_image(model_dir, world, max_texts=12)
+
+    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
+    texts = TextStore(os.path.join(world, "texts", "captions_val"))
+    words = {**{c: "colour" for c in scenes.COLOURS}, **{z: "size" for z in scenes.SIZES}}
+    words.update({s: "shape" for s in scenes.SHAPES})
+    words.update({s + "s": "shape" for s in scenes.SHAPES})
+    counts = {}
+    for i in range(12):
+        for piece in vocab.decode(texts.input_ids(i)):
+            if piece in words:
+                counts[words[piece]] = counts.get(words[piece], 0) + 1
+    assert {k: v["count"] for k, v in got.items()} == counts
+    assert counts.get("shape", 0) > 0 and counts.get("colour", 0) > 0
