@@ -110,7 +110,7 @@ def image_use(
     out = {}
     for kind in sorted(set(word_kinds)):
         chosen = word_kinds == kind
-        out[kind] = {
+        out[str(kind)] = {
             "own": float(np.mean(top[chosen, 0] == targets[chosen])),
             "other": float(np.mean(top[chosen, 1] == targets[chosen])),
             "count": int(chosen.sum()),
