@@ -338,27 +338,20 @@ def markdown(rows: list[dict]) -> str:
         "\nHard negatives by kind: the model's pairwise accuracy / the rule's / the "
         "attribute bag's (each attribute present somewhere, none bound: not a bar)."
     )
-    grounded = [row for row in rows if "grounding" in row]  # older rows have none
-    if grounded:
-        lines.append(
-            "\nWords' attention on the regions they name (best head of each layer, "
-            "first layer first; uniform attention gives the last number):\n"
-        )
-        for row in grounded:
-            g = row["grounding"]
-            best = ", ".join(f"{v:.3f}" for v in g["best"])
-            lines.append(f"- {row['world']} {row['seed']}: {best} (uniform {g['uniform']:.3f})")
-    read = [row for row in rows if "mlm_image" in row]  # older rows have none
-    if read:
-        lines.append(
-            "\nMLM on one masked attribute word, with the own image / another image's "
-            "regions (equal: the word is guessed from the caption alone):\n"
-        )
-        for row in read:
-            cells = ", ".join(
-                f"{kind} {v['own']:.3f} / {v['other']:.3f}" for kind, v in row["mlm_image"].items()
-            )
-            lines.append(f"- {row['world']} {row['seed']}: {cells}")
+    lines += _measure_lines(
+        rows,
+        "grounding",
+        "Words' attention on the regions they name (best head of each layer, first "
+        "layer first; uniform attention gives the last number):",
+        lambda g: ", ".join(f"{v:.3f}" for v in g["best"]) + f" (uniform {g['uniform']:.3f})",
+    )
+    lines += _measure_lines(
+        rows,
+        "mlm_image",
+        "MLM on one masked attribute word, with the own image / another image's regions "
+        "(equal: the word is guessed from the caption alone):",
+        lambda m: ", ".join(f"{kind} {v['own']:.3f} / {v['other']:.3f}" for kind, v in m.items()),
+    )
     several = [row for row in rows if len(row.get("vqa_pretrained_runs", {})) > 1]
     if several:
         lines.append("\nVQA by fine-tuning seed (the checks use the means):\n")
@@ -369,6 +362,15 @@ def markdown(rows: list[dict]) -> str:
             ]
             lines.append(f"- {row['world']} {row['seed']}: pretrained {runs[0]}; scratch {runs[1]}")
     return "\n".join(lines) + "\n"
+
+
+def _measure_lines(rows: list[dict], key: str, title: str, cell) -> list[str]:
+    """A titled list with one line per row that has `key` (older rows may not)."""
+    measured = [row for row in rows if key in row]
+    if not measured:
+        return []
+    lines = ["", title, ""]
+    return lines + [f"- {row['world']} {row['seed']}: {cell(row[key])}" for row in measured]
 
 
 def positive(text: str) -> int:

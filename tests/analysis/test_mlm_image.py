@@ -10,6 +10,7 @@ from uniter_jax.data import scenes, synthetic
 from uniter_jax.data.image_store import ImageStore
 from uniter_jax.data.text_store import TextStore
 from uniter_jax.model import UniterConfig
+from uniter_jax.model.inputs import MODEL_INPUTS
 from uniter_jax.model.pretraining import UniterForPretraining
 
 
@@ -33,13 +34,7 @@ def world(tmp_path_factory):
 
 def one_at_a_time(model, example, position):
     batch = model_inputs([example], multiple=1)
-    sequence = model(
-        batch["input_ids"],
-        batch["text_mask"],
-        batch["img_feat"],
-        batch["img_pos"],
-        batch["img_mask"],
-    )
+    sequence = model(**{k: batch[k] for k in MODEL_INPUTS})
     return int(np.argmax(np.asarray(model.mlm_logits(sequence))[0, position]))
 
 

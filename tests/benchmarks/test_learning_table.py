@@ -216,9 +216,8 @@ def test_no_fine_tuning_runs_or_updates_is_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
-def test_grounding_reads_each_region_class_from_the_store(tmp_path):
-    # A random tiny model on a small world: grounding() must pair each caption
-    # with its own image's region classes, as read straight from the store.
+def random_model_and_world(tmp_path, num_images: int) -> tuple[str, str]:
+    """A random tiny pretraining model's folder and a small world's folder."""
     config = UniterConfig.preset(
         "tiny", vocab_size=256, img_dim=16, num_region_labels=61, initializer_range=0.2
     )
@@ -226,8 +225,15 @@ def test_grounding_reads_each_region_class_from_the_store(tmp_path):
     param_checkpoint.save(model_dir, get_params(UniterForPretraining(config, nnx.Rngs(3))), config)
     world = str(tmp_path / "world")
     synthetic.write_world(
-        world, synthetic.WorldConfig(num_images=30, feature_dim=16, num_labels=61, seed=2)
+        world, synthetic.WorldConfig(num_images=num_images, feature_dim=16, num_labels=61, seed=2)
     )
+    return model_dir, world
+
+
+def test_grounding_reads_each_region_class_from_the_store(tmp_path):
+    # A random tiny model on a small world: grounding() must pair each caption
+    # with its own image's region classes, as read straight from the store.
+    model_dir, world = random_model_and_world(tmp_path, num_images=30)
     got = learning_table.grounding(model_dir, world, max_texts=12)
 
     images = ImageStore(os.path.join(world, "images"))
@@ -250,16 +256,7 @@ def test_grounding_reads_each_region_class_from_the_store(tmp_path):
 def test_mlm_image_masks_each_attribute_word_of_the_store(tmp_path):
     # A random tiny model on a small world: mlm_image() must mask every colour,
     # shape (singular or plural) and size word of the validation captions.
-    config = UniterConfig.preset(
-        "tiny", vocab_size=256, img_dim=16, num_region_labels=61, initializer_range=0.2
-    )
-    model = UniterForPretraining(config, nnx.Rngs(3))
-    model_dir = str(tmp_path / "model")
-    param_checkpoint.save(model_dir, get_params(model), config)
-    world = str(tmp_path / "world")
-    synthetic.write_world(
-        world, synthetic.WorldConfig(num_images=120, feature_dim=16, num_labels=61, seed=2)
-    )
+    model_dir, world = random_model_and_world(tmp_path, num_images=120)
     got = learning_table.mlm_image(model_dir, world, max_texts=60)
 
     vocab = Vocabulary(os.path.join(world, "vocab.txt"))

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from uniter_jax.analysis.example import Example, model_inputs
+from uniter_jax.model.inputs import encode
 from uniter_jax.model.pretraining import UniterForPretraining
 
 
@@ -62,13 +63,7 @@ def masked_words(
 
 @nnx.jit
 def _mlm_argmax(model: UniterForPretraining, batch: dict) -> jnp.ndarray:
-    sequence = model(
-        batch["input_ids"],
-        batch["text_mask"],
-        batch["img_feat"],
-        batch["img_pos"],
-        batch["img_mask"],
-    )
+    sequence = encode(model, batch, dropout_key=None)
     text_len = batch["input_ids"].shape[1]
     return jnp.argmax(model.mlm_logits(sequence[:, :text_len]), axis=-1)
 
