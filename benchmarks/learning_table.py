@@ -144,19 +144,31 @@ def hard_itm(model_dir: str, world: str) -> dict[str, float]:
     return baselines.by_kind(records, baselines.pairwise_accuracy(true, false))
 
 
+def validation_examples(
+    world: str, max_texts: int, class_names: bool = False
+) -> tuple[list, Vocabulary]:
+    """The first `max_texts` validation captions of `world` with their images'
+    regions (labelled with the detector's class names when `class_names`),
+    and the world's vocabulary."""
+    images = ImageStore(os.path.join(world, "images"))
+    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
+    texts = TextStore(os.path.join(world, "texts", "captions_val"))
+    names = None
+    if class_names:
+        names = scenes.label_names(images.get(str(texts.image_ids[0])).soft_labels.shape[-1])
+    examples = [
+        from_store(texts, images, i, vocab, selection=SELECTION, names=names)
+        for i in range(min(len(texts), max_texts))
+    ]
+    return examples, vocab
+
+
 def grounding(model_dir: str, world: str, max_texts: int = 400) -> dict:
     """How much of a word's region attention falls on the regions it names
     (`uniter_jax.analysis.grounding`), per layer and head, over the first
     `max_texts` validation captions; `best` is the best head of each layer."""
     model = load_encoder(model_dir)
-    images = ImageStore(os.path.join(world, "images"))
-    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
-    texts = TextStore(os.path.join(world, "texts", "captions_val"))
-    names = scenes.label_names(images.get(str(texts.image_ids[0])).soft_labels.shape[-1])
-    examples = [
-        from_store(texts, images, i, vocab, selection=SELECTION, names=names)
-        for i in range(min(len(texts), max_texts))
-    ]
+    examples, _ = validation_examples(world, max_texts, class_names=True)
     region_names = [[label.split(": ", 1)[1] for label in e.labels] for e in examples]
     shares, uniform, tokens = named_region_shares(iter_inspect(model, examples), region_names)
     return {
@@ -181,13 +193,7 @@ def mlm_image(model_dir: str, world: str, max_texts: int = 600) -> dict:
     validation captions, with the own image and with another
     (`uniter_jax.analysis.mlm_image`), per kind."""
     model = load_pretraining(model_dir)
-    images = ImageStore(os.path.join(world, "images"))
-    vocab = Vocabulary(os.path.join(world, "vocab.txt"))
-    texts = TextStore(os.path.join(world, "texts", "captions_val"))
-    examples = [
-        from_store(texts, images, i, vocab, selection=SELECTION)
-        for i in range(min(len(texts), max_texts))
-    ]
+    examples, vocab = validation_examples(world, max_texts)
     return image_use(model, examples, attribute_kinds(vocab), vocab.ids["[MASK]"])
 
 
